@@ -1,0 +1,358 @@
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::FutureExt;
+use http::{Request, Response};
+use http_body::{Body, Frame};
+use http_body_util::{BodyExt, Empty, Full};
+use tokio::time::Instant;
+use tower::{BoxError, Service, ServiceExt, service_fn};
+use tower_layer::Layer;
+use tower_test::mock;
+
+use crate::{Overloaded, PoolLimitLayer, error::overloaded, is_overloaded};
+
+type Res = Response<Full<Bytes>>;
+
+fn upstream() -> impl Service<
+    Request<()>,
+    Response = Res,
+    Error = Infallible,
+    Future = impl Future<Output = Result<Res, Infallible>> + Send,
+> + Clone
++ Send
++ Sync {
+    service_fn(|_req: Request<()>| async {
+        Ok(Response::new(Full::new(Bytes::from_static(b"ok"))))
+    })
+}
+
+fn to(host: &str) -> Request<()> {
+    Request::builder()
+        .uri(format!("http://{host}/v1/chat/completions"))
+        .body(())
+        .unwrap()
+}
+
+fn shed_of(err: &BoxError) -> Overloaded {
+    overloaded(&**err).expect("an Overloaded shed")
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_slot_is_held_until_the_body_ends() {
+    let layer = PoolLimitLayer::new(10, 5);
+    let handle = layer.handle();
+    let svc = layer.layer(upstream());
+
+    let res = svc.clone().oneshot(to("a")).await.unwrap();
+    assert_eq!(handle.in_flight(), 1);
+    assert!(res.body().holds_permit());
+    let body = res.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(body, "ok");
+    assert_eq!(handle.in_flight(), 0);
+
+    let res = svc.oneshot(to("a")).await.unwrap();
+    assert_eq!(handle.in_flight(), 1);
+    drop(res);
+    assert_eq!(handle.in_flight(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_empty_body_frees_its_slot_at_once() {
+    let layer = PoolLimitLayer::new(1, 1);
+    let handle = layer.handle();
+    let svc = layer.layer(service_fn(|_req: Request<()>| async {
+        Ok::<_, Infallible>(Response::new(Empty::<Bytes>::new()))
+    }));
+    let res = svc.oneshot(to("a")).await.unwrap();
+    assert!(!res.body().holds_permit());
+    assert_eq!(handle.in_flight(), 0);
+}
+
+/// A body that yields the given chunks, then an optional error.
+struct Chunks {
+    chunks: VecDeque<&'static str>,
+    fail: bool,
+}
+
+impl Body for Chunks {
+    type Data = Bytes;
+    type Error = io::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
+        Poll::Ready(match self.chunks.pop_front() {
+            Some(chunk) => Some(Ok(Frame::data(Bytes::from_static(chunk.as_bytes())))),
+            None if self.fail => {
+                self.fail = false;
+                Some(Err(io::ErrorKind::ConnectionReset.into()))
+            }
+            None => None,
+        })
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_stream_holds_its_slot_chunk_by_chunk() {
+    for fail in [false, true] {
+        let layer = PoolLimitLayer::new(10, 5);
+        let handle = layer.handle();
+        let svc = layer.layer(service_fn(move |_req: Request<()>| async move {
+            Ok::<_, Infallible>(Response::new(Chunks {
+                chunks: ["data: 1\n\n", "data: 2\n\n"].into(),
+                fail,
+            }))
+        }));
+        let mut body = svc.oneshot(to("a")).await.unwrap().into_body();
+        assert!(body.frame().await.unwrap().is_ok());
+        assert!(body.frame().await.unwrap().is_ok());
+        assert_eq!(handle.in_flight(), 1, "still streaming");
+        let last = body.frame().await;
+        assert_eq!(last.is_some(), fail);
+        assert!(!body.holds_permit());
+        assert_eq!(handle.in_flight(), 0);
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn readiness_reflects_the_total_cap() {
+    let (mock, mut handle) = mock::pair::<Request<()>, Res>();
+    let layer = PoolLimitLayer::new(2, 2);
+    let counters = layer.handle();
+    let mut svc = layer.layer(mock);
+    handle.allow(10);
+
+    let mut first = svc.clone();
+    first.ready().await.unwrap();
+    let f1 = first.call(to("a"));
+    let mut second = svc.clone();
+    second.ready().await.unwrap();
+    let f2 = second.call(to("a"));
+
+    // The pool is full: not ready, and waiting in the queue.
+    assert!(svc.ready().now_or_never().is_none());
+    assert_eq!(counters.queued(), 1);
+
+    let (_, send) = handle.next_request().await.unwrap();
+    send.send_response(Response::new(Full::new(Bytes::from_static(b"chunk"))));
+    let (_, send2) = handle.next_request().await.unwrap();
+    let res1 = f1.await.unwrap();
+    assert!(
+        svc.ready().now_or_never().is_none(),
+        "the body still holds the slot"
+    );
+    drop(res1);
+    svc.ready().await.unwrap();
+    assert_eq!(counters.queued(), 0);
+    drop(send2);
+    drop(f2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn readiness_wait_is_bounded_and_then_sheds() {
+    let layer = PoolLimitLayer::new(1, 1).queue_timeout(Duration::from_secs(2));
+    let handle = layer.handle();
+    let mut svc = layer.layer(upstream());
+    let held = svc.clone().oneshot(to("a")).await.unwrap();
+
+    let start = Instant::now();
+    svc.ready().await.unwrap();
+    assert_eq!(start.elapsed(), Duration::from_secs(2));
+    let err = svc.call(to("a")).await.unwrap_err();
+    assert!(!shed_of(&err).is_queue_full());
+    assert_eq!(handle.shed_total(), 1);
+    assert_eq!(handle.queued(), 0);
+    drop(held);
+    // The shed does not stick: the next call is served.
+    svc.ready().await.unwrap();
+    assert!(svc.call(to("a")).await.is_ok());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_call_without_readiness_queues_then_runs() {
+    let layer = PoolLimitLayer::new(1, 1);
+    let handle = layer.handle();
+    let mut svc = layer.layer(upstream());
+    let held = svc.call(to("a")).await.unwrap();
+    assert_eq!(handle.in_flight(), 1);
+
+    let waiter = tokio::spawn(svc.call(to("a")));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(!waiter.is_finished());
+    assert_eq!(handle.queued(), 1);
+    drop(held);
+    let res = waiter.await.unwrap().unwrap();
+    assert_eq!(handle.in_flight(), 1);
+    assert_eq!(handle.queued(), 0);
+    drop(res);
+    assert_eq!(handle.in_flight(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn queue_timeout_and_depth_shed() {
+    let layer = PoolLimitLayer::new(1, 1)
+        .queue_timeout(Duration::from_secs(3))
+        .max_queue(1)
+        .shed_retry_after(Duration::from_secs(7));
+    let handle = layer.handle();
+    let mut svc = layer.layer(upstream());
+    let _held = svc.call(to("a")).await.unwrap();
+
+    let start = Instant::now();
+    let queued = tokio::spawn(svc.call(to("a")));
+    tokio::task::yield_now().await;
+    assert_eq!(handle.queued(), 1);
+
+    // The queue is at its bound: shed at once.
+    let err = svc.call(to("a")).await.unwrap_err();
+    assert!(is_overloaded(&*err));
+    let shed = shed_of(&err);
+    assert!(shed.is_queue_full());
+    assert_eq!(shed.retry_after(), Duration::from_secs(7));
+    assert_eq!(start.elapsed(), Duration::ZERO);
+
+    // The queued one gives up after the queue timeout.
+    let err = queued.await.unwrap().unwrap_err();
+    assert!(!shed_of(&err).is_queue_full());
+    assert_eq!(start.elapsed(), Duration::from_secs(3));
+    assert_eq!(handle.shed_total(), 2);
+    assert_eq!(handle.queued(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_zero_queue_timeout_sheds_without_waiting() {
+    let mut svc = PoolLimitLayer::new(1, 1)
+        .queue_timeout(Duration::ZERO)
+        .layer(upstream());
+    let _held = svc.call(to("a")).await.unwrap();
+    let err = svc.call(to("a")).await.unwrap_err();
+    assert!(is_overloaded(&*err));
+}
+
+#[tokio::test(start_paused = true)]
+async fn dropping_a_queued_call_leaves_the_queue() {
+    let layer = PoolLimitLayer::new(1, 1);
+    let handle = layer.handle();
+    let mut svc = layer.layer(upstream());
+    let _held = svc.call(to("a")).await.unwrap();
+    let mut queued = Box::pin(svc.call(to("a")));
+    assert!(queued.as_mut().now_or_never().is_none());
+    assert_eq!(handle.queued(), 1);
+    drop(queued);
+    assert_eq!(handle.queued(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn hosts_are_limited_separately() {
+    let layer = PoolLimitLayer::new(10, 1).queue_timeout(Duration::from_secs(1));
+    let handle = layer.handle();
+    assert_eq!(handle.per_host_limit(), Some(1));
+    let mut svc = layer.layer(upstream());
+    let _a = svc.call(to("a.example")).await.unwrap();
+    // Another host, and a relative request with a Host header, each have their own bucket.
+    let _b = svc.call(to("b.example")).await.unwrap();
+    let relative = Request::builder()
+        .uri("/v1/models")
+        .header("host", "c.example")
+        .body(())
+        .unwrap();
+    let _c = svc.call(relative).await.unwrap();
+    // The same host waits, then is shed.
+    let err = svc.call(to("a.example")).await.unwrap_err();
+    assert!(is_overloaded(&*err));
+    assert_eq!(handle.in_flight(), 3);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_key_fn_chooses_the_bucket() {
+    let layer = PoolLimitLayer::new(10, 1)
+        .queue_timeout(Duration::ZERO)
+        .key_fn(|parts| {
+            parts
+                .headers
+                .get("x-tenant")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        });
+    let mut svc = layer.layer(upstream());
+    let tenant = |t: &str| Request::builder().header("x-tenant", t).body(()).unwrap();
+    let _one = svc.call(tenant("one")).await.unwrap();
+    let _two = svc.call(tenant("two")).await.unwrap();
+    assert!(svc.call(tenant("one")).await.is_err());
+    // No key: the default bucket.
+    let _none = svc.call(Request::new(())).await.unwrap();
+    assert!(svc.call(Request::new(())).await.is_err());
+}
+
+#[tokio::test]
+async fn concurrency_never_exceeds_the_cap() {
+    let now = Arc::new(AtomicUsize::new(0));
+    let max = Arc::new(AtomicUsize::new(0));
+    let (n, m) = (now.clone(), max.clone());
+    let inner = service_fn(move |_req: Request<()>| {
+        let (n, m) = (n.clone(), m.clone());
+        async move {
+            let current = n.fetch_add(1, Ordering::SeqCst) + 1;
+            m.fetch_max(current, Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_millis(2)).await;
+            n.fetch_sub(1, Ordering::SeqCst);
+            Ok::<_, Infallible>(Response::new(Full::new(Bytes::new())))
+        }
+    });
+    let layer = PoolLimitLayer::new(5, 3);
+    let handle = layer.handle();
+    let svc = layer.layer(inner);
+    let tasks: Vec<_> = (0..60)
+        .map(|i| {
+            let svc = svc.clone();
+            let host = if i % 2 == 0 { "a" } else { "b" };
+            tokio::spawn(async move { svc.oneshot(to(host)).await.map(drop) })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap().unwrap();
+    }
+    let max = max.load(Ordering::SeqCst);
+    assert!((1..=5).contains(&max), "{max}");
+    assert_eq!(handle.in_flight(), 0);
+    assert_eq!(handle.shed_total(), 0);
+}
+
+#[tokio::test]
+async fn inner_errors_pass_through_and_free_the_slot() {
+    let layer = PoolLimitLayer::new(1, 1);
+    let handle = layer.handle();
+    let svc = layer.layer(service_fn(|_req: Request<()>| async {
+        Err::<Res, _>(io::Error::from(io::ErrorKind::ConnectionRefused))
+    }));
+    let err = svc.oneshot(to("a")).await.unwrap_err();
+    assert_eq!(
+        err.downcast_ref::<io::Error>().unwrap().kind(),
+        io::ErrorKind::ConnectionRefused
+    );
+    assert_eq!(handle.in_flight(), 0);
+}
+
+#[test]
+fn services_and_futures_are_send_and_sync() {
+    fn assert_send_sync<T: Send + Sync>(_: &T) {}
+    fn assert_send<T: Send>(_: &T) {}
+    let svc = PoolLimitLayer::default().layer(upstream());
+    assert_send_sync(&svc);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
+    let _guard = rt.enter();
+    let fut = svc.clone().oneshot(to("a"));
+    assert_send(&fut);
+}
