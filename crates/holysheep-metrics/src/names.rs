@@ -1,0 +1,101 @@
+//! The names of every metric the layer emits, and [`describe`] to give them help text and units.
+//!
+//! See the [crate docs](crate#metrics) for labels and for when each one is emitted.
+
+use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+
+/// Counter: finished requests, by `model`, `status`, `cache` and `outcome`.
+pub const REQUESTS: &str = "holysheep_requests_total";
+/// Histogram (seconds): from the call to the end of the response body, same labels as
+/// [`REQUESTS`]. OpenTelemetry: `gen_ai.client.operation.duration`.
+pub const REQUEST_DURATION: &str = "holysheep_request_duration_seconds";
+/// Histogram (seconds): from the call to the first body byte, by `model`, `status`, `cache`.
+/// OpenTelemetry: `gen_ai.server.time_to_first_token` (seen from the client side).
+pub const TIME_TO_FIRST_BYTE: &str = "holysheep_time_to_first_byte_seconds";
+/// Gauge: requests called and not yet finished (no labels).
+pub const IN_FLIGHT: &str = "holysheep_in_flight_requests";
+/// Counter: upstream attempts, from the `Attempts` response extension, by `model`.
+pub const UPSTREAM_ATTEMPTS: &str = "holysheep_upstream_attempts_total";
+/// Counter: retries (attempts beyond the first), by `model`.
+pub const RETRIES: &str = "holysheep_retries_total";
+/// Counter: calls that failed with an overload error (shed load), by `model`.
+pub const SHED: &str = "holysheep_shed_total";
+/// Counter: calls whose service or response body failed, by `model` and `class`.
+pub const ERRORS: &str = "holysheep_errors_total";
+/// Counter: tokens from `usage`, by `model`, `kind` (`prompt`/`completion`) and `cache`
+/// (`hit`/`miss`). OpenTelemetry: `gen_ai.client.token.usage` with `gen_ai.token.type`.
+pub const TOKENS: &str = "holysheep_tokens_total";
+/// Counter: cost of answers that went upstream, in micro-USD (1e-6 USD), by `model`.
+pub const COST: &str = "holysheep_cost_microusd_total";
+/// Counter: what cache hits and coalesced followers would have cost upstream, in micro-USD,
+/// by `model`.
+pub const COST_SAVED: &str = "holysheep_cost_saved_microusd_total";
+
+/// Registers help text and units of every metric with the current recorder.
+///
+/// [`MetricsLayer::new`](crate::MetricsLayer::new) and
+/// [`prometheus::install`](crate#prometheus) call it; call it yourself after installing a
+/// recorder if the layer was built before.
+pub fn describe() {
+    describe_counter!(
+        REQUESTS,
+        Unit::Count,
+        "Requests finished, by model, status class, cache outcome and how the body ended."
+    );
+    describe_histogram!(
+        REQUEST_DURATION,
+        Unit::Seconds,
+        "Time from the call to the end of the response body (time to last byte)."
+    );
+    describe_histogram!(
+        TIME_TO_FIRST_BYTE,
+        Unit::Seconds,
+        "Time from the call to the first byte of the response body."
+    );
+    describe_gauge!(
+        IN_FLIGHT,
+        Unit::Count,
+        "Requests called whose response body has not ended yet."
+    );
+    describe_counter!(
+        UPSTREAM_ATTEMPTS,
+        Unit::Count,
+        "Upstream attempts made for finished requests, as reported by RetryLayer."
+    );
+    describe_counter!(
+        RETRIES,
+        Unit::Count,
+        "Upstream attempts beyond the first, as reported by RetryLayer."
+    );
+    describe_counter!(
+        SHED,
+        Unit::Count,
+        "Requests refused because the service was at capacity."
+    );
+    describe_counter!(
+        ERRORS,
+        Unit::Count,
+        "Requests whose service or response body failed, by error class."
+    );
+    describe_counter!(
+        TOKENS,
+        Unit::Count,
+        "Tokens reported in usage; cache=\"hit\" ones were not billed again."
+    );
+    describe_counter!(
+        COST,
+        "Cost of answers that went upstream, in micro-USD (divide by 1e6 for USD)."
+    );
+    describe_counter!(
+        COST_SAVED,
+        "What cache hits and coalesced requests would have cost upstream, in micro-USD."
+    );
+}
+
+/// Histogram bucket bounds (seconds) fit for LLM latencies: from a sub-millisecond cache hit to
+/// a two-minute generation. [`prometheus::builder`](crate#prometheus) applies them to
+/// [`REQUEST_DURATION`] and [`TIME_TO_FIRST_BYTE`].
+pub const LATENCY_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0,
+    30.0, 60.0, 120.0,
+];

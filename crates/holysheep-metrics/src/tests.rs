@@ -1,0 +1,697 @@
+//! Behaviour of the whole layer, observed through `metrics-util`'s `DebuggingRecorder`.
+//!
+//! Each test installs the recorder for its own thread (`set_default_local_recorder`) and runs
+//! on tokio's current-thread runtime with paused time, so durations are exact.
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::io;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::{Stream, stream};
+use holysheep_core::BoxError;
+use holysheep_core::signal::{Attempts, CacheOutcome, RequestModel};
+use http::{Request, Response, StatusCode};
+use http_body::{Body, Frame};
+use http_body_util::{BodyExt, Empty, Full, StreamBody};
+use metrics_util::MetricKind;
+use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
+use std::pin::Pin;
+use tokio::sync::mpsc;
+use tower::{Layer, ServiceExt, service_fn};
+
+use crate::{DefaultClassifyError, MetricsLayer, names};
+
+/// Reads a recorder; snapshots drain it, so gauges are added up here across snapshots.
+struct Probe {
+    snapshotter: Snapshotter,
+    gauges: std::cell::RefCell<BTreeMap<String, f64>>,
+}
+
+impl Probe {
+    fn new(recorder: &DebuggingRecorder) -> Self {
+        Self {
+            snapshotter: recorder.snapshotter(),
+            gauges: Default::default(),
+        }
+    }
+
+    /// Counters and histograms since the last call; gauges since the start.
+    fn take(&self) -> Recorded {
+        let mut recorded = Recorded::take(&self.snapshotter);
+        let mut gauges = self.gauges.borrow_mut();
+        for (name, delta) in &recorded.gauges {
+            *gauges.entry(name.clone()).or_default() += delta;
+        }
+        recorded.gauges = gauges.clone();
+        recorded
+    }
+}
+
+/// A metric name and its sorted labels.
+type Series = (String, Vec<(String, String)>);
+
+/// Everything recorded so far: counters summed, gauges as net change, histogram samples.
+#[derive(Default)]
+struct Recorded {
+    counters: BTreeMap<Series, u64>,
+    gauges: BTreeMap<String, f64>,
+    histograms: BTreeMap<Series, Vec<f64>>,
+}
+
+impl Recorded {
+    fn take(snapshotter: &Snapshotter) -> Self {
+        let mut out = Self::default();
+        for (key, _, _, value) in snapshotter.snapshot().into_vec() {
+            let name = key.key().name().to_owned();
+            let mut labels: Vec<_> = key
+                .key()
+                .labels()
+                .map(|l| (l.key().to_owned(), l.value().to_owned()))
+                .collect();
+            labels.sort();
+            match (key.kind(), value) {
+                (MetricKind::Counter, DebugValue::Counter(v)) => {
+                    *out.counters.entry((name, labels)).or_default() += v;
+                }
+                (MetricKind::Gauge, DebugValue::Gauge(v)) => {
+                    *out.gauges.entry(name).or_default() += v.into_inner();
+                }
+                (MetricKind::Histogram, DebugValue::Histogram(v)) => out
+                    .histograms
+                    .entry((name, labels))
+                    .or_default()
+                    .extend(v.into_iter().map(|f| f.into_inner())),
+                _ => unreachable!("a metric's kind and value always match"),
+            }
+        }
+        out
+    }
+
+    fn matches(labels: &[(String, String)], want: &[(&str, &str)]) -> bool {
+        want.iter()
+            .all(|(k, v)| labels.iter().any(|(lk, lv)| lk == k && lv == v))
+    }
+
+    /// The sum of counter `name` over series whose labels include `want`.
+    fn counter(&self, name: &str, want: &[(&str, &str)]) -> u64 {
+        self.counters
+            .iter()
+            .filter(|((n, l), _)| n == name && Self::matches(l, want))
+            .map(|(_, v)| v)
+            .sum()
+    }
+
+    /// Samples of histogram `name` over series whose labels include `want`.
+    fn histogram(&self, name: &str, want: &[(&str, &str)]) -> Vec<f64> {
+        self.histograms
+            .iter()
+            .filter(|((n, l), _)| n == name && Self::matches(l, want))
+            .flat_map(|(_, v)| v.iter().copied())
+            .collect()
+    }
+
+    fn in_flight(&self) -> f64 {
+        self.gauges.get(names::IN_FLIGHT).copied().unwrap_or(0.0)
+    }
+
+    fn label_values(&self, name: &str, label: &str) -> Vec<String> {
+        let mut values: Vec<_> = self
+            .counters
+            .keys()
+            .filter(|(n, _)| n == name)
+            .flat_map(|(_, l)| l.iter().filter(|(k, _)| k == label).map(|(_, v)| v.clone()))
+            .collect();
+        values.sort();
+        values.dedup();
+        values
+    }
+}
+
+fn json(body: &str) -> Response<Full<Bytes>> {
+    Response::builder()
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(body.to_owned())))
+        .expect("a valid response")
+}
+
+const ANSWER: &str = r#"{"id":"c1","object":"chat.completion","model":"gpt-4.1","choices":[{"index":0,"message":{"role":"assistant","content":"hi"},"finish_reason":"stop"}],"usage":{"prompt_tokens":1000,"completion_tokens":500,"total_tokens":1500}}"#;
+
+fn request(model: Option<&str>) -> Request<String> {
+    let mut req = Request::new(String::new());
+    if let Some(model) = model {
+        req.extensions_mut().insert(RequestModel(Arc::from(model)));
+    }
+    req
+}
+
+#[tokio::test(start_paused = true)]
+async fn json_answer_counts_times_tokens_and_cost() {
+    let recorder = DebuggingRecorder::new();
+    let probe = Probe::new(&recorder);
+    let _guard = metrics::set_default_local_recorder(&recorder);
+
+    let svc = MetricsLayer::new().layer(service_fn(|_req: Request<String>| async {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        Ok::<_, BoxError>(json(ANSWER))
+    }));
+    let res = svc.oneshot(request(None)).await.unwrap();
+    assert_eq!(probe.take().in_flight(), 1.0);
+    let body = res.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(body, ANSWER.as_bytes(), "the body passes unchanged");
+
+    let m = probe.take();
+    let labels = [
+        ("model", "gpt-4.1"),
+        ("status", "2xx"),
+        ("cache", "none"),
+        ("outcome", "completed"),
+    ];
+    assert_eq!(m.counter(names::REQUESTS, &labels), 1);
+    assert_eq!(m.histogram(names::REQUEST_DURATION, &labels), vec![0.05]);
+    assert_eq!(
+        m.histogram(names::TIME_TO_FIRST_BYTE, &[("model", "gpt-4.1")]),
+        vec![0.05]
+    );
+    let tokens = |kind, cache| m.counter(names::TOKENS, &[("kind", kind), ("cache", cache)]);
+    assert_eq!(tokens("prompt", "miss"), 1000);
+    assert_eq!(tokens("completion", "miss"), 500);
+    assert_eq!(tokens("prompt", "hit"), 0);
+    // 1,500 tokens of GPT-4.1 at $8 per million: $0.012.
+    assert_eq!(m.counter(names::COST, &[("model", "gpt-4.1")]), 12_000);
+    assert_eq!(m.counter(names::COST_SAVED, &[]), 0);
+    assert_eq!(m.counter(names::ERRORS, &[]), 0);
+    assert_eq!(
+        m.counter(names::UPSTREAM_ATTEMPTS, &[]),
+        0,
+        "no RetryLayer, no Attempts"
+    );
+    assert_eq!(m.in_flight(), 0.0);
+}
+
+#[tokio::test]
+async fn request_model_wins_and_descriptions_are_registered() {
+    let recorder = DebuggingRecorder::new();
+    let probe = Probe::new(&recorder);
+    let _guard = metrics::set_default_local_recorder(&recorder);
+
+    let svc = MetricsLayer::new().layer(service_fn(|_req: Request<String>| async {
+        Ok::<_, BoxError>(json(ANSWER))
+    }));
+    let res = svc.oneshot(request(Some("deepseek-v3.2"))).await.unwrap();
+    res.into_body().collect().await.unwrap();
+
+    let snapshot = probe.snapshotter.snapshot().into_vec();
+    let (_, unit, help, _) = snapshot
+        .iter()
+        .find(|(k, ..)| k.key().name() == names::REQUEST_DURATION)
+        .expect("duration recorded");
+    assert_eq!(*unit, Some(metrics::Unit::Seconds));
+    assert!(help.is_some());
+
+    let mut m = Recorded::default();
+    for (key, _, _, value) in snapshot {
+        if let DebugValue::Counter(v) = value {
+            let labels = key
+                .key()
+                .labels()
+                .map(|l| (l.key().to_owned(), l.value().to_owned()))
+                .collect();
+            m.counters.insert((key.key().name().to_owned(), labels), v);
+        }
+    }
+    assert_eq!(m.label_values(names::REQUESTS, "model"), ["deepseek-v3.2"]);
+    // Priced as the request's model: 1,500 tokens at $0.42 per million = 630 micro-USD.
+    assert_eq!(m.counter(names::COST, &[("model", "deepseek-v3.2")]), 630);
+}
+
+/// A streamed body fed by the test, frame by frame.
+type FrameStream = Pin<Box<dyn Stream<Item = Result<Frame<Bytes>, BoxError>> + Send>>;
+
+fn channel_body() -> (
+    mpsc::Sender<Result<Frame<Bytes>, BoxError>>,
+    StreamBody<FrameStream>,
+) {
+    let (tx, rx) = mpsc::channel(8);
+    let stream = stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|f| (f, rx)) });
+    (tx, StreamBody::new(Box::pin(stream)))
+}
+
+fn sse(data: &str) -> Result<Frame<Bytes>, BoxError> {
+    Ok(Frame::data(holysheep_core::sse::encode_event(data)))
+}
+
+#[tokio::test(start_paused = true)]
+async fn stream_times_first_and_last_byte_and_reads_final_usage() {
+    let recorder = DebuggingRecorder::new();
+    let probe = Probe::new(&recorder);
+    let _guard = metrics::set_default_local_recorder(&recorder);
+
+    let (tx, body) = channel_body();
+    let body = std::sync::Mutex::new(Some(body));
+    let svc = MetricsLayer::new().layer(service_fn(move |_req: Request<String>| {
+        let body = body.lock().unwrap().take().expect("called once");
+        async move {
+            Ok::<_, BoxError>(
+                Response::builder()
+                    .header("content-type", "text/event-stream")
+                    .body(body)
+                    .unwrap(),
+            )
+        }
+    }));
+    let mut body = svc.oneshot(request(None)).await.unwrap().into_body();
+
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    tx.send(sse(
+        r#"{"model":"claude-sonnet-4.5","choices":[{"delta":{"content":"He"}}],"usage":null}"#,
+    ))
+    .await
+    .unwrap();
+    assert!(body.frame().await.unwrap().unwrap().is_data());
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    tx.send(sse(
+        r#"{"model":"claude-sonnet-4.5","choices":[{"delta":{"content":"llo"}}],"usage":null}"#,
+    ))
+    .await
+    .unwrap();
+    tx.send(sse(r#"{"model":"claude-sonnet-4.5","choices":[],"usage":{"prompt_tokens":40,"completion_tokens":60,"total_tokens":100}}"#))
+        .await
+        .unwrap();
+    tx.send(Ok(Frame::data(Bytes::from_static(
+        holysheep_core::sse::DONE_EVENT,
+    ))))
+    .await
+    .unwrap();
+    assert_eq!(
+        probe.take().counter(names::REQUESTS, &[]),
+        0,
+        "not yet ended"
+    );
+    drop(tx);
+    while let Some(frame) = body.frame().await {
+        frame.unwrap();
+    }
+
+    let m = probe.take();
+    let model = ("model", "claude-sonnet-4.5");
+    assert_eq!(
+        m.counter(names::REQUESTS, &[model, ("outcome", "completed")]),
+        1
+    );
+    assert_eq!(m.histogram(names::TIME_TO_FIRST_BYTE, &[model]), vec![0.02]);
+    assert_eq!(m.histogram(names::REQUEST_DURATION, &[model]), vec![0.05]);
+    assert_eq!(m.counter(names::TOKENS, &[model, ("kind", "prompt")]), 40);
+    assert_eq!(
+        m.counter(names::TOKENS, &[model, ("kind", "completion")]),
+        60
+    );
+    // 100 tokens at $15 per million: 1,500 micro-USD.
+    assert_eq!(m.counter(names::COST, &[model]), 1_500);
+    assert_eq!(m.in_flight(), 0.0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn dropped_stream_ends_its_timer_once_as_cancelled() {
+    let recorder = DebuggingRecorder::new();
+    let probe = Probe::new(&recorder);
+    let _guard = metrics::set_default_local_recorder(&recorder);
+
+    let (tx, body) = channel_body();
+    let body = std::sync::Mutex::new(Some(body));
+    let svc = MetricsLayer::new().layer(service_fn(move |_req: Request<String>| {
+        let body = body.lock().unwrap().take().expect("called once");
+        async move {
+            Ok::<_, BoxError>(
+                Response::builder()
+                    .header("content-type", "text/event-stream")
+                    .body(body)
+                    .unwrap(),
+            )
+        }
+    }));
+    let mut body = svc
+        .oneshot(request(Some("gpt-4.1")))
+        .await
+        .unwrap()
+        .into_body();
+    tx.send(sse(r#"{"choices":[{"delta":{"content":"He"}}]}"#))
+        .await
+        .unwrap();
+    body.frame().await.unwrap().unwrap();
+    tokio::time::sleep(Duration::from_millis(70)).await;
+    assert_eq!(probe.take().in_flight(), 1.0);
+    drop(body);
+    // The sender outliving the body must not end anything a second time.
+    tx.send(sse("{}")).await.unwrap_err();
+    drop(tx);
+
+    let m = probe.take();
+    assert_eq!(m.counter(names::REQUESTS, &[]), 1);
+    assert_eq!(
+        m.counter(
+            names::REQUESTS,
+            &[("outcome", "cancelled"), ("status", "2xx")]
+        ),
+        1
+    );
+    assert_eq!(
+        m.histogram(names::REQUEST_DURATION, &[("outcome", "cancelled")]),
+        vec![0.07]
+    );
+    assert_eq!(m.histogram(names::TIME_TO_FIRST_BYTE, &[]), vec![0.0]);
+    assert_eq!(m.counter(names::TOKENS, &[]), 0);
+    assert_eq!(m.in_flight(), 0.0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn future_dropped_before_the_answer_is_cancelled_without_status() {
+    let recorder = DebuggingRecorder::new();
+    let probe = Probe::new(&recorder);
+    let _guard = metrics::set_default_local_recorder(&recorder);
+
+    let svc = MetricsLayer::new().layer(service_fn(|_req: Request<String>| async {
+        std::future::pending::<Result<Response<Full<Bytes>>, BoxError>>().await
+    }));
+    let call = svc.oneshot(request(Some("gpt-4.1")));
+    assert!(
+        tokio::time::timeout(Duration::from_millis(30), call)
+            .await
+            .is_err()
+    );
+
+    let m = probe.take();
+    let labels = [
+        ("status", "none"),
+        ("outcome", "cancelled"),
+        ("model", "gpt-4.1"),
+    ];
+    assert_eq!(m.counter(names::REQUESTS, &labels), 1);
+    assert_eq!(m.histogram(names::REQUEST_DURATION, &labels), vec![0.03]);
+    assert_eq!(m.in_flight(), 0.0);
+}
+
+#[tokio::test]
+async fn cache_hits_and_coalesced_count_as_saved() {
+    let recorder = DebuggingRecorder::new();
+    let probe = Probe::new(&recorder);
+    let _guard = metrics::set_default_local_recorder(&recorder);
+
+    let layer = MetricsLayer::new();
+    for outcome in [
+        CacheOutcome::Hit,
+        CacheOutcome::Coalesced,
+        CacheOutcome::Miss,
+    ] {
+        let svc = layer.layer(service_fn(move |_req: Request<String>| async move {
+            let mut res = json(ANSWER);
+            res.extensions_mut().insert(outcome);
+            res.extensions_mut()
+                .insert(RequestModel(Arc::from("gpt-4.1")));
+            Ok::<_, BoxError>(res)
+        }));
+        let res = svc.oneshot(request(None)).await.unwrap();
+        res.into_body().collect().await.unwrap();
+    }
+
+    let m = probe.take();
+    for cache in ["hit", "coalesced", "miss"] {
+        assert_eq!(
+            m.counter(names::REQUESTS, &[("cache", cache)]),
+            1,
+            "{cache}"
+        );
+    }
+    // Two answers cost nothing upstream; their tokens are labelled apart.
+    assert_eq!(
+        m.counter(names::TOKENS, &[("cache", "hit"), ("kind", "prompt")]),
+        2000
+    );
+    assert_eq!(
+        m.counter(names::TOKENS, &[("cache", "miss"), ("kind", "prompt")]),
+        1000
+    );
+    assert_eq!(
+        m.counter(names::COST_SAVED, &[("model", "gpt-4.1")]),
+        24_000
+    );
+    assert_eq!(m.counter(names::COST, &[("model", "gpt-4.1")]), 12_000);
+}
+
+#[tokio::test]
+async fn attempts_and_retries_from_the_extension() {
+    let recorder = DebuggingRecorder::new();
+    let probe = Probe::new(&recorder);
+    let _guard = metrics::set_default_local_recorder(&recorder);
+
+    let layer = MetricsLayer::new();
+    for attempts in [1, 3] {
+        let svc = layer.layer(service_fn(move |_req: Request<String>| async move {
+            let mut res = json(ANSWER);
+            res.extensions_mut().insert(Attempts(attempts));
+            Ok::<_, BoxError>(res)
+        }));
+        let res = svc.oneshot(request(None)).await.unwrap();
+        res.into_body().collect().await.unwrap();
+    }
+
+    let m = probe.take();
+    assert_eq!(
+        m.counter(names::UPSTREAM_ATTEMPTS, &[("model", "gpt-4.1")]),
+        4
+    );
+    assert_eq!(m.counter(names::RETRIES, &[("model", "gpt-4.1")]), 2);
+}
+
+#[derive(Debug)]
+struct Overloaded;
+
+impl std::fmt::Display for Overloaded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("at capacity")
+    }
+}
+
+impl std::error::Error for Overloaded {}
+
+#[tokio::test(start_paused = true)]
+async fn failed_calls_are_counted_timed_and_classified() {
+    let recorder = DebuggingRecorder::new();
+    let probe = Probe::new(&recorder);
+    let _guard = metrics::set_default_local_recorder(&recorder);
+
+    let layer =
+        MetricsLayer::new().classify_errors(DefaultClassifyError::new().overload::<Overloaded>());
+    let errors: [fn() -> BoxError; 3] = [
+        || io::Error::from(io::ErrorKind::TimedOut).into(),
+        || Overloaded.into(),
+        || "something else".into(),
+    ];
+    for error in errors {
+        let svc = layer.layer(service_fn(move |_req: Request<String>| async move {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            Err::<Response<Full<Bytes>>, BoxError>(error())
+        }));
+        assert!(svc.oneshot(request(Some("gpt-4.1"))).await.is_err());
+    }
+
+    let m = probe.take();
+    let labels = [("status", "error"), ("outcome", "error"), ("cache", "none")];
+    assert_eq!(m.counter(names::REQUESTS, &labels), 3);
+    assert_eq!(m.histogram(names::REQUEST_DURATION, &labels), vec![0.01; 3]);
+    assert!(m.histogram(names::TIME_TO_FIRST_BYTE, &[]).is_empty());
+    for class in ["timeout", "overload", "other"] {
+        assert_eq!(m.counter(names::ERRORS, &[("class", class)]), 1, "{class}");
+    }
+    assert_eq!(m.counter(names::SHED, &[("model", "gpt-4.1")]), 1);
+    assert_eq!(m.in_flight(), 0.0);
+}
+
+#[tokio::test]
+async fn server_error_answers_are_a_status_not_an_error() {
+    let recorder = DebuggingRecorder::new();
+    let probe = Probe::new(&recorder);
+    let _guard = metrics::set_default_local_recorder(&recorder);
+
+    let svc = MetricsLayer::new().layer(service_fn(|_req: Request<String>| async {
+        let body = holysheep_core::error::ErrorBody::new("upstream down", "server_error");
+        let res = body.into_response(StatusCode::BAD_GATEWAY).map(Full::new);
+        Ok::<_, BoxError>(res)
+    }));
+    let res = svc.oneshot(request(Some("gpt-4.1"))).await.unwrap();
+    res.into_body().collect().await.unwrap();
+
+    let m = probe.take();
+    assert_eq!(
+        m.counter(
+            names::REQUESTS,
+            &[("status", "5xx"), ("outcome", "completed")]
+        ),
+        1
+    );
+    assert_eq!(m.counter(names::ERRORS, &[]), 0);
+    assert_eq!(m.counter(names::TOKENS, &[]), 0);
+}
+
+#[tokio::test]
+async fn body_failure_mid_stream_is_an_error_of_its_class() {
+    let recorder = DebuggingRecorder::new();
+    let probe = Probe::new(&recorder);
+    let _guard = metrics::set_default_local_recorder(&recorder);
+
+    let (tx, body) = channel_body();
+    let body = std::sync::Mutex::new(Some(body));
+    let svc = MetricsLayer::new().layer(service_fn(move |_req: Request<String>| {
+        let body = body.lock().unwrap().take().expect("called once");
+        async move { Ok::<_, Infallible>(Response::new(body)) }
+    }));
+    let mut body = svc.oneshot(request(None)).await.unwrap().into_body();
+    tx.send(Ok(Frame::data(Bytes::from_static(b"partial"))))
+        .await
+        .unwrap();
+    tx.send(Err(io::Error::from(io::ErrorKind::ConnectionReset).into()))
+        .await
+        .unwrap();
+    assert!(body.frame().await.unwrap().is_ok());
+    assert!(body.frame().await.unwrap().is_err());
+    drop(body);
+
+    let m = probe.take();
+    assert_eq!(
+        m.counter(
+            names::REQUESTS,
+            &[
+                ("status", "2xx"),
+                ("outcome", "error"),
+                ("model", "unknown")
+            ]
+        ),
+        1
+    );
+    assert_eq!(m.counter(names::ERRORS, &[("class", "connect")]), 1);
+    assert_eq!(m.counter(names::SHED, &[]), 0);
+    assert_eq!(m.in_flight(), 0.0);
+}
+
+#[tokio::test]
+async fn sized_bodies_end_at_their_last_frame_and_empty_ones_at_once() {
+    let recorder = DebuggingRecorder::new();
+    let probe = Probe::new(&recorder);
+    let _guard = metrics::set_default_local_recorder(&recorder);
+
+    let svc = MetricsLayer::new().layer(service_fn(|_req: Request<String>| async {
+        Ok::<_, BoxError>(json(ANSWER))
+    }));
+    let mut body = svc.oneshot(request(None)).await.unwrap().into_body();
+    // hyper stops after the frame that makes `is_end_stream()` true; it never polls `None`.
+    body.frame().await.unwrap().unwrap();
+    assert!(body.is_end_stream());
+    let m = probe.take();
+    assert_eq!(m.counter(names::REQUESTS, &[("outcome", "completed")]), 1);
+    assert_eq!(m.counter(names::TOKENS, &[("kind", "completion")]), 500);
+    drop(body);
+
+    let svc = MetricsLayer::new().layer(service_fn(|_req: Request<String>| async {
+        Ok::<_, BoxError>(Response::new(Empty::<Bytes>::new()))
+    }));
+    let res = svc.oneshot(request(None)).await.unwrap();
+    let m = probe.take();
+    assert_eq!(m.counter(names::REQUESTS, &[("outcome", "completed")]), 1);
+    assert!(m.histogram(names::TIME_TO_FIRST_BYTE, &[]).is_empty());
+    drop(res);
+    assert_eq!(probe.take().counter(names::REQUESTS, &[]), 0);
+}
+
+#[tokio::test]
+async fn unknown_models_fold_into_other_past_the_bound() {
+    let recorder = DebuggingRecorder::new();
+    let probe = Probe::new(&recorder);
+    let _guard = metrics::set_default_local_recorder(&recorder);
+
+    let layer = MetricsLayer::new().max_models(2);
+    let svc = layer.layer(service_fn(|_req: Request<String>| async {
+        Ok::<_, BoxError>(Response::new(Empty::<Bytes>::new()))
+    }));
+    for model in [
+        "m-1",
+        "m-2",
+        "m-3",
+        "m-4",
+        "m-1",
+        "gpt-4.1",
+        "deepseek-v3.2",
+    ] {
+        svc.clone().oneshot(request(Some(model))).await.unwrap();
+    }
+
+    let m = probe.take();
+    assert_eq!(
+        m.label_values(names::REQUESTS, "model"),
+        ["deepseek-v3.2", "gpt-4.1", "m-1", "m-2", "other"]
+    );
+    assert_eq!(m.counter(names::REQUESTS, &[("model", "other")]), 2);
+    assert_eq!(m.counter(names::REQUESTS, &[("model", "m-1")]), 2);
+}
+
+#[tokio::test]
+async fn non_openai_bodies_pass_untouched() {
+    let recorder = DebuggingRecorder::new();
+    let probe = Probe::new(&recorder);
+    let _guard = metrics::set_default_local_recorder(&recorder);
+
+    let svc = MetricsLayer::new().layer(service_fn(|_req: Request<String>| async {
+        Ok::<_, Infallible>(
+            Response::builder()
+                .header("content-type", "text/plain")
+                .body(Full::new(Bytes::from_static(
+                    br#"{"usage":{"prompt_tokens":1}}"#,
+                )))
+                .unwrap(),
+        )
+    }));
+    let res = svc.oneshot(request(None)).await.unwrap();
+    res.into_body().collect().await.unwrap();
+
+    let m = probe.take();
+    assert_eq!(m.counter(names::REQUESTS, &[("model", "unknown")]), 1);
+    assert_eq!(m.counter(names::TOKENS, &[]), 0);
+}
+
+#[cfg(feature = "prometheus")]
+#[tokio::test]
+async fn prometheus_latency_metrics_are_histograms() {
+    let recorder = crate::prometheus::builder().unwrap().build_recorder();
+    let handle = recorder.handle();
+    let _guard = metrics::set_default_local_recorder(&recorder);
+
+    let svc = MetricsLayer::new().layer(service_fn(|_req: Request<String>| async {
+        Ok::<_, BoxError>(json(ANSWER))
+    }));
+    let res = svc.oneshot(request(None)).await.unwrap();
+    res.into_body().collect().await.unwrap();
+
+    let text = handle.render();
+    assert!(
+        text.contains("# TYPE holysheep_request_duration_seconds histogram"),
+        "{text}"
+    );
+    assert!(
+        text.contains("holysheep_request_duration_seconds_bucket{"),
+        "{text}"
+    );
+    assert!(
+        text.contains("# TYPE holysheep_time_to_first_byte_seconds histogram"),
+        "{text}"
+    );
+    assert!(
+        text.contains("# TYPE holysheep_cost_microusd_total counter"),
+        "{text}"
+    );
+    assert!(
+        text.contains("holysheep_cost_microusd_total{model=\"gpt-4.1\"} 12000"),
+        "{text}"
+    );
+    assert!(text.contains("# HELP holysheep_requests_total"), "{text}");
+}

@@ -1,0 +1,272 @@
+//! Reading `model` and `usage` out of OpenAI JSON and SSE answers as they stream past.
+
+use std::borrow::Cow;
+use std::io::IoSlice;
+
+use bytes::Buf;
+use holysheep_core::sse::{SseEvent, SseParser};
+use http::HeaderMap;
+use http::header::{CONTENT_ENCODING, CONTENT_TYPE};
+use serde::Deserialize;
+
+/// The parts of an answer (or of one stream chunk) the metrics need; serde skips the rest.
+#[derive(Deserialize)]
+struct Answer<'a> {
+    #[serde(borrow, default)]
+    model: Option<Cow<'a, str>>,
+    #[serde(default)]
+    usage: Option<TokenUsage>,
+}
+
+#[derive(Deserialize)]
+struct TokenUsage {
+    #[serde(default)]
+    prompt_tokens: u64,
+    #[serde(default)]
+    completion_tokens: u64,
+}
+
+/// What the body said about itself.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(crate) struct Found {
+    pub(crate) model: Option<String>,
+    /// `(prompt_tokens, completion_tokens)`.
+    pub(crate) usage: Option<(u64, u64)>,
+}
+
+impl Found {
+    fn take_answer(&mut self, answer: Answer<'_>, want_model: bool) {
+        if want_model {
+            self.model = answer.model.map(Cow::into_owned);
+        }
+        if let Some(u) = answer.usage {
+            self.usage = Some((u.prompt_tokens, u.completion_tokens));
+        }
+    }
+}
+
+/// How a response body is watched.
+#[derive(Debug)]
+pub(crate) enum Capture {
+    /// Not an answer we understand (or gave up on): bytes pass untouched.
+    Off,
+    /// A JSON answer, copied up to `limit` bytes and parsed when the body ends.
+    Json { buf: Vec<u8>, limit: usize },
+    /// An SSE stream, parsed event by event; only the first event and events with a `usage`
+    /// object are handed to serde.
+    Sse {
+        parser: Box<SseParser>,
+        limit: usize,
+        model_tried: bool,
+        found: Found,
+    },
+}
+
+impl Capture {
+    /// Picks how to watch a body from its headers. Compressed bodies are not parsed.
+    pub(crate) fn for_response(headers: &HeaderMap, len_lower_bound: u64, limit: usize) -> Self {
+        if limit == 0 {
+            return Self::Off;
+        }
+        if let Some(enc) = headers.get(CONTENT_ENCODING)
+            && !enc.as_bytes().eq_ignore_ascii_case(b"identity")
+        {
+            return Self::Off;
+        }
+        let Some(ct) = headers.get(CONTENT_TYPE) else {
+            return Self::Off;
+        };
+        let ct = ct.as_bytes();
+        let essence = ct.split(|&b| b == b';').next().unwrap_or(ct).trim_ascii();
+        let lower = |s: &[u8]| essence.eq_ignore_ascii_case(s);
+        let is_json = lower(b"application/json")
+            || (essence.len() > 5 && essence[essence.len() - 5..].eq_ignore_ascii_case(b"+json"));
+        if is_json {
+            if len_lower_bound > limit as u64 {
+                return Self::Off;
+            }
+            // Reserve what the body announced (it fits the limit), so copying never regrows.
+            let cap = usize::try_from(len_lower_bound).unwrap_or(0);
+            Self::Json {
+                buf: Vec::with_capacity(cap),
+                limit,
+            }
+        } else if lower(b"text/event-stream") {
+            Self::Sse {
+                parser: Box::default(),
+                limit,
+                model_tried: false,
+                found: Found::default(),
+            }
+        } else {
+            Self::Off
+        }
+    }
+
+    /// Takes the next data frame.
+    pub(crate) fn push(&mut self, data: &impl Buf) {
+        let ok = match self {
+            Self::Off => return,
+            Self::Json { buf, limit } => {
+                if buf.len().saturating_add(data.remaining()) > *limit {
+                    false
+                } else {
+                    for_each_slice(data, |s| buf.extend_from_slice(s))
+                }
+            }
+            Self::Sse {
+                parser,
+                limit,
+                model_tried,
+                found,
+            } => {
+                let whole = for_each_slice(data, |s| parser.push(s));
+                while let Some(event) = parser.next_event() {
+                    on_event(&event, model_tried, found);
+                }
+                // An endless line would grow the parser's buffer without bound.
+                whole && parser.buffered() <= *limit
+            }
+        };
+        if !ok {
+            *self = Self::Off;
+        }
+    }
+
+    /// What the body told, once it has ended (or been dropped).
+    pub(crate) fn finish(&mut self) -> Found {
+        match std::mem::replace(self, Self::Off) {
+            Self::Off => Found::default(),
+            Self::Json { buf, .. } => {
+                let mut found = Found::default();
+                if let Ok(answer) = serde_json::from_slice::<Answer<'_>>(&buf) {
+                    found.take_answer(answer, true);
+                }
+                found
+            }
+            Self::Sse { found, .. } => found,
+        }
+    }
+}
+
+fn on_event(event: &SseEvent, model_tried: &mut bool, found: &mut Found) {
+    if event.is_done() {
+        return;
+    }
+    let want_model = !*model_tried;
+    // With `stream_options.include_usage` every chunk but the last has `"usage":null`.
+    let has_usage = event.data.contains("\"usage\"") && !event.data.contains("\"usage\":null");
+    if !want_model && !has_usage {
+        return;
+    }
+    *model_tried = true;
+    if let Ok(answer) = serde_json::from_str::<Answer<'_>>(&event.data) {
+        found.take_answer(answer, want_model);
+    }
+}
+
+/// Calls `f` with every byte of `data` without consuming it. False when `data` has more
+/// segments than one vectored read shows (then the caller stops parsing rather than guess).
+fn for_each_slice(data: &impl Buf, mut f: impl FnMut(&[u8])) -> bool {
+    let first = data.chunk();
+    if first.len() == data.remaining() {
+        f(first);
+        return true;
+    }
+    let mut slices = [IoSlice::new(&[]); 64];
+    let n = data.chunks_vectored(&mut slices);
+    let seen: usize = slices[..n].iter().map(|s| s.len()).sum();
+    if seen != data.remaining() {
+        return false;
+    }
+    for s in &slices[..n] {
+        f(s);
+    }
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use http::HeaderValue;
+
+    fn headers(ct: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(CONTENT_TYPE, HeaderValue::from_str(ct).unwrap());
+        h
+    }
+
+    #[test]
+    fn json_split_anywhere() {
+        let body = br#"{"id":"x","model":"gpt-4.1","choices":[],"usage":{"prompt_tokens":12,"completion_tokens":30,"total_tokens":42}}"#;
+        for split in 0..body.len() {
+            let mut c = Capture::for_response(&headers("application/json; charset=utf-8"), 0, 1024);
+            c.push(&Bytes::copy_from_slice(&body[..split]));
+            c.push(&Bytes::copy_from_slice(&body[split..]));
+            let found = c.finish();
+            assert_eq!(found.model.as_deref(), Some("gpt-4.1"));
+            assert_eq!(found.usage, Some((12, 30)));
+        }
+    }
+
+    #[test]
+    fn json_over_the_limit_or_compressed_is_not_parsed() {
+        let body = br#"{"model":"gpt-4.1","usage":{"prompt_tokens":1,"completion_tokens":2}}"#;
+        let mut c = Capture::for_response(&headers("application/json"), 0, 16);
+        c.push(&Bytes::from_static(body));
+        assert_eq!(c.finish(), Found::default());
+        assert!(matches!(
+            Capture::for_response(&headers("application/json"), 17, 16),
+            Capture::Off
+        ));
+        let mut h = headers("application/json");
+        h.insert(CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+        assert!(matches!(Capture::for_response(&h, 0, 1024), Capture::Off));
+        assert!(matches!(
+            Capture::for_response(&headers("text/plain"), 0, 1024),
+            Capture::Off
+        ));
+        assert!(matches!(
+            Capture::for_response(&headers("application/problem+json"), 0, 1024),
+            Capture::Json { .. }
+        ));
+    }
+
+    #[test]
+    fn multi_segment_buffers_are_read_whole() {
+        let body = br#"{"model":"m","usage":{"prompt_tokens":3,"completion_tokens":4}}"#;
+        let (a, b) = body.split_at(10);
+        let chained = Bytes::from_static(a).chain(Bytes::from_static(b));
+        let mut c = Capture::for_response(&headers("application/json"), 0, 1024);
+        c.push(&chained);
+        assert_eq!(c.finish().usage, Some((3, 4)));
+    }
+
+    #[test]
+    fn sse_model_from_first_chunk_usage_from_last() {
+        let stream = concat!(
+            "data: {\"model\":\"deepseek-v3.2\",\"choices\":[{\"delta\":{\"content\":\"hi\"}}],\"usage\":null}\n\n",
+            "data: {\"model\":\"ignored\",\"choices\":[{\"delta\":{\"content\":\"!\"}}],\"usage\":null}\n\n",
+            "data: {\"model\":\"ignored\",\"choices\":[],\"usage\":{\"prompt_tokens\":5,\"completion_tokens\":7}}\n\n",
+            "data: [DONE]\n\n",
+        )
+        .as_bytes();
+        for piece in [1, 7, 64, stream.len()] {
+            let mut c = Capture::for_response(&headers("text/event-stream"), 0, 1024);
+            for chunk in stream.chunks(piece) {
+                c.push(&Bytes::copy_from_slice(chunk));
+            }
+            let found = c.finish();
+            assert_eq!(found.model.as_deref(), Some("deepseek-v3.2"));
+            assert_eq!(found.usage, Some((5, 7)));
+        }
+    }
+
+    #[test]
+    fn sse_endless_line_stops_parsing() {
+        let mut c = Capture::for_response(&headers("text/event-stream"), 0, 8);
+        c.push(&Bytes::from_static(b"data: 0123456789"));
+        assert!(matches!(c, Capture::Off));
+    }
+}
