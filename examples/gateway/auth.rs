@@ -1,0 +1,220 @@
+//! Who may call the gateway.
+//!
+//! With client keys, a caller sends `Authorization: Bearer <key>` (what OpenAI SDKs send) and
+//! becomes the tenant of that key: its cache entries live in their own namespace, named by a hash
+//! of the key so the key itself is never stored or logged. Without keys, only loopback callers
+//! are served, as one tenant.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::extract::{ConnectInfo, Request, State};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use holysheep_core::signal::Namespace;
+use http::{HeaderMap, StatusCode, header};
+use sha2::{Digest, Sha256};
+
+use super::config::Secret;
+use super::errors::ApiError;
+
+/// The access rule, built once from the configuration.
+#[derive(Clone)]
+pub(crate) struct Auth {
+    inner: Arc<Rule>,
+}
+
+enum Rule {
+    /// Callers must present one of these keys, stored only as SHA-256 digests.
+    Keys(Vec<Tenant>),
+    /// No keys configured: loopback peers only.
+    LoopbackOnly,
+}
+
+struct Tenant {
+    digest: [u8; 32],
+    namespace: Namespace,
+}
+
+impl Auth {
+    /// The rule for these client keys; none means loopback only.
+    pub(crate) fn new(keys: &[Secret]) -> Self {
+        let rule = if keys.is_empty() {
+            Rule::LoopbackOnly
+        } else {
+            Rule::Keys(
+                keys.iter()
+                    .map(|key| {
+                        let digest: [u8; 32] = Sha256::digest(key.expose().as_bytes()).into();
+                        Tenant {
+                            digest,
+                            namespace: namespace_of(&digest),
+                        }
+                    })
+                    .collect(),
+            )
+        };
+        Self {
+            inner: Arc::new(rule),
+        }
+    }
+
+    /// Decides on one request: `Ok(Some(ns))` for a keyed tenant, `Ok(None)` for the single
+    /// loopback tenant, `Err` with the answer to send otherwise.
+    fn check(
+        &self,
+        headers: &HeaderMap,
+        peer: Option<SocketAddr>,
+    ) -> Result<Option<Namespace>, ApiError> {
+        match &*self.inner {
+            Rule::LoopbackOnly => match peer {
+                // `to_canonical` so an IPv4-mapped `::ffff:127.0.0.1` counts as loopback too.
+                Some(peer) if peer.ip().to_canonical().is_loopback() => Ok(None),
+                _ => Err(ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    "This gateway has no client keys configured and serves loopback callers \
+                     only. Set HOLYSHEEP_GATEWAY_KEYS to serve other hosts.",
+                    "permission_error",
+                )
+                .code("loopback_only")),
+            },
+            Rule::Keys(tenants) => {
+                let Some(presented) = bearer_token(headers) else {
+                    return Err(unauthorized(
+                        "You didn't provide an API key. You need to provide your API key in an \
+                         Authorization header using Bearer auth (i.e. Authorization: Bearer \
+                         YOUR_KEY).",
+                    ));
+                };
+                let digest: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
+                // Compare with every key and without early exit: the time taken does not tell
+                // which key, or how much of one, matched. Digests have a fixed length, so the
+                // length of a key is not revealed either.
+                let mut found: Option<&Namespace> = None;
+                for tenant in tenants {
+                    if constant_time_eq(&digest, &tenant.digest) {
+                        found = Some(&tenant.namespace);
+                    }
+                }
+                found
+                    .cloned()
+                    .map(Some)
+                    .ok_or_else(|| unauthorized("Incorrect API key provided."))
+            }
+        }
+    }
+}
+
+fn unauthorized(message: &str) -> ApiError {
+    ApiError::new(StatusCode::UNAUTHORIZED, message, "invalid_request_error")
+        .code("invalid_api_key")
+}
+
+/// The tenant's namespace: the first 16 hex digits of the key's SHA-256, never the key.
+fn namespace_of(digest: &[u8; 32]) -> Namespace {
+    Namespace(Arc::from(hex::encode(&digest[..8])))
+}
+
+/// The token of `Authorization: Bearer <token>`; the scheme is case-insensitive.
+fn bearer_token(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?.trim();
+    let (scheme, token) = value.split_once(' ')?;
+    let token = token.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
+}
+
+fn constant_time_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
+    let diff = a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y));
+    // black_box keeps the optimiser from turning the fold into an early-exit comparison.
+    std::hint::black_box(diff) == 0
+}
+
+/// Middleware: admits or rejects the caller, records its tenant, and removes its credentials so
+/// they can never travel further (the upstream gets the gateway's own key from the client).
+pub(crate) async fn require_caller(
+    State(auth): State<Auth>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    let peer = request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|ConnectInfo(addr)| *addr);
+    match auth.check(request.headers(), peer) {
+        Ok(namespace) => {
+            let headers = request.headers_mut();
+            headers.remove(header::AUTHORIZATION);
+            headers.remove("x-api-key");
+            headers.remove("api-key");
+            if let Some(namespace) = namespace {
+                request.extensions_mut().insert(namespace);
+            }
+            next.run(request).await
+        }
+        Err(error) => error.into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    fn headers(auth: Option<&str>) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        if let Some(v) = auth {
+            h.insert(header::AUTHORIZATION, HeaderValue::from_str(v).unwrap());
+        }
+        h
+    }
+
+    fn peer(ip: &str) -> Option<SocketAddr> {
+        Some(SocketAddr::new(ip.parse().unwrap(), 50000))
+    }
+
+    #[test]
+    fn keys_select_their_own_tenant() {
+        let auth = Auth::new(&[Secret::new("alpha"), Secret::new("beta")]);
+        let a = auth
+            .check(&headers(Some("Bearer alpha")), peer("10.0.0.1"))
+            .unwrap();
+        let b = auth
+            .check(&headers(Some("bearer  beta ")), peer("10.0.0.1"))
+            .unwrap();
+        let (a, b) = (a.unwrap(), b.unwrap());
+        assert_ne!(a, b);
+        assert_eq!(a.as_str().len(), 16);
+        assert!(!a.as_str().contains("alpha"));
+        assert_eq!(a.as_str(), &hex::encode(Sha256::digest(b"alpha"))[..16]);
+    }
+
+    #[test]
+    fn missing_or_wrong_keys_get_401() {
+        let auth = Auth::new(&[Secret::new("alpha")]);
+        for h in [
+            headers(None),
+            headers(Some("Bearer alph")),
+            headers(Some("Bearer alphaa")),
+            headers(Some("Basic alpha")),
+            headers(Some("Bearer ")),
+        ] {
+            let res = auth.check(&h, peer("127.0.0.1")).unwrap_err();
+            assert_eq!(res.status, StatusCode::UNAUTHORIZED);
+        }
+    }
+
+    #[test]
+    fn without_keys_only_loopback_is_served() {
+        let auth = Auth::new(&[]);
+        assert_eq!(auth.check(&headers(None), peer("127.0.0.1")).unwrap(), None);
+        assert_eq!(auth.check(&headers(None), peer("::1")).unwrap(), None);
+        assert_eq!(
+            auth.check(&headers(None), peer("::ffff:127.0.0.1"))
+                .unwrap(),
+            None
+        );
+        let res = auth.check(&headers(None), peer("192.168.1.9")).unwrap_err();
+        assert_eq!(res.status, StatusCode::FORBIDDEN);
+        assert!(auth.check(&headers(None), None).is_err());
+    }
+}

@@ -1,0 +1,407 @@
+//! The gateway's HTTP routes: OpenAI-compatible endpoints forwarded through the layer stack, and
+//! health, readiness and metrics for operators.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::middleware;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use bytes::Bytes;
+use holysheep_core::chat::{ChatCompletionRequest, ChatMessage};
+use holysheep_core::signal::{Namespace, RequestModel};
+use http::request::Parts;
+use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri, header};
+use http_body_util::Full;
+use serde_json::{Map, Value};
+use tower::ServiceExt;
+
+use super::auth::{Auth, require_caller};
+use super::errors::{self, ApiError, error_response, invalid_request};
+use super::logging::log_requests;
+use super::stack::{Readiness, Upstream};
+
+/// What every handler shares.
+#[derive(Clone)]
+pub(crate) struct AppState {
+    /// The layer stack around the upstream client.
+    pub(crate) upstream: Upstream,
+    /// Largest accepted request body.
+    pub(crate) body_limit: usize,
+    /// Probes for `/readyz`.
+    pub(crate) readiness: Readiness,
+    /// Renders `/metrics`.
+    pub(crate) render_metrics: Arc<dyn Fn() -> String + Send + Sync>,
+}
+
+/// The whole application: API routes behind the caller check, operator routes, JSON 404/405,
+/// one log line per request.
+pub(crate) fn router(state: AppState, auth: Auth) -> Router {
+    let api = Router::new()
+        .route("/v1/chat/completions", post(chat_completions))
+        .route("/v1/embeddings", post(embeddings))
+        .route("/v1/models", get(models))
+        .route_layer(middleware::from_fn_with_state(auth, require_caller));
+    // Operator routes are outside the key check: probes and scrapers carry no client key, and
+    // these answers hold no tenant's data. Without keys the listener is loopback-only anyway.
+    Router::new()
+        .merge(api)
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .fallback(unknown_route)
+        .method_not_allowed_fallback(wrong_method)
+        // The gateway reads bodies itself, with its own limit and a JSON 413.
+        .layer(DefaultBodyLimit::disable())
+        .layer(middleware::from_fn(log_requests))
+        .with_state(state)
+}
+
+async fn unknown_route(method: Method, uri: Uri) -> Response {
+    errors::not_found(&method, uri.path())
+}
+
+async fn wrong_method(method: Method, uri: Uri) -> Response {
+    errors::method_not_allowed(&method, uri.path())
+}
+
+async fn healthz() -> Response {
+    json_response(StatusCode::OK, r#"{"status":"ok"}"#)
+}
+
+async fn readyz(State(state): State<AppState>) -> Response {
+    match state.readiness.check().await {
+        Ok(()) => json_response(StatusCode::OK, r#"{"status":"ready"}"#),
+        Err(reason) => error_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &format!("not ready: {reason}"),
+            "server_error",
+            None,
+            Some("not_ready"),
+        ),
+    }
+}
+
+async fn metrics(State(state): State<AppState>) -> Response {
+    let mut response = Response::new(Body::from((state.render_metrics)()));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    response
+}
+
+async fn chat_completions(State(state): State<AppState>, request: Request) -> Response {
+    let (parts, body) = request.into_parts();
+    let bytes = match read_body(&parts.headers, body, state.body_limit).await {
+        Ok(bytes) => bytes,
+        Err(error) => return error.into_response(),
+    };
+    let model = match validate_chat(&bytes) {
+        Ok(model) => model,
+        Err(error) => return error.into_response(),
+    };
+    forward(&state, parts, bytes, Some(model)).await
+}
+
+async fn embeddings(State(state): State<AppState>, request: Request) -> Response {
+    let (parts, body) = request.into_parts();
+    let bytes = match read_body(&parts.headers, body, state.body_limit).await {
+        Ok(bytes) => bytes,
+        Err(error) => return error.into_response(),
+    };
+    let model = match validate_embeddings(&bytes) {
+        Ok(model) => model,
+        Err(error) => return error.into_response(),
+    };
+    forward(&state, parts, bytes, Some(model)).await
+}
+
+async fn models(State(state): State<AppState>, request: Request) -> Response {
+    let (parts, _body) = request.into_parts();
+    forward(&state, parts, Bytes::new(), None).await
+}
+
+/// Buffers the request body up to `limit`; over it, a JSON 413 (early from `Content-Length`
+/// when the caller sent one, so a huge upload is not read at all).
+async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Bytes, ApiError> {
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > limit as u64) {
+        return Err(errors::payload_too_large(limit));
+    }
+    axum::body::to_bytes(body, limit).await.map_err(|error| {
+        let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&error);
+        while let Some(e) = source {
+            if e.is::<http_body_util::LengthLimitError>() {
+                return errors::payload_too_large(limit);
+            }
+            source = e.source();
+        }
+        invalid_request("The request body could not be read.", None)
+    })
+}
+
+/// Parses the body as JSON object, or answers 400.
+fn parse_object(bytes: &[u8]) -> Result<Map<String, Value>, ApiError> {
+    match serde_json::from_slice::<Value>(bytes) {
+        Ok(Value::Object(object)) => Ok(object),
+        Ok(_) => Err(invalid_request(
+            "The request body must be a JSON object.",
+            None,
+        )),
+        Err(error) => Err(invalid_request(
+            format!(
+                "We could not parse the JSON body of your request. ({error}) The OpenAI API \
+                 expects a JSON payload."
+            ),
+            None,
+        )),
+    }
+}
+
+fn required_model(object: &Map<String, Value>) -> Result<Arc<str>, ApiError> {
+    match object.get("model") {
+        Some(Value::String(model)) if !model.trim().is_empty() => Ok(Arc::from(model.as_str())),
+        Some(_) => Err(invalid_request(
+            "'model' must be a non-empty string.",
+            Some("model"),
+        )),
+        None => Err(invalid_request(
+            "you must provide a model parameter",
+            Some("model"),
+        )),
+    }
+}
+
+/// Checks that the body is a chat completion request; returns its model.
+fn validate_chat(bytes: &[u8]) -> Result<Arc<str>, ApiError> {
+    let object = parse_object(bytes)?;
+    let model = required_model(&object)?;
+    match object.get("messages") {
+        Some(Value::Array(messages)) if !messages.is_empty() => {
+            if serde_json::from_value::<Vec<ChatMessage>>(Value::Array(messages.clone())).is_err() {
+                return Err(invalid_request(
+                    "Each message must be an object with a string 'role'.",
+                    Some("messages"),
+                ));
+            }
+        }
+        Some(Value::Array(_)) => {
+            return Err(invalid_request(
+                "'messages' must contain at least one message.",
+                Some("messages"),
+            ));
+        }
+        Some(_) => {
+            return Err(invalid_request(
+                "'messages' must be an array of messages.",
+                Some("messages"),
+            ));
+        }
+        None => {
+            return Err(invalid_request(
+                "Missing required parameter: 'messages'.",
+                Some("messages"),
+            ));
+        }
+    }
+    type Check = fn(&Value) -> bool;
+    let typed_fields: [(&str, Check); 3] = [
+        ("stream", |v| v.is_boolean() || v.is_null()),
+        ("temperature", |v| v.is_number() || v.is_null()),
+        ("max_tokens", |v| v.is_u64() || v.is_null()),
+    ];
+    for (name, valid) in typed_fields {
+        if object.get(name).is_some_and(|v| !valid(v)) {
+            return Err(invalid_request(
+                format!("Invalid type for '{name}'."),
+                Some(name),
+            ));
+        }
+    }
+    // The shared type is the final word on what a chat request is.
+    if let Err(error) = serde_json::from_value::<ChatCompletionRequest>(Value::Object(object)) {
+        return Err(invalid_request(
+            format!("The body is not a valid chat completion request: {error}"),
+            None,
+        ));
+    }
+    Ok(model)
+}
+
+/// Checks that the body is an embeddings request (a model and an input); returns its model.
+fn validate_embeddings(bytes: &[u8]) -> Result<Arc<str>, ApiError> {
+    let object = parse_object(bytes)?;
+    let model = required_model(&object)?;
+    let input_ok = match object.get("input") {
+        Some(Value::String(_)) => true,
+        Some(Value::Array(items)) => !items.is_empty(),
+        _ => false,
+    };
+    if !input_ok {
+        return Err(invalid_request(
+            "'input' must be a string or a non-empty array of strings or token arrays.",
+            Some("input"),
+        ));
+    }
+    Ok(model)
+}
+
+/// Request headers that must not travel upstream: the caller's connection's own headers,
+/// credentials (the client sets the upstream key itself), and `accept-encoding`, so answers come
+/// back uncompressed: the cache and the metrics read them, and one caller's gzip must not be
+/// replayed from the cache to another who cannot read it. Header names are lower case.
+fn dropped_request_header(name: &HeaderName) -> bool {
+    matches!(
+        name.as_str(),
+        "authorization"
+            | "host"
+            | "content-length"
+            | "connection"
+            | "te"
+            | "trailer"
+            | "transfer-encoding"
+            | "upgrade"
+            | "proxy-authorization"
+            | "cookie"
+            | "keep-alive"
+            | "proxy-connection"
+            | "x-api-key"
+            | "api-key"
+            | "accept-encoding"
+    )
+}
+
+/// Response headers of the upstream's connection, which are not the caller's business.
+const DROPPED_RESPONSE_HEADERS: [&str; 6] = [
+    "connection",
+    "transfer-encoding",
+    "upgrade",
+    "trailer",
+    "keep-alive",
+    "proxy-connection",
+];
+
+/// Sends the request through the stack with the gateway's `/v1` stripped (the client joins the
+/// rest onto its base URL, which carries the upstream's own `/v1`), and turns the outcome into
+/// the caller's answer.
+async fn forward(state: &AppState, parts: Parts, body: Bytes, model: Option<Arc<str>>) -> Response {
+    let path = parts.uri.path();
+    let upstream_path = path.strip_prefix("/v1").unwrap_or(path);
+    let target = match parts.uri.query() {
+        Some(query) => format!("{upstream_path}?{query}"),
+        None => upstream_path.to_owned(),
+    };
+    let mut request = http::Request::new(Full::new(body));
+    *request.method_mut() = parts.method.clone();
+    *request.uri_mut() = match target.parse() {
+        Ok(uri) => uri,
+        Err(_) => return invalid_request("The request URL is not valid.", None).into_response(),
+    };
+    let headers = request.headers_mut();
+    for (name, value) in &parts.headers {
+        if !dropped_request_header(name) {
+            headers.append(name.clone(), value.clone());
+        }
+    }
+    if let Some(namespace) = parts.extensions.get::<Namespace>() {
+        request.extensions_mut().insert(namespace.clone());
+    }
+    if let Some(model) = &model {
+        request
+            .extensions_mut()
+            .insert(RequestModel(Arc::clone(model)));
+    }
+
+    let mut response = match state.upstream.clone().oneshot(request).await {
+        Ok(response) => response,
+        Err(error) => {
+            tracing::warn!(error = %error, "upstream call failed");
+            errors::stack_error(&*error)
+        }
+    };
+    let headers = response.headers_mut();
+    for name in DROPPED_RESPONSE_HEADERS {
+        headers.remove(name);
+    }
+    if let Some(model) = model
+        && response.extensions().get::<RequestModel>().is_none()
+    {
+        response.extensions_mut().insert(RequestModel(model));
+    }
+    response
+}
+
+fn json_response(status: StatusCode, body: &'static str) -> Response {
+    let mut response = Response::new(Body::from(body));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status_and_param(result: Result<Arc<str>, ApiError>) -> (StatusCode, Option<String>) {
+        let error = result.expect_err("rejected");
+        (error.status, error.body.error.param)
+    }
+
+    #[test]
+    fn chat_requests_are_checked() {
+        let ok =
+            br#"{"model":"gpt-4.1","messages":[{"role":"user","content":"hi"}],"stream":true}"#;
+        assert_eq!(&*validate_chat(ok).unwrap(), "gpt-4.1");
+        let cases: [(&[u8], Option<&str>); 8] = [
+            (b"{not json", None),
+            (b"[1,2]", None),
+            (br#"{"messages":[{"role":"user"}]}"#, Some("model")),
+            (
+                br#"{"model":"","messages":[{"role":"user"}]}"#,
+                Some("model"),
+            ),
+            (br#"{"model":"m"}"#, Some("messages")),
+            (br#"{"model":"m","messages":[]}"#, Some("messages")),
+            (
+                br#"{"model":"m","messages":[{"content":"no role"}]}"#,
+                Some("messages"),
+            ),
+            (
+                br#"{"model":"m","messages":[{"role":"user"}],"stream":"yes"}"#,
+                Some("stream"),
+            ),
+        ];
+        for (body, param) in cases {
+            let (status, got) = status_and_param(validate_chat(body));
+            assert_eq!(
+                status,
+                StatusCode::BAD_REQUEST,
+                "{}",
+                String::from_utf8_lossy(body)
+            );
+            assert_eq!(got.as_deref(), param, "{}", String::from_utf8_lossy(body));
+        }
+    }
+
+    #[test]
+    fn embeddings_need_model_and_input() {
+        assert_eq!(
+            &*validate_embeddings(br#"{"model":"e","input":"hello"}"#).unwrap(),
+            "e"
+        );
+        assert!(validate_embeddings(br#"{"model":"e","input":[[1,2]]}"#).is_ok());
+        let (_, param) = status_and_param(validate_embeddings(br#"{"model":"e"}"#));
+        assert_eq!(param.as_deref(), Some("input"));
+        let (_, param) = status_and_param(validate_embeddings(br#"{"input":"x"}"#));
+        assert_eq!(param.as_deref(), Some("model"));
+    }
+}

@@ -1,0 +1,171 @@
+//! Starting and stopping the gateway, in-process: `main` and the integration tests share it.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use holysheep_core::BoxError;
+use holysheep_mock::{MockConfig, MockServer};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use super::auth::Auth;
+use super::config::Config;
+use super::routes::{AppState, router};
+use super::stack;
+
+/// The upstream key the demo mock expects and the gateway sends when no key is configured.
+pub(crate) const DEMO_API_KEY: &str = "sk-holysheep-demo";
+
+/// The gateway server.
+pub(crate) struct Gateway;
+
+/// A running gateway.
+pub(crate) struct GatewayHandle {
+    addr: SocketAddr,
+    upstream: String,
+    grace: Duration,
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<std::io::Result<()>>,
+    demo: Option<MockServer>,
+}
+
+/// Why the gateway did not start.
+#[derive(Debug)]
+pub(crate) struct StartError(String);
+
+impl fmt::Display for StartError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for StartError {}
+
+impl StartError {
+    fn new(context: &str, error: impl fmt::Display) -> Self {
+        Self(format!("{context}: {error}"))
+    }
+}
+
+impl Gateway {
+    /// Validates the configuration, builds the stack, binds the listener and starts serving.
+    ///
+    /// In demo mode the mock upstream is started first, in-process, and used as the upstream.
+    pub(crate) async fn start(config: Config) -> Result<GatewayHandle, StartError> {
+        config
+            .validate()
+            .map_err(|e| StartError::new("invalid configuration", e))?;
+
+        let (demo, upstream, api_key) = if config.demo {
+            let api_key = config
+                .api_key
+                .as_ref()
+                .map_or(DEMO_API_KEY, |k| k.expose())
+                .to_owned();
+            let mock = MockServer::start(MockConfig::default().api_key(api_key.clone()))
+                .await
+                .map_err(|e| StartError::new("cannot start the demo upstream", e))?;
+            let url = mock.base_url();
+            (Some(mock), url, Some(api_key))
+        } else {
+            let key = config.api_key.as_ref().map(|k| k.expose().to_owned());
+            (None, config.upstream.clone(), key)
+        };
+
+        let built = stack::build(&config, &upstream, api_key.as_deref())
+            .await
+            .map_err(|e: BoxError| StartError::new("cannot build the upstream stack", e))?;
+
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .map_err(|e| StartError::new(&format!("cannot listen on {}", config.listen), e))?;
+        let addr = listener
+            .local_addr()
+            .map_err(|e| StartError::new("cannot read the listen address", e))?;
+
+        let state = AppState {
+            upstream: built.upstream,
+            body_limit: config.server.body_limit_bytes,
+            readiness: built.readiness,
+            render_metrics: built.render_metrics,
+        };
+        let app = router(state, Auth::new(&config.gateway_keys));
+
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            axum::serve(
+                listener,
+                app.into_make_service_with_connect_info::<SocketAddr>(),
+            )
+            .with_graceful_shutdown(async move {
+                // A dropped sender stops the server as well.
+                let _ = stopped.await;
+            })
+            .await
+        });
+
+        Ok(GatewayHandle {
+            addr,
+            upstream,
+            grace: config.server.shutdown_grace,
+            stop: Some(stop),
+            task,
+            demo,
+        })
+    }
+}
+
+impl GatewayHandle {
+    /// The address the gateway listens on (the real port when the configuration said `:0`).
+    pub(crate) fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The upstream base URL in use (the mock's in demo mode).
+    pub(crate) fn upstream(&self) -> &str {
+        &self.upstream
+    }
+
+    /// A ready-to-paste curl line that asks the gateway for a chat completion.
+    pub(crate) fn curl_example(&self) -> String {
+        format!(
+            "curl -s http://{}/v1/chat/completions -H 'content-type: application/json' \
+             -d '{{\"model\":\"gpt-4.1\",\"messages\":[{{\"role\":\"user\",\"content\":\"Hello, HolySheep!\"}}]}}'",
+            self.addr
+        )
+    }
+
+    /// Stops accepting connections, lets in-flight requests and streams finish for at most the
+    /// configured grace period, then cuts what is left. Returns whether everything finished
+    /// within the grace period.
+    pub(crate) async fn shutdown(mut self) -> bool {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        let clean = match tokio::time::timeout(self.grace, &mut self.task).await {
+            Ok(Ok(Ok(()))) => true,
+            Ok(Ok(Err(error))) => {
+                tracing::error!(error = %error, "server failed while shutting down");
+                false
+            }
+            Ok(Err(join_error)) => {
+                tracing::error!(error = %join_error, "server task failed");
+                false
+            }
+            Err(_) => {
+                tracing::warn!(
+                    grace_secs = self.grace.as_secs_f64(),
+                    "shutdown grace period elapsed; closing the remaining connections"
+                );
+                self.task.abort();
+                false
+            }
+        };
+        if let Some(mock) = self.demo.take() {
+            mock.shutdown().await;
+        }
+        clean
+    }
+}

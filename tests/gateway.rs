@@ -1,0 +1,881 @@
+//! The example gateway (`examples/gateway/`), started in-process on loopback in front of the mock
+//! upstream, tested the way a caller sees it: statuses, bodies, headers, and what the upstream
+//! received.
+
+mod support;
+
+// The gateway's own modules, shared with its `main.rs`; a test uses only part of them.
+#[allow(dead_code)]
+#[path = "../examples/gateway/auth.rs"]
+mod auth;
+#[allow(dead_code)]
+#[path = "../examples/gateway/config.rs"]
+mod config;
+#[allow(dead_code)]
+#[path = "../examples/gateway/errors.rs"]
+mod errors;
+#[allow(dead_code)]
+#[path = "../examples/gateway/logging.rs"]
+mod logging;
+#[allow(dead_code)]
+#[path = "../examples/gateway/routes.rs"]
+mod routes;
+#[allow(dead_code)]
+#[path = "../examples/gateway/server.rs"]
+mod server;
+#[allow(dead_code)]
+#[path = "../examples/gateway/stack.rs"]
+mod stack;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use holysheep_core::chat::ChatCompletionRequest;
+use http::{Request, StatusCode, header};
+use http_body_util::{BodyExt, Full};
+use serde_json::{Value, json};
+
+use config::{Config, Secret};
+use server::{Gateway, GatewayHandle};
+use support::{
+    MockConfig, MockServer, Reply, UPSTREAM_KEY, chat_body, http_client, post_json, sse_chunks,
+    start_mock, stream_body, stream_content,
+};
+
+/// A gateway configuration for tests: an ephemeral loopback port, the mock as upstream with its
+/// key, quick retries.
+fn test_config(mock: &MockServer) -> Config {
+    let mut config = Config {
+        listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+        upstream: mock.base_url(),
+        api_key: Some(Secret::new(UPSTREAM_KEY)),
+        ..Config::default()
+    };
+    config.retry.base = Duration::from_millis(1);
+    config.retry.cap = Duration::from_millis(10);
+    config.server.shutdown_grace = Duration::from_secs(10);
+    config
+}
+
+async fn start(config: Config) -> GatewayHandle {
+    Gateway::start(config).await.expect("the gateway starts")
+}
+
+/// A mock that requires the upstream key, and a gateway in front of it.
+async fn mock_and_gateway(change: impl FnOnce(&mut Config)) -> (MockServer, GatewayHandle) {
+    let mock = start_mock(MockConfig::default().api_key(UPSTREAM_KEY)).await;
+    let mut config = test_config(&mock);
+    change(&mut config);
+    let gateway = start(config).await;
+    (mock, gateway)
+}
+
+fn url(gateway: &GatewayHandle, path: &str) -> String {
+    format!("http://{}{path}", gateway.addr())
+}
+
+async fn send(gateway: &GatewayHandle, method: &str, path: &str, body: &str) -> Reply {
+    let request = Request::builder()
+        .method(method)
+        .uri(url(gateway, path))
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Full::from(body.to_owned()))
+        .expect("a valid request");
+    let response = http_client()
+        .request(request)
+        .await
+        .expect("the gateway answers");
+    let (parts, body) = response.into_parts();
+    Reply {
+        status: parts.status,
+        headers: parts.headers,
+        body: body.collect().await.expect("whole body").to_bytes(),
+    }
+}
+
+async fn get(gateway: &GatewayHandle, path: &str) -> Reply {
+    send(gateway, "GET", path, "").await
+}
+
+/// The OpenAI-style error of a reply: (type, param, code).
+fn error_of(reply: &Reply) -> (String, Option<String>, Option<String>) {
+    assert_eq!(
+        reply.header("content-type"),
+        Some("application/json"),
+        "{}",
+        reply.text()
+    );
+    let v = reply.json();
+    let e = &v["error"];
+    assert!(e["message"].as_str().is_some_and(|m| !m.is_empty()), "{v}");
+    (
+        e["type"].as_str().unwrap_or_default().to_owned(),
+        e["param"].as_str().map(str::to_owned),
+        e["code"].as_str().map(str::to_owned),
+    )
+}
+
+fn expected_content(body: &Value) -> String {
+    let req: ChatCompletionRequest = serde_json::from_value(body.clone()).expect("chat request");
+    holysheep_mock::expected_content(&req)
+}
+
+/// A streamed chat request whose body the test reads frame by frame.
+async fn open_stream(
+    gateway: &GatewayHandle,
+    key: Option<&str>,
+    body: &Value,
+) -> http::Response<hyper::body::Incoming> {
+    let mut request = Request::post(url(gateway, "/v1/chat/completions"))
+        .header(header::CONTENT_TYPE, "application/json");
+    if let Some(key) = key {
+        request = request.header(header::AUTHORIZATION, format!("Bearer {key}"));
+    }
+    let request = request
+        .body(Full::from(body.to_string()))
+        .expect("a valid request");
+    let response = http_client()
+        .request(request)
+        .await
+        .expect("the gateway answers");
+    assert_eq!(response.status(), StatusCode::OK);
+    assert!(
+        response.headers()[header::CONTENT_TYPE]
+            .to_str()
+            .unwrap()
+            .starts_with("text/event-stream")
+    );
+    response
+}
+
+/// Reads the next data frame of a streamed body.
+async fn next_data(body: &mut hyper::body::Incoming) -> Option<Bytes> {
+    loop {
+        let frame = tokio::time::timeout(Duration::from_secs(10), body.frame())
+            .await
+            .expect("a frame within 10 s")?
+            .expect("the stream does not fail");
+        if let Ok(data) = frame.into_data() {
+            return Some(data);
+        }
+    }
+}
+
+#[tokio::test]
+async fn json_answer_then_cache_hit() {
+    let (mock, gateway) = mock_and_gateway(|_| {}).await;
+    let body = chat_body("gpt-4.1", "What is a tower layer?");
+    let chat = url(&gateway, "/v1/chat/completions");
+
+    let first = post_json(&chat, None, &body).await;
+    assert_eq!(first.status, StatusCode::OK, "{}", first.text());
+    assert_eq!(first.content(), expected_content(&body));
+    assert_eq!(first.header("x-cache"), Some("MISS"));
+
+    let second = post_json(&chat, None, &body).await;
+    assert_eq!(second.status, StatusCode::OK);
+    assert_eq!(second.content(), first.content());
+    assert_eq!(second.header("x-cache"), Some("HIT"));
+    assert_eq!(
+        mock.stats().chat_requests(),
+        1,
+        "the hit never went upstream"
+    );
+
+    // The gateway strips its /v1 and the client adds the upstream's own.
+    let seen = mock
+        .stats()
+        .last_request()
+        .expect("a request reached the mock");
+    assert_eq!(seen.uri.path(), "/v1/chat/completions");
+    gateway.shutdown().await;
+}
+
+#[tokio::test]
+async fn streamed_answer_arrives_chunk_by_chunk() {
+    let mock = start_mock(
+        MockConfig::default()
+            .api_key(UPSTREAM_KEY)
+            .stream_chunks(5)
+            .stream_gap(Duration::from_millis(250)),
+    )
+    .await;
+    let gateway = start(test_config(&mock)).await;
+    let body = stream_body("claude-sonnet-4.5", "Stream me a haiku");
+
+    let response = open_stream(&gateway, None, &body).await;
+    let mut stream = response.into_body();
+    let first = next_data(&mut stream).await.expect("a first chunk");
+    // The first chunk is here while the upstream is still sending: nothing buffered the stream.
+    assert_eq!(
+        mock.stats().in_flight(),
+        1,
+        "the upstream stream is still open"
+    );
+    let mut all = first.to_vec();
+    while let Some(data) = next_data(&mut stream).await {
+        all.extend_from_slice(&data);
+    }
+    let (chunks, done) = sse_chunks(&all);
+    assert!(done, "the stream ends with [DONE]");
+    assert_eq!(stream_content(&chunks), expected_content(&body));
+    assert!(
+        chunks
+            .last()
+            .is_some_and(|c| c["usage"]["total_tokens"].as_u64().is_some()),
+        "include_usage is honoured"
+    );
+    gateway.shutdown().await;
+}
+
+#[tokio::test]
+async fn embeddings_are_forwarded_and_cached_and_models_listed() {
+    let (mock, gateway) = mock_and_gateway(|_| {}).await;
+    let body = json!({"model": "text-embedding-3-small", "input": "tower middleware"}).to_string();
+
+    let first = send(&gateway, "POST", "/v1/embeddings", &body).await;
+    assert_eq!(first.status, StatusCode::OK, "{}", first.text());
+    assert_eq!(first.json()["object"], "list");
+    assert!(first.json()["data"][0]["embedding"].as_array().is_some());
+    let second = send(&gateway, "POST", "/v1/embeddings", &body).await;
+    assert_eq!(second.header("x-cache"), Some("HIT"));
+    assert_eq!(second.json()["data"], first.json()["data"]);
+    assert_eq!(mock.stats().embedding_requests(), 1);
+
+    let models = get(&gateway, "/v1/models").await;
+    assert_eq!(models.status, StatusCode::OK);
+    let ids: Vec<_> = models.json()["data"]
+        .as_array()
+        .expect("a model list")
+        .iter()
+        .filter_map(|m| m["id"].as_str().map(str::to_owned))
+        .collect();
+    assert!(ids.iter().any(|id| id == "gpt-4.1"), "{ids:?}");
+    gateway.shutdown().await;
+}
+
+#[tokio::test]
+async fn bad_input_gets_400_and_nothing_is_forwarded() {
+    let (mock, gateway) = mock_and_gateway(|_| {}).await;
+    let cases = [
+        ("/v1/chat/completions", "{\"model\": \"gpt-4.1\", ", None),
+        ("/v1/chat/completions", "[]", None),
+        (
+            "/v1/chat/completions",
+            r#"{"messages":[{"role":"user","content":"hi"}]}"#,
+            Some("model"),
+        ),
+        (
+            "/v1/chat/completions",
+            r#"{"model":"gpt-4.1","messages":"hi"}"#,
+            Some("messages"),
+        ),
+        (
+            "/v1/embeddings",
+            r#"{"model":"text-embedding-3-small"}"#,
+            Some("input"),
+        ),
+        ("/v1/embeddings", "not json", None),
+    ];
+    for (path, body, param) in cases {
+        let reply = send(&gateway, "POST", path, body).await;
+        assert_eq!(
+            reply.status,
+            StatusCode::BAD_REQUEST,
+            "{body}: {}",
+            reply.text()
+        );
+        let (type_, got_param, _) = error_of(&reply);
+        assert_eq!(type_, "invalid_request_error");
+        assert_eq!(got_param.as_deref(), param, "{body}");
+    }
+    assert_eq!(mock.stats().requests(), 0, "nothing reached the upstream");
+    gateway.shutdown().await;
+}
+
+#[tokio::test]
+async fn oversized_bodies_get_413() {
+    let (mock, gateway) = mock_and_gateway(|c| c.server.body_limit_bytes = 1024).await;
+    let big = chat_body("gpt-4.1", &"x".repeat(2048)).to_string();
+    let reply = send(&gateway, "POST", "/v1/chat/completions", &big).await;
+    assert_eq!(reply.status, StatusCode::PAYLOAD_TOO_LARGE);
+    let (type_, _, code) = error_of(&reply);
+    assert_eq!(type_, "invalid_request_error");
+    assert_eq!(code.as_deref(), Some("request_too_large"));
+
+    // Without a Content-Length the limit holds while reading.
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<http_body::Frame<Bytes>, std::io::Error>>(4);
+    let request = Request::post(url(&gateway, "/v1/chat/completions"))
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(http_body_util::StreamBody::new(tokio_stream_from(rx)))
+        .expect("a valid request");
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http();
+    let sender = tokio::spawn(async move {
+        for _ in 0..4 {
+            if tx
+                .send(Ok(http_body::Frame::data(Bytes::from(vec![b' '; 600]))))
+                .await
+                .is_err()
+            {
+                break;
+            }
+        }
+    });
+    let response = client.request(request).await.expect("an answer");
+    assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    let _ = sender.await;
+
+    assert_eq!(mock.stats().requests(), 0);
+    gateway.shutdown().await;
+}
+
+/// A `Stream` over an mpsc receiver, for a request body without a known length.
+fn tokio_stream_from<T: Send + 'static>(
+    mut rx: tokio::sync::mpsc::Receiver<T>,
+) -> impl futures_util::Stream<Item = T> + Send + 'static {
+    futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
+
+#[tokio::test]
+async fn unknown_routes_and_wrong_methods_get_json_errors() {
+    let (mock, gateway) = mock_and_gateway(|_| {}).await;
+    let reply = get(&gateway, "/v1/nope").await;
+    assert_eq!(reply.status, StatusCode::NOT_FOUND);
+    assert_eq!(error_of(&reply).0, "invalid_request_error");
+
+    let reply = get(&gateway, "/v1/chat/completions").await;
+    assert_eq!(reply.status, StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(error_of(&reply).2.as_deref(), Some("method_not_allowed"));
+
+    let reply = send(&gateway, "POST", "/healthz", "").await;
+    assert_eq!(reply.status, StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(mock.stats().requests(), 0);
+    gateway.shutdown().await;
+}
+
+#[tokio::test]
+async fn client_keys_are_required_and_never_reach_the_upstream() {
+    let (mock, gateway) = mock_and_gateway(|c| {
+        c.gateway_keys = vec![Secret::new("gw-key-alpha"), Secret::new("gw-key-beta")];
+    })
+    .await;
+    let chat = url(&gateway, "/v1/chat/completions");
+    let body = chat_body("gpt-4.1", "Who am I?");
+
+    let missing = post_json(&chat, None, &body).await;
+    assert_eq!(missing.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(error_of(&missing).2.as_deref(), Some("invalid_api_key"));
+    let wrong = post_json(&chat, Some("gw-key-gamma"), &body).await;
+    assert_eq!(wrong.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(error_of(&wrong).0, "invalid_request_error");
+    assert_eq!(mock.stats().requests(), 0);
+
+    let right = post_json(&chat, Some("gw-key-alpha"), &body).await;
+    assert_eq!(right.status, StatusCode::OK, "{}", right.text());
+    let seen = mock.stats().last_request().expect("forwarded");
+    assert_eq!(
+        seen.authorization(),
+        Some(format!("Bearer {UPSTREAM_KEY}").as_str())
+    );
+    for (name, value) in &seen.headers {
+        let value = String::from_utf8_lossy(value.as_bytes());
+        assert!(
+            !value.contains("gw-key-alpha"),
+            "caller key leaked in {name}"
+        );
+    }
+    for (name, value) in &right.headers {
+        let value = String::from_utf8_lossy(value.as_bytes());
+        assert!(
+            !value.contains(UPSTREAM_KEY),
+            "upstream key leaked in {name}"
+        );
+    }
+    assert!(!right.text().contains(UPSTREAM_KEY));
+
+    // Operator routes stay open for probes.
+    assert_eq!(get(&gateway, "/healthz").await.status, StatusCode::OK);
+    gateway.shutdown().await;
+}
+
+#[tokio::test]
+async fn tenants_do_not_share_cache_entries() {
+    let (mock, gateway) = mock_and_gateway(|c| {
+        c.gateway_keys = vec![Secret::new("tenant-a"), Secret::new("tenant-b")];
+    })
+    .await;
+    let chat = url(&gateway, "/v1/chat/completions");
+    let body = chat_body("gpt-4.1", "A private question");
+
+    let a1 = post_json(&chat, Some("tenant-a"), &body).await;
+    assert_eq!(a1.header("x-cache"), Some("MISS"));
+    let b1 = post_json(&chat, Some("tenant-b"), &body).await;
+    assert_eq!(b1.status, StatusCode::OK);
+    assert_eq!(
+        b1.header("x-cache"),
+        Some("MISS"),
+        "b must not read a's entry"
+    );
+    assert_eq!(mock.stats().chat_requests(), 2);
+    let a2 = post_json(&chat, Some("tenant-a"), &body).await;
+    assert_eq!(a2.header("x-cache"), Some("HIT"));
+    assert_eq!(mock.stats().chat_requests(), 2);
+    gateway.shutdown().await;
+}
+
+#[tokio::test]
+async fn upstream_errors_pass_through_with_status_and_body() {
+    let mock = start_mock(MockConfig::default().api_key("sk-some-other-key")).await;
+    let gateway = start(test_config(&mock)).await;
+    let reply = post_json(
+        &url(&gateway, "/v1/chat/completions"),
+        None,
+        &chat_body("gpt-4.1", "hi"),
+    )
+    .await;
+    assert_eq!(reply.status, StatusCode::UNAUTHORIZED, "the mock's own 401");
+    assert!(reply.json()["error"]["message"].is_string());
+    assert!(!reply.text().contains(UPSTREAM_KEY));
+    assert_eq!(mock.stats().requests(), 1, "a 401 is final: not retried");
+    gateway.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_unreachable_upstream_is_a_502_and_not_ready() {
+    // A port that was just free: connections to it are refused.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let mock = start_mock(MockConfig::default()).await;
+    let mut config = test_config(&mock);
+    config.upstream = format!("http://127.0.0.1:{port}/v1");
+    config.retry.max_retries = 0;
+    let gateway = start(config).await;
+
+    let reply = post_json(
+        &url(&gateway, "/v1/chat/completions"),
+        None,
+        &chat_body("gpt-4.1", "anyone there?"),
+    )
+    .await;
+    assert_eq!(reply.status, StatusCode::BAD_GATEWAY, "{}", reply.text());
+    let (type_, _, code) = error_of(&reply);
+    assert_eq!(type_, "server_error");
+    assert_eq!(code.as_deref(), Some("upstream_unreachable"));
+
+    assert_eq!(get(&gateway, "/healthz").await.status, StatusCode::OK);
+    let ready = get(&gateway, "/readyz").await;
+    assert_eq!(ready.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(error_of(&ready).2.as_deref(), Some("not_ready"));
+    gateway.shutdown().await;
+}
+
+#[tokio::test]
+async fn metrics_are_prometheus_text_without_secrets() {
+    let (_mock, gateway) = mock_and_gateway(|c| {
+        c.gateway_keys = vec![Secret::new("gw-metrics-key")];
+    })
+    .await;
+    let reply = post_json(
+        &url(&gateway, "/v1/chat/completions"),
+        Some("gw-metrics-key"),
+        &chat_body("deepseek-v3.2", "count me"),
+    )
+    .await;
+    assert_eq!(reply.status, StatusCode::OK);
+    let metrics = get(&gateway, "/metrics").await;
+    assert_eq!(metrics.status, StatusCode::OK);
+    assert!(
+        metrics
+            .header("content-type")
+            .is_some_and(|t| t.starts_with("text/plain")),
+        "{:?}",
+        metrics.headers
+    );
+    let text = metrics.text();
+    assert!(text.contains("holysheep_requests_total"), "{text}");
+    assert!(text.contains("deepseek-v3.2"), "{text}");
+    assert!(!text.contains(UPSTREAM_KEY) && !text.contains("gw-metrics-key"));
+    gateway.shutdown().await;
+}
+
+#[tokio::test]
+async fn ready_when_the_upstream_answers() {
+    let (_mock, gateway) = mock_and_gateway(|_| {}).await;
+    let ready = get(&gateway, "/readyz").await;
+    assert_eq!(ready.status, StatusCode::OK, "{}", ready.text());
+    assert_eq!(ready.json()["status"], "ready");
+    gateway.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_full_pool_sheds_with_503_and_retry_after() {
+    let mock = start_mock(
+        MockConfig::default()
+            .api_key(UPSTREAM_KEY)
+            .stream_chunks(4)
+            .stream_gap(Duration::from_millis(300)),
+    )
+    .await;
+    let mut config = test_config(&mock);
+    config.pool.max_in_flight = 1;
+    config.pool.per_host = 1;
+    config.pool.queue_depth = 0;
+    config.pool.queue_timeout = Duration::ZERO;
+    let gateway = start(config).await;
+
+    // A stream holds the only slot until it ends.
+    let response = open_stream(&gateway, None, &stream_body("gpt-4.1", "hold the slot")).await;
+    let mut stream = response.into_body();
+    assert!(next_data(&mut stream).await.is_some());
+
+    let shed = post_json(
+        &url(&gateway, "/v1/chat/completions"),
+        None,
+        &chat_body("gpt-4.1", "no room"),
+    )
+    .await;
+    assert_eq!(
+        shed.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "{}",
+        shed.text()
+    );
+    let (type_, _, code) = error_of(&shed);
+    assert_eq!(type_, "server_error");
+    assert_eq!(code.as_deref(), Some("overloaded"));
+    let retry_after: u64 = shed
+        .header("retry-after")
+        .expect("a Retry-After header")
+        .parse()
+        .expect("whole seconds");
+    assert!(retry_after >= 1);
+    assert_eq!(
+        mock.stats().chat_requests(),
+        1,
+        "the shed request never went upstream"
+    );
+    drop(stream);
+    gateway.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_public_address_without_keys_is_refused() {
+    let mock = start_mock(MockConfig::default()).await;
+    let mut config = test_config(&mock);
+    config.listen = SocketAddr::from(([0, 0, 0, 0], 0));
+    let error = match Gateway::start(config).await {
+        Ok(_) => panic!("the gateway must refuse to start"),
+        Err(error) => error.to_string(),
+    };
+    assert!(error.contains("HOLYSHEEP_GATEWAY_KEYS"), "{error}");
+}
+
+#[tokio::test]
+async fn a_client_leaving_mid_stream_leaves_the_gateway_healthy() {
+    let mock = start_mock(
+        MockConfig::default()
+            .api_key(UPSTREAM_KEY)
+            .stream_chunks(8)
+            .stream_gap(Duration::from_millis(100)),
+    )
+    .await;
+    let gateway = start(test_config(&mock)).await;
+    let body = stream_body("gpt-4.1", "a long story, please");
+
+    let response = open_stream(&gateway, None, &body).await;
+    let mut stream = response.into_body();
+    assert!(next_data(&mut stream).await.is_some());
+    drop(stream);
+
+    assert_eq!(get(&gateway, "/healthz").await.status, StatusCode::OK);
+    let other = chat_body("gpt-4.1", "still there?");
+    let reply = post_json(&url(&gateway, "/v1/chat/completions"), None, &other).await;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(reply.content(), expected_content(&other));
+    // The whole stream can still be had afterwards.
+    let again = open_stream(&gateway, None, &body).await;
+    let all = again.into_body().collect().await.expect("whole").to_bytes();
+    let (chunks, done) = sse_chunks(&all);
+    assert!(done);
+    assert_eq!(stream_content(&chunks), expected_content(&body));
+    gateway.shutdown().await;
+}
+
+#[tokio::test]
+async fn graceful_shutdown_finishes_an_open_stream() {
+    let mock = start_mock(
+        MockConfig::default()
+            .api_key(UPSTREAM_KEY)
+            .stream_chunks(6)
+            .stream_gap(Duration::from_millis(100)),
+    )
+    .await;
+    let gateway = start(test_config(&mock)).await;
+    let addr = gateway.addr();
+    let body = stream_body("gpt-4.1", "finish what you started");
+
+    let response = open_stream(&gateway, None, &body).await;
+    let mut stream = response.into_body();
+    let mut all = next_data(&mut stream).await.expect("first chunk").to_vec();
+
+    let shutdown = tokio::spawn(gateway.shutdown());
+    // Once shutdown began, new connections are refused.
+    let mut refused = false;
+    for _ in 0..100 {
+        if tokio::net::TcpStream::connect(addr).await.is_err() {
+            refused = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(refused, "the listener closes on shutdown");
+
+    while let Some(data) = next_data(&mut stream).await {
+        all.extend_from_slice(&data);
+    }
+    let (chunks, done) = sse_chunks(&all);
+    assert!(done, "the open stream ran to its end");
+    assert_eq!(stream_content(&chunks), expected_content(&body));
+    assert!(shutdown.await.expect("shutdown task"), "shutdown was clean");
+}
+
+#[tokio::test]
+async fn demo_mode_answers_from_the_in_process_mock() {
+    let config = Config {
+        listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+        demo: true,
+        ..Config::default()
+    };
+    let gateway = start(config).await;
+    assert!(gateway.upstream().starts_with("http://127.0.0.1:"));
+    let curl = gateway.curl_example();
+    assert!(curl.contains(&gateway.addr().to_string()), "{curl}");
+
+    // The body the printed curl line sends.
+    let start = curl.find("-d '").expect("a body") + 4;
+    let body: Value = serde_json::from_str(&curl[start..curl.len() - 1]).expect("JSON body");
+    let reply = post_json(&url(&gateway, "/v1/chat/completions"), None, &body).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    assert_eq!(reply.content(), expected_content(&body));
+    assert!(gateway.shutdown().await);
+}
+
+#[tokio::test]
+async fn a_slow_upstream_past_the_deadline_is_a_504() {
+    let mock = start_mock(
+        MockConfig::default()
+            .api_key(UPSTREAM_KEY)
+            .latency(holysheep_mock::Latency::fixed(Duration::from_secs(2))),
+    )
+    .await;
+    let mut config = test_config(&mock);
+    config.retry.deadline = Duration::from_millis(200);
+    let gateway = start(config).await;
+    let reply = post_json(
+        &url(&gateway, "/v1/chat/completions"),
+        None,
+        &chat_body("gpt-4.1", "take your time"),
+    )
+    .await;
+    assert_eq!(
+        reply.status,
+        StatusCode::GATEWAY_TIMEOUT,
+        "{}",
+        reply.text()
+    );
+    let (type_, _, code) = error_of(&reply);
+    assert_eq!(type_, "server_error");
+    assert_eq!(code.as_deref(), Some("deadline_exceeded"));
+    gateway.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_upstream_that_sends_no_headers_in_time_is_a_504() {
+    let mock = start_mock(
+        MockConfig::default()
+            .api_key(UPSTREAM_KEY)
+            .latency(holysheep_mock::Latency::fixed(Duration::from_secs(2))),
+    )
+    .await;
+    let mut config = test_config(&mock);
+    config.client.timeout = Duration::from_millis(100);
+    config.retry.max_retries = 0;
+    let gateway = start(config).await;
+    let reply = post_json(
+        &url(&gateway, "/v1/chat/completions"),
+        None,
+        &chat_body("gpt-4.1", "too slow"),
+    )
+    .await;
+    assert_eq!(
+        reply.status,
+        StatusCode::GATEWAY_TIMEOUT,
+        "{}",
+        reply.text()
+    );
+    assert_eq!(error_of(&reply).2.as_deref(), Some("upstream_timeout"));
+    gateway.shutdown().await;
+}
+
+/// Keys in Redis matching `pattern`, read with `redis-cli`.
+fn redis_keys(url: &str, pattern: &str) -> Vec<String> {
+    let output = std::process::Command::new("redis-cli")
+        .args(["-u", url, "--scan", "--pattern", pattern])
+        .output()
+        .expect("the Redis tests need `redis-cli` on PATH");
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(str::to_owned)
+        .filter(|l| !l.is_empty())
+        .collect()
+}
+
+#[tokio::test]
+async fn redis_mode_shares_answers_between_gateways() {
+    let mut redis = support::redis::RedisServer::from_env_or_start();
+    let mock = start_mock(MockConfig::default().api_key(UPSTREAM_KEY)).await;
+    let with_redis = |mock: &MockServer| {
+        let mut config = test_config(mock);
+        config.cache.redis = vec![redis.url()];
+        config.cache.redis_timeout = Duration::from_millis(200);
+        config
+    };
+    let first = start(with_redis(&mock)).await;
+    let second = start(with_redis(&mock)).await;
+    // A model of its own, so a shared REDIS_URL server holds no entry for it yet.
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or_default();
+    let model = format!("gateway-redis-{}-{nanos}", std::process::id());
+    let body = chat_body(&model, "shared between instances");
+
+    let a = post_json(&url(&first, "/v1/chat/completions"), None, &body).await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.text());
+    assert_eq!(a.header("x-cache"), Some("MISS"));
+    // The entry is written after the answer; wait (bounded) until Redis has it.
+    let pattern = format!("holysheep:cache:{model}:*");
+    let mut stored = false;
+    for _ in 0..100 {
+        if !redis_keys(&redis.url(), &pattern).is_empty() {
+            stored = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(stored, "the answer reached Redis under {pattern}");
+
+    let b = post_json(&url(&second, "/v1/chat/completions"), None, &body).await;
+    assert_eq!(b.header("x-cache"), Some("HIT"), "served from Redis");
+    assert_eq!(b.content(), a.content());
+    assert_eq!(mock.stats().chat_requests(), 1);
+    assert_eq!(get(&second, "/readyz").await.status, StatusCode::OK);
+
+    if redis.can_restart() {
+        redis.kill();
+        let ready = get(&second, "/readyz").await;
+        assert_eq!(ready.status, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(
+            ready.json()["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("cache store")
+        );
+        // Redis down costs the caller nothing: a miss, answered from upstream.
+        let other = chat_body(&model, "redis is down");
+        let reply = post_json(&url(&second, "/v1/chat/completions"), None, &other).await;
+        assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+        assert_eq!(reply.content(), expected_content(&other));
+    } else {
+        eprintln!("REDIS_URL is set: skipping the Redis-down half of this test");
+    }
+    first.shutdown().await;
+    second.shutdown().await;
+}
+
+/// A log sink for one test: every line the gateway writes while the guard lives.
+#[derive(Clone, Default)]
+struct LogSink(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for LogSink {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl LogSink {
+    fn lines(&self) -> Vec<Value> {
+        let bytes = self.0.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        String::from_utf8_lossy(&bytes)
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("a JSON log line"))
+            .collect()
+    }
+}
+
+// The default (current-thread) runtime runs the server's tasks on this thread, so the
+// thread-local subscriber sees everything the gateway logs.
+#[tokio::test]
+async fn one_log_line_per_request_and_no_key_in_any_log() {
+    let sink = LogSink::default();
+    let writer = sink.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .json()
+        .flatten_event(true)
+        .with_max_level(tracing::Level::TRACE)
+        .with_writer(move || writer.clone())
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let (_mock, gateway) = mock_and_gateway(|c| {
+        c.gateway_keys = vec![Secret::new("gw-log-key")];
+    })
+    .await;
+    let chat = url(&gateway, "/v1/chat/completions");
+    let body = chat_body("gemini-2.5-flash", "log me once");
+    assert_eq!(
+        post_json(&chat, Some("gw-log-key"), &body).await.status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        post_json(&chat, Some("wrong-key"), &body).await.status,
+        StatusCode::UNAUTHORIZED
+    );
+    gateway.shutdown().await;
+
+    let lines = sink.lines();
+    let requests: Vec<&Value> = lines
+        .iter()
+        .filter(|l| l["message"] == "request" && l["level"] == "INFO")
+        .collect();
+    assert_eq!(requests.len(), 2, "{lines:#?}");
+    let ok = requests[0];
+    assert_eq!(ok["method"], "POST");
+    assert_eq!(ok["route"], "/v1/chat/completions");
+    assert_eq!(ok["model"], "gemini-2.5-flash");
+    assert_eq!(ok["status"], 200);
+    assert_eq!(ok["cache"], "miss");
+    assert_eq!(ok["attempts"], 1);
+    assert!(ok["duration_ms"].as_f64().is_some());
+    assert_eq!(requests[1]["status"], 401);
+
+    let all = lines
+        .iter()
+        .map(Value::to_string)
+        .collect::<Vec<_>>()
+        .join("\n");
+    for secret in [UPSTREAM_KEY, "gw-log-key", "wrong-key"] {
+        assert!(!all.contains(secret), "{secret} appeared in the logs");
+    }
+}
