@@ -1,0 +1,207 @@
+//! Where cached answers live: an async byte store with a time to live.
+//!
+//! [`CacheStore`] is object-safe so the gateway can pick a store at run time (`Arc<dyn CacheStore>`).
+//! Three stores ship with the crate:
+//!
+//! - [`MemoryStore`]: in-process, bounded by total bytes, per-entry TTL.
+//! - [`RedisStore`]: one Redis node or a Redis Cluster, shared by every gateway instance.
+//! - [`TieredStore`]: a fast front store (memory) in front of a shared back store (Redis).
+//!
+//! A store is a soft dependency: a failing or slow backend answers `Err(StoreError)` promptly and the
+//! cache counts it as a miss; it never blocks or panics.
+
+use std::error::Error as StdError;
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+
+mod memory;
+mod redis;
+mod tiered;
+
+pub use self::memory::MemoryStore;
+pub use self::redis::RedisStore;
+pub use self::tiered::TieredStore;
+
+/// A boxed, `Send` future borrowing from the store (re-exported from `futures_util`).
+pub type BoxFuture<'a, T> = futures_util::future::BoxFuture<'a, T>;
+
+/// Async byte store with a per-entry time to live.
+///
+/// Object-safe: the gateway picks a store at run time and holds it as `Arc<dyn CacheStore>`.
+pub trait CacheStore: Send + Sync + 'static {
+    /// Looks up `key`; `Ok(None)` is a miss (absent or expired).
+    fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<Bytes>, StoreError>>;
+
+    /// Stores `value` under `key` for `ttl`, replacing any previous value.
+    ///
+    /// A zero `ttl` stores nothing. Backends with a coarser clock round the TTL up
+    /// (Redis: whole seconds, at least one).
+    fn put<'a>(
+        &'a self,
+        key: &'a str,
+        value: Bytes,
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<(), StoreError>>;
+
+    /// A short name for logs and metrics: `"memory"`, `"redis"`, `"redis-cluster"`, `"tiered"`.
+    fn kind(&self) -> &'static str;
+
+    /// A cheap health probe for readiness checks (memory: always `Ok`).
+    fn ping(&self) -> BoxFuture<'_, Result<(), StoreError>>;
+}
+
+impl<T: CacheStore + ?Sized> CacheStore for Arc<T> {
+    fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<Bytes>, StoreError>> {
+        (**self).get(key)
+    }
+
+    fn put<'a>(
+        &'a self,
+        key: &'a str,
+        value: Bytes,
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        (**self).put(key, value, ttl)
+    }
+
+    fn kind(&self) -> &'static str {
+        (**self).kind()
+    }
+
+    fn ping(&self) -> BoxFuture<'_, Result<(), StoreError>> {
+        (**self).ping()
+    }
+}
+
+impl<T: CacheStore + ?Sized> CacheStore for Box<T> {
+    fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<Bytes>, StoreError>> {
+        (**self).get(key)
+    }
+
+    fn put<'a>(
+        &'a self,
+        key: &'a str,
+        value: Bytes,
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        (**self).put(key, value, ttl)
+    }
+
+    fn kind(&self) -> &'static str {
+        (**self).kind()
+    }
+
+    fn ping(&self) -> BoxFuture<'_, Result<(), StoreError>> {
+        (**self).ping()
+    }
+}
+
+/// What went wrong in a [`CacheStore`] operation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum StoreErrorKind {
+    /// The backend did not answer within the store's time bound.
+    Timeout,
+    /// The backend cannot be reached right now (down, connecting, connection lost).
+    Unavailable,
+    /// The backend answered with an error (e.g. a Redis error reply, cluster misconfiguration).
+    Backend,
+    /// The store was configured wrongly (e.g. a malformed Redis URL).
+    Config,
+}
+
+impl StoreErrorKind {
+    fn as_str(self) -> &'static str {
+        match self {
+            StoreErrorKind::Timeout => "cache store timed out",
+            StoreErrorKind::Unavailable => "cache store unavailable",
+            StoreErrorKind::Backend => "cache store error",
+            StoreErrorKind::Config => "cache store misconfigured",
+        }
+    }
+}
+
+/// The error of a [`CacheStore`] operation: a kind plus, where known, the underlying cause.
+#[derive(Debug)]
+pub struct StoreError {
+    kind: StoreErrorKind,
+    source: Option<Box<dyn StdError + Send + Sync>>,
+}
+
+impl StoreError {
+    /// An error of `kind` caused by `source`.
+    pub fn new(kind: StoreErrorKind, source: impl Into<Box<dyn StdError + Send + Sync>>) -> Self {
+        StoreError {
+            kind,
+            source: Some(source.into()),
+        }
+    }
+
+    /// The backend did not answer within `bound`.
+    pub fn timeout(bound: Duration) -> Self {
+        StoreError::new(
+            StoreErrorKind::Timeout,
+            format!("no answer within {bound:?}"),
+        )
+    }
+
+    /// The backend cannot be reached, because of `source`.
+    pub fn unavailable(source: impl Into<Box<dyn StdError + Send + Sync>>) -> Self {
+        StoreError::new(StoreErrorKind::Unavailable, source)
+    }
+
+    /// The backend answered with an error.
+    pub fn backend(source: impl Into<Box<dyn StdError + Send + Sync>>) -> Self {
+        StoreError::new(StoreErrorKind::Backend, source)
+    }
+
+    /// The store was configured wrongly.
+    pub fn config(source: impl Into<Box<dyn StdError + Send + Sync>>) -> Self {
+        StoreError::new(StoreErrorKind::Config, source)
+    }
+
+    /// What kind of failure this is.
+    pub fn kind(&self) -> StoreErrorKind {
+        self.kind
+    }
+
+    /// `true` if the backend did not answer in time.
+    pub fn is_timeout(&self) -> bool {
+        self.kind == StoreErrorKind::Timeout
+    }
+
+    /// `true` if the backend could not be reached (down, connecting, connection lost).
+    pub fn is_unavailable(&self) -> bool {
+        self.kind == StoreErrorKind::Unavailable
+    }
+
+    /// `true` if the backend answered with an error.
+    pub fn is_backend(&self) -> bool {
+        self.kind == StoreErrorKind::Backend
+    }
+
+    /// `true` if the store was configured wrongly.
+    pub fn is_config(&self) -> bool {
+        self.kind == StoreErrorKind::Config
+    }
+}
+
+impl fmt::Display for StoreError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.source {
+            Some(source) => write!(f, "{}: {}", self.kind.as_str(), source),
+            None => f.write_str(self.kind.as_str()),
+        }
+    }
+}
+
+impl StdError for StoreError {
+    fn source(&self) -> Option<&(dyn StdError + 'static)> {
+        self.source
+            .as_deref()
+            .map(|e| e as &(dyn StdError + 'static))
+    }
+}
