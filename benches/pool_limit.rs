@@ -1,12 +1,13 @@
 //! The cost `PoolLimitLayer` adds: a call that finds a free slot (and frees it when the body
-//! is dropped) against the bare `service_fn`, and a call shed because the pool is full.
+//! is dropped) against the bare `service_fn`, the same with the adaptive limit on (a clock
+//! read and a controller update per call), and a call shed because the pool is full.
 
 use std::convert::Infallible;
 use std::time::Duration;
 
 use bytes::Bytes;
 use criterion::{Criterion, criterion_group, criterion_main};
-use holysheep_pool_limit::PoolLimitLayer;
+use holysheep_pool_limit::{Aimd, PoolLimitLayer};
 use http::{Request, Response, StatusCode};
 use http_body_util::Full;
 use tower::{Layer, ServiceExt, service_fn};
@@ -26,6 +27,9 @@ fn pool_limit(c: &mut Criterion) {
         Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"{}"))))
     });
     let limited = PoolLimitLayer::new(100, 30).layer(inner);
+    let adaptive = PoolLimitLayer::new(100, 30)
+        .adaptive(Aimd::default())
+        .layer(inner);
     let full = PoolLimitLayer::new(1, 1)
         .queue_timeout(Duration::from_secs(5))
         .max_queue(0)
@@ -45,6 +49,12 @@ fn pool_limit(c: &mut Criterion) {
     group.bench_function("passthrough", |b| {
         b.to_async(&rt).iter(|| async {
             let res = limited.clone().oneshot(request()).await.expect("ok");
+            assert_eq!(res.status(), StatusCode::OK);
+        })
+    });
+    group.bench_function("adaptive_passthrough", |b| {
+        b.to_async(&rt).iter(|| async {
+            let res = adaptive.clone().oneshot(request()).await.expect("ok");
             assert_eq!(res.status(), StatusCode::OK);
         })
     });

@@ -13,6 +13,7 @@ use tokio::time::Sleep;
 use tokio_util::sync::ReusableBoxFuture;
 use tower::{BoxError, Service};
 
+use crate::adaptive::Outcome;
 use crate::body::PermitBody;
 use crate::error::Overloaded;
 use crate::state::{Permits, QueueSlot, Shared};
@@ -106,7 +107,8 @@ where
                 }
                 StateProj::Called { future, permits } => {
                     let result = ready!(future.poll(cx));
-                    let permits = permits.take().expect("polled after completion");
+                    let mut permits = permits.take().expect("polled after completion");
+                    permits.record(&result, Outcome::of_response);
                     return Poll::Ready(match result {
                         Ok(res) => Ok(res.map(|body| PermitBody::new(body, permits))),
                         // The slots are freed as `permits` drops here.
@@ -201,8 +203,15 @@ where
             if let Some(acquire) = &mut self.acquire {
                 match acquire.poll(cx) {
                     Poll::Ready(Ok(permit)) => {
-                        self.store(need, permit);
                         self.acquire = None;
+                        let permit = match need {
+                            Need::Total => self.shared.admit(permit),
+                            Need::Host(_) => Some(permit),
+                        };
+                        // `None`: it paid a shrink's debt; the loop waits again.
+                        if let Some(permit) = permit {
+                            self.store(need, permit);
+                        }
                         continue;
                     }
                     // The semaphores are never closed; treat it as a full pool all the same.
@@ -220,7 +229,11 @@ where
                 Need::Host(sem) => Arc::clone(sem),
                 Need::Total => Arc::clone(&self.shared.total),
             };
-            if let Ok(permit) = Arc::clone(&sem).try_acquire_owned() {
+            let free = match need {
+                Need::Total => self.shared.try_acquire_total(),
+                Need::Host(_) => Arc::clone(&sem).try_acquire_owned().ok(),
+            };
+            if let Some(permit) = free {
                 self.store(need, permit);
                 continue;
             }

@@ -4,6 +4,7 @@ use std::time::Duration;
 use http::request::Parts;
 use tower_layer::Layer;
 
+use crate::adaptive::Aimd;
 use crate::service::PoolLimit;
 use crate::state::{Config, PoolLimitHandle, Shared};
 
@@ -84,6 +85,20 @@ impl PoolLimitLayer {
         F: Fn(&Parts) -> Option<String> + Send + Sync + 'static,
     {
         self.with(|c| c.key = Some(Arc::new(key)))
+    }
+
+    /// Lets the total cap adapt to the upstream: lowered when errors, overload statuses or
+    /// latency climb, raised again as answers come back good, never above the configured
+    /// total. See [`Aimd`] for the algorithm and its defaults.
+    ///
+    /// ```
+    /// use holysheep_pool_limit::{Aimd, PoolLimitLayer};
+    ///
+    /// let layer = PoolLimitLayer::new(100, 100).adaptive(Aimd::default().min_limit(4));
+    /// assert_eq!(layer.handle().limit(), 100);
+    /// ```
+    pub fn adaptive(self, aimd: Aimd) -> Self {
+        self.with(|c| c.adaptive = Some(aimd))
     }
 
     /// A handle to the pool's counters (in flight, queued, shed), for metrics.

@@ -9,7 +9,40 @@
 //! It works on any `http::Request<B>`, so it wraps the HolySheep client as well as axum or
 //! tonic services. Readiness is honest for callers that use backpressure, and calls made
 //! without readiness still queue under the same bounds; see [`PoolLimit`]. A
-//! [`PoolLimitHandle`] exposes the counters (in flight, queued, shed) for metrics.
+//! [`PoolLimitHandle`] exposes the counters (in flight, queued, shed, current limit) for
+//! metrics.
+//!
+//! # Adaptive limit
+//!
+//! A good cap is hard to guess: too high and a struggling upstream gets more load than it can
+//! serve, too low and capacity is wasted. [`PoolLimitLayer::adaptive`] lets the total cap find
+//! its level with [`Aimd`], the additive-increase / multiplicative-decrease rule of TCP
+//! congestion control (RFC 5681) as Netflix's `concurrency-limits` applies it to requests:
+//!
+//! - it starts at the configured total cap, which stays its ceiling;
+//! - an overload signal (an inner error such as a timeout or reset, a `429` or `5xx`, a gRPC
+//!   `UNAVAILABLE` / `RESOURCE_EXHAUSTED` / `DEADLINE_EXCEEDED`, or latency to the response
+//!   head climbing past twice its long-term average, or past an optional fixed threshold)
+//!   multiplies it by 0.9, once per congestion event;
+//! - good answers add 1 per window of `limit` answers, down to a floor of 1 by default.
+//!
+//! Lowering never cuts a request off: free slots are withdrawn at once and the rest as their
+//! requests end, so in flight falls to the new limit as it drains. [`PoolLimitHandle::limit`]
+//! reports the limit in force. Only the total cap adapts; see [`Aimd`] for the per-host caveat
+//! and every default. Without `adaptive` the pool pays nothing for it.
+//!
+//! ```
+//! use std::time::Duration;
+//! use holysheep_pool_limit::{Aimd, PoolLimitLayer};
+//!
+//! let layer = PoolLimitLayer::new(100, 100).adaptive(
+//!     Aimd::default()
+//!         .min_limit(4)
+//!         .latency_threshold(Some(Duration::from_secs(30))),
+//! );
+//! let handle = layer.handle();
+//! assert_eq!((handle.limit(), handle.max_limit()), (100, 100));
+//! ```
 //!
 //! # Example
 //!
@@ -39,6 +72,7 @@
 //! # }
 //! ```
 
+mod adaptive;
 mod body;
 pub mod error;
 pub mod future;
@@ -46,6 +80,7 @@ mod layer;
 mod service;
 mod state;
 
+pub use adaptive::Aimd;
 pub use body::PermitBody;
 pub use error::{Overloaded, is_overloaded};
 pub use layer::PoolLimitLayer;

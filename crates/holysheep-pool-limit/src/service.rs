@@ -126,9 +126,9 @@ where
             match &mut self.ready {
                 Ready::Permit(_) => return self.inner.poll_ready(cx).map_err(Into::into),
                 Ready::Shed { .. } => return Poll::Ready(Ok(())),
-                Ready::Idle => match Arc::clone(&self.shared.total).try_acquire_owned() {
-                    Ok(permit) => self.ready = Ready::Permit(permit),
-                    Err(_) => {
+                Ready::Idle => match self.shared.try_acquire_total() {
+                    Some(permit) => self.ready = Ready::Permit(permit),
+                    None => {
                         self.ready = match self.shared.enter_queue() {
                             Some(slot) => Ready::Waiting(Box::new(ReadyWait {
                                 acquire: ReusableBoxFuture::new(
@@ -145,10 +145,16 @@ where
                 },
                 Ready::Waiting(wait) => {
                     if let Poll::Ready(acquired) = wait.acquire.poll(cx) {
-                        self.ready = match acquired {
-                            Ok(permit) => Ready::Permit(permit),
-                            Err(_) => Ready::Shed { queue_full: false },
-                        };
+                        match acquired {
+                            Ok(permit) => match self.shared.admit(permit) {
+                                Some(permit) => self.ready = Ready::Permit(permit),
+                                // It paid a shrink's debt instead: wait on.
+                                None => wait
+                                    .acquire
+                                    .set(Arc::clone(&self.shared.total).acquire_owned()),
+                            },
+                            Err(_) => self.ready = Ready::Shed { queue_full: false },
+                        }
                         continue;
                     }
                     if wait.timer.as_mut().poll(cx).is_ready() {
@@ -180,9 +186,9 @@ where
         };
         let total = match total {
             Some(total) => total,
-            None => match Arc::clone(&self.shared.total).try_acquire_owned() {
-                Ok(permit) => permit,
-                Err(_) => return self.wait(req, host_sem, host, None),
+            None => match self.shared.try_acquire_total() {
+                Some(permit) => permit,
+                None => return self.wait(req, host_sem, host, None),
             },
         };
         let permits = Permits::new(&self.shared, total, host);

@@ -11,7 +11,9 @@ use std::time::Duration;
 use http::request::Parts;
 use http::{Request, header::HOST};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
 
+use crate::adaptive::{Adaptive, Aimd, Outcome};
 use crate::error::Overloaded;
 
 /// A function that names the per-host bucket of a request; `None` selects the default bucket.
@@ -25,6 +27,7 @@ pub(crate) struct Config {
     pub(crate) max_queue: usize,
     pub(crate) shed_retry_after: Duration,
     pub(crate) key: Option<KeyFn>,
+    pub(crate) adaptive: Option<Aimd>,
 }
 
 impl fmt::Debug for Config {
@@ -36,6 +39,7 @@ impl fmt::Debug for Config {
             .field("max_queue", &self.max_queue)
             .field("shed_retry_after", &self.shed_retry_after)
             .field("key", &self.key.as_ref().map(|_| "fn"))
+            .field("adaptive", &self.adaptive)
             .finish()
     }
 }
@@ -49,6 +53,7 @@ impl Config {
             max_queue: 1000,
             shed_retry_after: Duration::from_secs(1),
             key: None,
+            adaptive: None,
         }
     }
 }
@@ -96,6 +101,7 @@ pub(crate) struct Shared {
     pub(crate) config: Config,
     pub(crate) total: Arc<Semaphore>,
     hosts: Option<Hosts>,
+    pub(crate) adaptive: Option<Adaptive>,
     in_flight: AtomicUsize,
     queued: AtomicUsize,
     shed: AtomicU64,
@@ -115,9 +121,13 @@ impl Shared {
                 sweep_at: MIN_SWEEP,
             }),
         });
+        let adaptive = config
+            .adaptive
+            .map(|aimd| Adaptive::new(aimd, config.total));
         Self {
             total: Arc::new(Semaphore::new(config.total)),
             hosts,
+            adaptive,
             config,
             in_flight: AtomicUsize::new(0),
             queued: AtomicUsize::new(0),
@@ -145,6 +155,30 @@ impl Shared {
         };
         let sem = hosts.bucket(key);
         (req, Some(sem))
+    }
+
+    /// Takes a free total slot, if any, paying an adaptive shrink's debt first.
+    pub(crate) fn try_acquire_total(&self) -> Option<OwnedSemaphorePermit> {
+        // Bounded: each round forgets a slot and lowers the debt by one.
+        loop {
+            let permit = Arc::clone(&self.total).try_acquire_owned().ok()?;
+            if let Some(permit) = self.admit(permit) {
+                return Some(permit);
+            }
+        }
+    }
+
+    /// A total slot taken while an adaptive shrink is still owed is forgotten instead of
+    /// used, so slots that came back outside a request (a reservation dropped unused) cannot
+    /// keep the pool above its lowered limit.
+    pub(crate) fn admit(&self, permit: OwnedSemaphorePermit) -> Option<OwnedSemaphorePermit> {
+        if let Some(adaptive) = &self.adaptive
+            && adaptive.take_debt()
+        {
+            permit.forget();
+            return None;
+        }
+        Some(permit)
     }
 
     /// Takes a place in the queue, or `None` when the queue is at its bound.
@@ -181,10 +215,13 @@ impl Drop for QueueSlot {
 
 /// The slots one upstream request holds: the total one, and its host's when per-host limits
 /// are on. Dropping them frees the slots.
+///
+/// With an adaptive limit they also carry the call's start, until its answer is recorded.
 #[derive(Debug)]
 pub(crate) struct Permits {
-    _total: OwnedSemaphorePermit,
+    total: Option<OwnedSemaphorePermit>,
     _host: Option<OwnedSemaphorePermit>,
+    started: Option<Instant>,
     shared: Arc<Shared>,
 }
 
@@ -196,9 +233,25 @@ impl Permits {
     ) -> Self {
         shared.in_flight.fetch_add(1, Ordering::Relaxed);
         Self {
-            _total: total,
+            total: Some(total),
             _host: host,
+            started: shared.adaptive.as_ref().map(|_| Instant::now()),
             shared: Arc::clone(shared),
+        }
+    }
+
+    /// Feeds the inner service's answer into the adaptive limit, if there is one.
+    pub(crate) fn record<R, E>(
+        &mut self,
+        result: &Result<R, E>,
+        outcome: impl FnOnce(&R) -> Outcome,
+    ) {
+        if let (Some(started), Some(adaptive)) = (self.started.take(), &self.shared.adaptive) {
+            let outcome = match result {
+                Ok(res) => outcome(res),
+                Err(_) => Outcome::Overloaded,
+            };
+            adaptive.record(started, outcome, &self.shared.total);
         }
     }
 }
@@ -206,6 +259,17 @@ impl Permits {
 impl Drop for Permits {
     fn drop(&mut self) {
         self.shared.in_flight.fetch_sub(1, Ordering::Relaxed);
+        if let Some(adaptive) = &self.shared.adaptive {
+            if let Some(started) = self.started.take() {
+                adaptive.record(started, Outcome::Cancelled, &self.shared.total);
+            }
+            // A shrink that found too few free slots is paid by not returning this one.
+            if adaptive.take_debt()
+                && let Some(total) = self.total.take()
+            {
+                total.forget();
+            }
+        }
     }
 }
 
@@ -238,8 +302,17 @@ impl PoolLimitHandle {
         self.shared.shed.load(Ordering::Relaxed)
     }
 
-    /// The cap on in-flight requests in total.
+    /// The cap on in-flight requests in total: the configured one, or with
+    /// [`adaptive`](crate::PoolLimitLayer::adaptive) the limit the controller applies now.
     pub fn limit(&self) -> usize {
+        match &self.shared.adaptive {
+            Some(adaptive) => adaptive.limit(),
+            None => self.shared.config.total,
+        }
+    }
+
+    /// The configured cap on in-flight requests in total; the most an adaptive limit grows to.
+    pub fn max_limit(&self) -> usize {
         self.shared.config.total
     }
 

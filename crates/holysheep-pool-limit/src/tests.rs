@@ -356,3 +356,313 @@ fn services_and_futures_are_send_and_sync() {
     let fut = svc.clone().oneshot(to("a"));
     assert_send(&fut);
 }
+
+mod adaptive {
+    use super::*;
+    use crate::Aimd;
+
+    /// An upstream whose answer the request chooses: `x-status`, `x-grpc-status`,
+    /// `x-delay-ms` (before the head), `x-error` (a transport error instead of an answer).
+    fn scripted() -> impl Service<
+        Request<()>,
+        Response = Res,
+        Error = io::Error,
+        Future = impl Future<Output = Result<Res, io::Error>> + Send,
+    > + Clone
+    + Send {
+        service_fn(|req: Request<()>| async move {
+            let header = |name: &str| {
+                req.headers()
+                    .get(name)
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_owned)
+            };
+            if let Some(ms) = header("x-delay-ms") {
+                tokio::time::sleep(Duration::from_millis(ms.parse().unwrap())).await;
+            }
+            if header("x-error").is_some() {
+                return Err(io::ErrorKind::ConnectionReset.into());
+            }
+            let mut res = Response::builder();
+            if let Some(status) = header("x-status") {
+                res = res.status(status.parse::<u16>().unwrap());
+            }
+            if let Some(code) = header("x-grpc-status") {
+                res = res.header("grpc-status", code);
+            }
+            Ok(res.body(Full::new(Bytes::from_static(b"x"))).unwrap())
+        })
+    }
+
+    fn with(headers: &[(&str, &str)]) -> Request<()> {
+        let mut req = Request::builder().uri("http://up/v1/chat/completions");
+        for (name, value) in headers {
+            req = req.header(*name, *value);
+        }
+        req.body(()).unwrap()
+    }
+
+    fn status(code: &str) -> Request<()> {
+        with(&[("x-status", code)])
+    }
+
+    fn layer(max: usize, aimd: Aimd) -> PoolLimitLayer {
+        PoolLimitLayer::new(max, max)
+            .queue_timeout(Duration::ZERO)
+            .adaptive(aimd)
+    }
+
+    /// Holds `n` slots with unread bodies, then checks the next call is shed: the semaphore,
+    /// not just the reported number, has exactly `n` slots.
+    async fn assert_capacity<S>(svc: &S, n: usize)
+    where
+        S: Service<
+                Request<()>,
+                Response = Response<crate::PermitBody<Full<Bytes>>>,
+                Error = BoxError,
+            > + Clone,
+    {
+        let mut held = Vec::new();
+        for _ in 0..n {
+            held.push(
+                svc.clone()
+                    .oneshot(status("200"))
+                    .await
+                    .expect("a free slot"),
+            );
+        }
+        let err = svc.clone().oneshot(status("200")).await.unwrap_err();
+        assert!(is_overloaded(&*err), "capacity above {n}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_fixed_limit_is_reported_as_configured() {
+        let handle = PoolLimitLayer::new(7, 3).handle();
+        assert_eq!((handle.limit(), handle.max_limit()), (7, 7));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_run_of_503s_shrinks_to_min_and_successes_grow_back_to_max() {
+        let layer = layer(10, Aimd::default().min_limit(2));
+        let handle = layer.handle();
+        let svc = layer.layer(scripted());
+        assert_eq!(handle.limit(), 10);
+
+        let mut seen = vec![handle.limit()];
+        for _ in 0..30 {
+            let res = svc.clone().oneshot(status("503")).await.unwrap();
+            assert_eq!(res.status(), 503);
+            drop(res);
+            seen.push(handle.limit());
+        }
+        assert_eq!(&seen[..5], &[10, 9, 8, 7, 6], "10% per failure, floored");
+        assert!(seen.windows(2).all(|w| w[1] <= w[0]));
+        assert_eq!(handle.limit(), 2, "down to the minimum, not below");
+        assert_capacity(&svc, 2).await;
+
+        let mut seen = vec![handle.limit()];
+        for _ in 0..100 {
+            drop(svc.clone().oneshot(status("200")).await.unwrap());
+            seen.push(handle.limit());
+        }
+        assert!(seen.windows(2).all(|w| w[1] >= w[0]));
+        // +1 per window of successes: about n answers to go from n to n + 1.
+        let reached = |n| seen.iter().position(|&l| l == n).unwrap();
+        for n in 3..10 {
+            let window = reached(n + 1) - reached(n);
+            assert!((n - 1..=n + 1).contains(&window), "{n}: {window}");
+        }
+        assert_eq!(
+            handle.limit(),
+            10,
+            "back at the configured cap, never above"
+        );
+        assert_capacity(&svc, 10).await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn overload_signals_decrease_and_other_answers_do_not() {
+        let overloaded = [
+            status("429"),
+            status("500"),
+            status("503"),
+            with(&[("x-error", "1")]),
+            with(&[("x-grpc-status", "14")]),
+            with(&[("x-grpc-status", "8")]),
+        ];
+        for req in overloaded {
+            let layer = layer(10, Aimd::default());
+            let handle = layer.handle();
+            let what = format!("{:?}", req.headers());
+            let _ = layer.layer(scripted()).oneshot(req).await;
+            assert_eq!(handle.limit(), 9, "{what}");
+        }
+        let fine = [
+            status("200"),
+            status("400"),
+            status("404"),
+            with(&[("x-grpc-status", "0")]),
+            with(&[("x-grpc-status", "5")]),
+        ];
+        for req in fine {
+            let layer = layer(10, Aimd::default());
+            let handle = layer.handle();
+            let what = format!("{:?}", req.headers());
+            drop(layer.layer(scripted()).oneshot(req).await.unwrap());
+            assert_eq!(handle.limit(), 10, "{what}");
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn one_congestion_event_decreases_once() {
+        let layer = layer(10, Aimd::default());
+        let handle = layer.handle();
+        let svc = layer.layer(scripted());
+        let burst: Vec<_> = (0..10)
+            .map(|_| {
+                let req = with(&[("x-status", "503"), ("x-delay-ms", "1000")]);
+                tokio::spawn(svc.clone().oneshot(req))
+            })
+            .collect();
+        for call in burst {
+            drop(call.await.unwrap().unwrap());
+        }
+        assert_eq!(handle.limit(), 9, "ten failures of one burst, one decrease");
+        drop(svc.oneshot(status("503")).await.unwrap());
+        assert_eq!(handle.limit(), 8, "a later failure is a new event");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_latency_climb_shrinks_the_limit() {
+        let layer = layer(10, Aimd::default());
+        let handle = layer.handle();
+        let svc = layer.layer(scripted());
+        let call = |ms: &'static str| svc.clone().oneshot(with(&[("x-delay-ms", ms)]));
+        for _ in 0..30 {
+            drop(call("100").await.unwrap());
+        }
+        // One long answer among many short ones passes.
+        drop(call("250").await.unwrap());
+        assert_eq!(handle.limit(), 10);
+        for _ in 0..5 {
+            drop(call("1000").await.unwrap());
+        }
+        let lowered = handle.limit();
+        assert!(lowered < 10, "{lowered}");
+        // Latency back to normal: the limit climbs again.
+        for _ in 0..60 {
+            drop(call("100").await.unwrap());
+        }
+        assert!(handle.limit() > lowered);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_absolute_threshold_counts_slow_answers_and_cancelled_calls() {
+        let aimd = Aimd::default()
+            .latency_tolerance(None)
+            .latency_threshold(Some(Duration::from_millis(500)));
+        let layer = layer(10, aimd);
+        let handle = layer.handle();
+        let svc = layer.layer(scripted());
+        drop(
+            svc.clone()
+                .oneshot(with(&[("x-delay-ms", "400")]))
+                .await
+                .unwrap(),
+        );
+        assert_eq!(handle.limit(), 10);
+        drop(
+            svc.clone()
+                .oneshot(with(&[("x-delay-ms", "600")]))
+                .await
+                .unwrap(),
+        );
+        assert_eq!(handle.limit(), 9);
+
+        // A caller that gives up early says nothing about the upstream; one that waited past
+        // the threshold does.
+        let slow = || svc.clone().oneshot(with(&[("x-delay-ms", "5000")]));
+        let early = tokio::time::timeout(Duration::from_millis(300), slow()).await;
+        assert!(early.is_err());
+        assert_eq!(handle.limit(), 9);
+        let late = tokio::time::timeout(Duration::from_secs(1), slow()).await;
+        assert!(late.is_err());
+        assert_eq!(handle.limit(), 8);
+        assert_eq!(handle.in_flight(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn in_flight_never_exceeds_a_shrunk_limit_once_drained() {
+        // Only statuses here: the latency step from instant answers to 100 ms is not the point.
+        let layer = PoolLimitLayer::new(10, 10).adaptive(Aimd::default().latency_tolerance(None));
+        let handle = layer.handle();
+        let svc = layer.layer(scripted());
+        let no_slot = || svc.clone().ready_oneshot().now_or_never().is_none();
+        let mut held = Vec::new();
+        for _ in 0..5 {
+            held.push(svc.clone().oneshot(status("200")).await.unwrap());
+        }
+        // Failures whose bodies are still held: the limit falls below what is in flight.
+        for _ in 0..3 {
+            held.push(svc.clone().oneshot(status("503")).await.unwrap());
+        }
+        assert_eq!((handle.in_flight(), handle.limit()), (8, 7));
+        // No slot until in-flight is under the new limit.
+        assert!(no_slot());
+        held.pop();
+        assert_eq!(handle.in_flight(), 7);
+        assert!(no_slot());
+        held.pop();
+        assert!(!no_slot());
+        held.clear();
+
+        // Drained: however many call at once, at most the limit of the moment runs.
+        let now = Arc::new(AtomicUsize::new(0));
+        let max = Arc::new(AtomicUsize::new(0));
+        let (n, m, h) = (now.clone(), max.clone(), handle.clone());
+        let counted = layer.layer(service_fn(move |_req: Request<()>| {
+            let (n, m, h) = (n.clone(), m.clone(), h.clone());
+            async move {
+                let current = n.fetch_add(1, Ordering::SeqCst) + 1;
+                assert!(current <= h.limit(), "{current} > {}", h.limit());
+                m.fetch_max(current, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                n.fetch_sub(1, Ordering::SeqCst);
+                Ok::<_, Infallible>(Response::new(Full::new(Bytes::new())))
+            }
+        }));
+        let limit_before = handle.limit();
+        let calls: Vec<_> = (0..30)
+            .map(|_| tokio::spawn(counted.clone().oneshot(status("200"))))
+            .collect();
+        for call in calls {
+            drop(call.await.unwrap().unwrap());
+        }
+        let max = max.load(Ordering::SeqCst);
+        // The inner checked each entry against the limit of its moment; the pool was used.
+        assert!((limit_before..=handle.limit()).contains(&max), "{max}");
+        assert!(handle.limit() > limit_before, "the successes raised it");
+        assert_eq!(handle.shed_total(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn slots_reserved_by_readiness_and_dropped_unused_do_not_outlive_a_shrink() {
+        let aimd = Aimd::default().decrease_factor(0.5).latency_tolerance(None);
+        let layer = layer(4, aimd);
+        let handle = layer.handle();
+        let svc = layer.layer(scripted());
+        let mut reserved = Vec::new();
+        for _ in 0..3 {
+            let mut one = svc.clone();
+            one.ready().await.unwrap();
+            reserved.push(one);
+        }
+        let failed = svc.clone().oneshot(status("503")).await.unwrap();
+        assert_eq!(handle.limit(), 2);
+        // Slots come back outside any request, then one with a request.
+        reserved.clear();
+        drop(failed);
+        assert_capacity(&svc, 2).await;
+        assert_eq!(handle.limit(), 2);
+    }
+}
