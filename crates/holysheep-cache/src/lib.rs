@@ -1,0 +1,142 @@
+//! `CacheLayer`: an exact, streaming-native, coalescing response cache for OpenAI-compatible
+//! requests, over memory, Redis and Redis Cluster.
+//!
+//! The same prompt should not be paid for twice. [`Cache`] sits in front of an upstream service
+//! (a pooled HTTP client for `https://api.holysheep.ai/v1`) and answers repeated
+//! `POST /chat/completions`, `/completions` and `/embeddings` requests from a [`CacheStore`];
+//! identical requests that arrive while the first is still being answered share its one
+//! upstream call.
+//!
+//! # Example
+//!
+//! ```
+//! use std::time::Duration;
+//! use bytes::Bytes;
+//! use holysheep_cache::{CacheLayer, MemoryStore};
+//! use http::{Request, Response};
+//! use http_body_util::{BodyExt, Full};
+//! use tower::{ServiceBuilder, ServiceExt, service_fn};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), holysheep_core::BoxError> {
+//! # let upstream = service_fn(|_req: Request<Full<Bytes>>| async {
+//! #     let body = r#"{"id":"c1","object":"chat.completion","created":1,"model":"gpt-4.1",
+//! #         "choices":[{"index":0,"message":{"role":"assistant","content":"Hi!"},"finish_reason":"stop"}]}"#;
+//! #     Ok::<_, holysheep_core::BoxError>(
+//! #         Response::builder().header("content-type", "application/json").body(Full::new(Bytes::from(body)))?,
+//! #     )
+//! # });
+//! let svc = ServiceBuilder::new()
+//!     .layer(CacheLayer::new(MemoryStore::new(64 << 20)).ttl(Duration::from_secs(3600)))
+//!     .service(upstream);
+//!
+//! let request = || {
+//!     Request::post("/v1/chat/completions")
+//!         .header("content-type", "application/json")
+//!         .body(Full::new(Bytes::from(r#"{"model":"gpt-4.1","messages":[{"role":"user","content":"Hi"}]}"#)))
+//! };
+//! let first = svc.clone().oneshot(request()?).await?;
+//! assert_eq!(first.headers()["x-cache"], "MISS");
+//! first.into_body().collect().await?; // the entry is judged when the body ends
+//! # tokio::task::yield_now().await; // the store write runs in a task
+//!
+//! let second = svc.oneshot(request()?).await?;
+//! assert_eq!(second.headers()["x-cache"], "HIT");
+//! assert_eq!(second.headers()["cache-status"], "holysheep; hit");
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # What is cached
+//!
+//! Only good answers: status `200` and a well-formed completion — a JSON `chat.completion` or
+//! `text_completion` with choices, an embeddings `list` with data, or a Server-Sent-Events
+//! stream that ended with `[DONE]` after a chunk with a `finish_reason`. Never an error, never a
+//! stream the upstream cut. Answers over [`CacheLayer::max_entry_bytes`] (1 MiB) pass through
+//! uncached. Requests that are not `POST`, whose body is not a JSON object, or that yield no
+//! key ([`KeyPolicy`]) pass through marked bypass.
+//!
+//! A stream is **recorded while it is forwarded**: the client gets each chunk as it arrives,
+//! and the entry is written (in a spawned task, never delaying the client) only when the stream
+//! completed. If the client goes away mid-stream, the upstream is still read to the end in a
+//! task and the answer stored if it completes (see [`body`]). A whole JSON answer is read before
+//! its head is sent, so its head can say whether it was stored.
+//!
+//! A hit answers in the shape the request asked for: a `stream: true` request gets SSE (a stored
+//! stream replays its chunks; a stored JSON answer becomes role, content, finish, optional usage
+//! chunks and `[DONE]`), a plain request gets one JSON (a stored stream is assembled: content
+//! deltas concatenated per choice, tool call deltas merged, finish reason, usage). A stored
+//! stream's usage chunk is left out for a request without `stream_options.include_usage`.
+//!
+//! Entry formats are described in [`entry`]: with the seed key scheme the value is the plain
+//! completion JSON the seed's Python stores, so a shared Redis serves hits both ways.
+//!
+//! # Coalescing
+//!
+//! Concurrent identical misses make one upstream call. A follower asking for the same shape as
+//! the leader replays the leader's response live: the head at once, the chunks so far, then
+//! each chunk as it arrives. A follower asking for the other shape waits for the end and is
+//! served from the finished entry. An error answer (a `429`, a `500`) is replayed to every
+//! follower rather than multiplied upstream. If the leader's upstream call fails, followers get
+//! a [`CoalesceError`] at once; if the leader's request is dropped (or panics) before an answer,
+//! followers form a new flight (at most twice, then each goes upstream alone). The leader's
+//! client going away mid-answer does not cut the followers' answer: an upstream body is read by
+//! a spawned task, never by one client, so no follower waits on the leader's client.
+//!
+//! # Request controls
+//!
+//! `Cache-Control: no-store` neither reads nor writes, `no-cache` and `max-age=0` skip the lookup
+//! and refresh the entry, `max-age=N` accepts only entries at most `N` s old and sets the TTL of
+//! the entry it writes (capped by [`CacheLayer::ttl`]). See [`control`].
+//!
+//! # Signals
+//!
+//! Every response carries an RFC 9211 `Cache-Status` and a plain `x-cache`:
+//!
+//! | case | `Cache-Status` | `x-cache` | [`CacheOutcome`] |
+//! |---|---|---|---|
+//! | hit | `holysheep; hit` (and `Age`) | `HIT` | `Hit` |
+//! | coalesced follower | `holysheep; fwd=miss; collapsed` | `HIT` | `Coalesced` |
+//! | miss, JSON answer stored | `holysheep; fwd=miss; stored` | `MISS` | `Miss` |
+//! | miss, streamed answer (stored or not is known only at its end) | `holysheep; fwd=miss` | `MISS` | `Miss` |
+//! | `no-cache` / `max-age=0` | `holysheep; fwd=request` (`; stored`) | `MISS` | `Miss` |
+//! | entry older than `max-age=N` | `holysheep; fwd=stale` (`; stored`) | `MISS` | `Miss` |
+//! | upstream answered non-200 | `holysheep; fwd=miss; fwd-status=429` | `MISS` | `Miss` |
+//! | `no-store`, not cacheable | `holysheep; fwd=bypass` | `BYPASS` | `Bypass` |
+//! | not `POST` | `holysheep; fwd=method` | `BYPASS` | `Bypass` |
+//!
+//! A follower reports `HIT` in `x-cache` because it made no upstream call of its own.
+//! [`CacheOutcome`] and the request's [`RequestModel`] are put into the response extensions for
+//! `MetricsLayer`.
+//!
+//! # Stores
+//!
+//! A store is a soft dependency: a failing get is a miss, a failing put is ignored; both are
+//! logged at warn, at most once every 10 s (the rest at debug). Never an error to the client.
+//!
+//! [`CacheOutcome`]: holysheep_core::signal::CacheOutcome
+//! [`RequestModel`]: holysheep_core::signal::RequestModel
+
+pub mod body;
+pub mod control;
+pub mod entry;
+pub mod error;
+pub mod future;
+pub mod key;
+pub mod layer;
+pub mod service;
+pub mod store;
+
+mod convert;
+mod flight;
+mod shared;
+
+pub use self::body::ResponseBody;
+pub use self::control::RequestControl;
+pub use self::entry::{Entry, EntryBody};
+pub use self::error::CoalesceError;
+pub use self::future::ResponseFuture;
+pub use self::key::{CacheKey, DefaultKeyPolicy, KeyPolicy, KeyRequest, KeyScheme};
+pub use self::layer::CacheLayer;
+pub use self::service::{CACHE_STATUS, Cache, X_CACHE};
+pub use self::store::{CacheStore, MemoryStore, RedisStore, StoreError, TieredStore};

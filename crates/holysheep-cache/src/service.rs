@@ -1,0 +1,517 @@
+//! The [`Cache`] service.
+
+use std::fmt;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use holysheep_core::BoxError;
+use holysheep_core::signal::{CacheOutcome, Namespace, RequestModel};
+use http::header::{AGE, CONTENT_TYPE};
+use http::request::Parts;
+use http::{HeaderName, HeaderValue, Method, Request, Response, StatusCode};
+use http_body::Body;
+use http_body_util::{BodyExt, Full};
+use serde_json::Value;
+use tower::Service;
+
+use crate::body::{Plan, Recorder, Recording, ResponseBody};
+use crate::control::RequestControl;
+use crate::convert::{Endpoint, json_to_sse, sse_to_json, strip_usage};
+use crate::entry::{Entry, EntryBody};
+use crate::error::CoalesceError;
+use crate::flight::{End, Followed, Follower, Head, Joined, Lead, Shape, join};
+use crate::future::ResponseFuture;
+use crate::key::{CacheKey, KeyRequest};
+use crate::layer::CacheLayer;
+use crate::shared::Shared;
+use crate::store::CacheStore;
+
+#[cfg(test)]
+mod tests;
+
+/// The RFC 9211 `Cache-Status` response header.
+pub const CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");
+
+/// The plain `x-cache: HIT | MISS | BYPASS` response header.
+pub const X_CACHE: HeaderName = HeaderName::from_static("x-cache");
+
+const HIT: HeaderValue = HeaderValue::from_static("HIT");
+const MISS: HeaderValue = HeaderValue::from_static("MISS");
+const BYPASS: HeaderValue = HeaderValue::from_static("BYPASS");
+
+const STATUS_HIT: HeaderValue = HeaderValue::from_static("holysheep; hit");
+const STATUS_COLLAPSED: HeaderValue = HeaderValue::from_static("holysheep; fwd=miss; collapsed");
+const STATUS_BYPASS: HeaderValue = HeaderValue::from_static("holysheep; fwd=bypass");
+const STATUS_METHOD: HeaderValue = HeaderValue::from_static("holysheep; fwd=method");
+
+const JSON: HeaderValue = HeaderValue::from_static("application/json");
+const EVENT_STREAM: HeaderValue = HeaderValue::from_static("text/event-stream");
+
+/// How often a follower may join a new flight after its leader went away, before it goes
+/// upstream on its own. Bounds the work when leaders keep getting cancelled.
+const MAX_REJOINS: u32 = 2;
+
+/// A response cache for OpenAI-compatible requests in front of an upstream service.
+///
+/// See the [crate docs](crate) for what is cached, the headers it answers with, and how
+/// identical requests in flight are coalesced. Build it with [`CacheLayer`] or [`Cache::new`].
+///
+/// `poll_ready` is always ready: a hit must not wait for upstream capacity (a pool limit below
+/// the cache). The inner service is cloned per request and driven to readiness inside the
+/// response future, only when the request goes upstream.
+pub struct Cache<S> {
+    inner: S,
+    shared: Arc<Shared>,
+}
+
+impl<S> Cache<S> {
+    /// Wraps `inner` with a cache over `store`, with the default settings of [`CacheLayer`].
+    pub fn new(inner: S, store: impl CacheStore) -> Self {
+        tower_layer::Layer::layer(&CacheLayer::new(store), inner)
+    }
+
+    /// A [`CacheLayer`] over `store`.
+    pub fn layer(store: impl CacheStore) -> CacheLayer {
+        CacheLayer::new(store)
+    }
+
+    pub(crate) fn from_parts(inner: S, shared: Arc<Shared>) -> Self {
+        Self { inner, shared }
+    }
+
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The inner service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// Consumes the cache, returning the inner service.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+
+    /// The store behind the cache.
+    pub fn store(&self) -> &dyn CacheStore {
+        &*self.shared.store
+    }
+
+    /// How many coalesced upstream calls are in flight (keys other requests can join).
+    pub fn in_flight(&self) -> usize {
+        self.shared.flights().len()
+    }
+}
+
+impl<S: Clone> Clone for Cache<S> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+            shared: Arc::clone(&self.shared),
+        }
+    }
+}
+
+impl<S: fmt::Debug> fmt::Debug for Cache<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Cache")
+            .field("inner", &self.inner)
+            .field("store", &self.shared.store.kind())
+            .field("ttl", &self.shared.ttl)
+            .field("upstream", &self.shared.upstream)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S, B, ResBody> Service<Request<B>> for Cache<S>
+where
+    S: Service<Request<Full<Bytes>>, Response = Response<ResBody>> + Clone + Send + 'static,
+    S::Error: Into<BoxError>,
+    S::Future: Send,
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+    ResBody: Body + Send + 'static,
+    ResBody::Data: Send,
+    ResBody::Error: Into<BoxError>,
+{
+    type Response = Response<ResponseBody>;
+    type Error = BoxError;
+    type Future = ResponseFuture;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        ResponseFuture::new(Box::pin(serve(
+            Arc::clone(&self.shared),
+            self.inner.clone(),
+            req,
+        )))
+    }
+}
+
+/// What a cacheable request is, once parsed.
+struct Ctx {
+    key: CacheKey,
+    endpoint: Endpoint,
+    shape: Shape,
+    control: RequestControl,
+    model: Option<RequestModel>,
+}
+
+/// Why the upstream was asked, for `Cache-Status: fwd=`.
+#[derive(Clone, Copy)]
+enum Fwd {
+    Miss,
+    Request,
+    Stale,
+}
+
+impl Fwd {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Miss => "miss",
+            Self::Request => "request",
+            Self::Stale => "stale",
+        }
+    }
+}
+
+/// Classifies a request: `Err` carries the `Cache-Status` of a bypass.
+fn classify(shared: &Shared, parts: &Parts, bytes: &Bytes) -> Result<Ctx, HeaderValue> {
+    if parts.method != Method::POST {
+        return Err(STATUS_METHOD);
+    }
+    let control = RequestControl::from_headers(&parts.headers);
+    if control.no_store || bytes.len() > shared.max_body_bytes {
+        return Err(STATUS_BYPASS);
+    }
+    let endpoint = Endpoint::from_path(parts.uri.path()).ok_or(STATUS_BYPASS)?;
+    let body: Value = serde_json::from_slice(bytes).map_err(|_| STATUS_BYPASS)?;
+    if !body.is_object() {
+        return Err(STATUS_BYPASS);
+    }
+    let namespace = parts.extensions.get::<Namespace>();
+    let key = shared
+        .policy
+        .key(&KeyRequest {
+            path: parts.uri.path(),
+            upstream: &shared.upstream,
+            namespace: namespace.map(Namespace::as_str),
+            body: &body,
+        })
+        .ok_or(STATUS_BYPASS)?;
+    let stream = body.get("stream").and_then(Value::as_bool).unwrap_or(false);
+    let include_usage = body
+        .pointer("/stream_options/include_usage")
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
+    let model = parts.extensions.get::<RequestModel>().cloned().or_else(|| {
+        body.get("model")
+            .and_then(Value::as_str)
+            .map(|m| RequestModel(Arc::from(m)))
+    });
+    Ok(Ctx {
+        key,
+        endpoint,
+        shape: Shape {
+            stream,
+            include_usage,
+        },
+        control,
+        model,
+    })
+}
+
+async fn serve<S, B, ResBody>(
+    shared: Arc<Shared>,
+    inner: S,
+    req: Request<B>,
+) -> Result<Response<ResponseBody>, BoxError>
+where
+    S: Service<Request<Full<Bytes>>, Response = Response<ResBody>> + Send + 'static,
+    S::Error: Into<BoxError>,
+    S::Future: Send,
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+    ResBody: Body + Send + 'static,
+    ResBody::Data: Send,
+    ResBody::Error: Into<BoxError>,
+{
+    let (parts, body) = req.into_parts();
+    let bytes = body.collect().await.map_err(Into::into)?.to_bytes();
+    let ctx = match classify(&shared, &parts, &bytes) {
+        Ok(ctx) => ctx,
+        Err(status) => {
+            let model = parts.extensions.get::<RequestModel>().cloned();
+            let req = Request::from_parts(parts, Full::new(bytes));
+            let res = call_upstream(inner, req).await?;
+            let mut res = res.map(ResponseBody::passthrough);
+            mark(&mut res, CacheOutcome::Bypass, status, model);
+            return Ok(res);
+        }
+    };
+
+    let mut fwd = Fwd::Request;
+    if ctx.control.may_read() {
+        fwd = Fwd::Miss;
+        match shared.store.get(ctx.key.as_str()).await {
+            Ok(Some(value)) => match Entry::decode(value) {
+                Some(entry) if ctx.control.accepts_age(entry.age()) => {
+                    if let Some(res) = from_entry(&entry, &ctx, CacheOutcome::Hit, STATUS_HIT) {
+                        return Ok(res);
+                    }
+                }
+                Some(_) => fwd = Fwd::Stale,
+                None => {
+                    tracing::debug!(key = %ctx.key, "undecodable cache entry; served as a miss")
+                }
+            },
+            Ok(None) => {}
+            Err(error) => shared.store_failed("get", &error),
+        }
+    }
+
+    let mut rejoins = 0;
+    let lead = loop {
+        if !shared.coalesce || rejoins >= MAX_REJOINS {
+            break Lead::alone(ctx.shape);
+        }
+        match join(&shared, &ctx.key, ctx.shape) {
+            Joined::Leader(lead) => break lead,
+            Joined::Follower(mut follower) => match follower.wait().await {
+                Followed::Live(head) => return Ok(live(&head, follower, &ctx)),
+                Followed::Entry(entry) => {
+                    match from_entry(&entry, &ctx, CacheOutcome::Coalesced, STATUS_COLLAPSED) {
+                        Some(res) => return Ok(res),
+                        None => rejoins = MAX_REJOINS,
+                    }
+                }
+                Followed::Failed(message) => {
+                    return Err(CoalesceError::leader_failed(message).into());
+                }
+                Followed::Rejoin => rejoins += 1,
+                Followed::Alone => rejoins = MAX_REJOINS,
+            },
+        }
+    };
+    lead_call(shared, inner, parts, bytes, ctx, lead, fwd).await
+}
+
+/// Goes upstream as the leader of a flight: publishes the answer to followers, records it, and
+/// stores it when it ends well.
+async fn lead_call<S, ResBody>(
+    shared: Arc<Shared>,
+    inner: S,
+    parts: Parts,
+    bytes: Bytes,
+    ctx: Ctx,
+    mut lead: Lead,
+    fwd: Fwd,
+) -> Result<Response<ResponseBody>, BoxError>
+where
+    S: Service<Request<Full<Bytes>>, Response = Response<ResBody>> + Send + 'static,
+    S::Error: Into<BoxError>,
+    S::Future: Send,
+    ResBody: Body + Send + 'static,
+    ResBody::Data: Send,
+    ResBody::Error: Into<BoxError>,
+{
+    let req = Request::from_parts(parts, Full::new(bytes));
+    let res = match call_upstream(inner, req).await {
+        Ok(res) => res,
+        Err(error) => {
+            lead.fail(&error.to_string());
+            return Err(error);
+        }
+    };
+    let (head, body) = res.into_parts();
+    let content_type = head.headers.get(CONTENT_TYPE).cloned();
+    let is_sse = content_type
+        .as_ref()
+        .and_then(|ct| ct.to_str().ok())
+        .is_some_and(|ct| {
+            ct.trim_start()
+                .get(..17)
+                .is_some_and(|p| p.eq_ignore_ascii_case("text/event-stream"))
+        });
+    if lead.is_registered() {
+        lead.head(Head {
+            status: head.status,
+            version: head.version,
+            headers: head.headers.clone(),
+        });
+    }
+    let Ctx {
+        key,
+        endpoint,
+        control,
+        model,
+        ..
+    } = ctx;
+
+    if head.status != StatusCode::OK {
+        // Never stored. Kept only for followers that already joined; nobody new may join.
+        lead.unregister();
+        let followers = lead.flight().state().followers;
+        let body = if followers > 0 {
+            let recorder = Recorder::new(
+                Arc::clone(&shared),
+                key,
+                lead,
+                endpoint,
+                content_type.unwrap_or(JSON),
+                false,
+                None,
+                false,
+            );
+            Recording::new(body, recorder).into_body()
+        } else {
+            lead.end(End::Complete(None));
+            ResponseBody::passthrough(body)
+        };
+        let status = format!(
+            "holysheep; fwd={}; fwd-status={}",
+            fwd.as_str(),
+            head.status.as_u16()
+        );
+        let mut res = Response::from_parts(head, body);
+        mark(
+            &mut res,
+            CacheOutcome::Miss,
+            HeaderValue::from_str(&status).unwrap_or(STATUS_BYPASS),
+            model,
+        );
+        return Ok(res);
+    }
+
+    let plan = control
+        .ttl(shared.ttl)
+        .filter(|_| !is_sse || shared.cache_streams)
+        .map(|ttl| Plan { ttl });
+    let default_type = if is_sse { EVENT_STREAM } else { JSON };
+    let recorder = Recorder::new(
+        Arc::clone(&shared),
+        key,
+        lead,
+        endpoint,
+        content_type.unwrap_or(default_type),
+        true,
+        plan,
+        is_sse,
+    );
+    let mut recording = Recording::new(body, recorder);
+    // A JSON answer arrives whole anyway: read it first so the head can say `stored`. A stream
+    // is forwarded chunk by chunk; whether it is stored is known only at its end.
+    let stored = if is_sse {
+        false
+    } else {
+        recording.prefetch(shared.max_entry_bytes).await?
+    };
+    let status = match (fwd, stored) {
+        (Fwd::Miss, false) => HeaderValue::from_static("holysheep; fwd=miss"),
+        (Fwd::Miss, true) => HeaderValue::from_static("holysheep; fwd=miss; stored"),
+        (Fwd::Request, false) => HeaderValue::from_static("holysheep; fwd=request"),
+        (Fwd::Request, true) => HeaderValue::from_static("holysheep; fwd=request; stored"),
+        (Fwd::Stale, false) => HeaderValue::from_static("holysheep; fwd=stale"),
+        (Fwd::Stale, true) => HeaderValue::from_static("holysheep; fwd=stale; stored"),
+    };
+    let mut res = Response::from_parts(head, recording.into_body());
+    mark(&mut res, CacheOutcome::Miss, status, model);
+    Ok(res)
+}
+
+/// Drives a clone of the inner service to readiness, then calls it.
+async fn call_upstream<S, R>(mut inner: S, req: R) -> Result<S::Response, BoxError>
+where
+    S: Service<R>,
+    S::Error: Into<BoxError>,
+{
+    std::future::poll_fn(|cx| inner.poll_ready(cx))
+        .await
+        .map_err(Into::into)?;
+    inner.call(req).await.map_err(Into::into)
+}
+
+/// A follower's replay of the leader's response: same head, body fed live.
+fn live(head: &Head, follower: Follower, ctx: &Ctx) -> Response<ResponseBody> {
+    let mut res = Response::new(ResponseBody::follow(follower));
+    *res.status_mut() = head.status;
+    *res.version_mut() = head.version;
+    *res.headers_mut() = head.headers.clone();
+    mark(
+        &mut res,
+        CacheOutcome::Coalesced,
+        STATUS_COLLAPSED,
+        ctx.model.clone(),
+    );
+    res
+}
+
+/// An answer from an entry, in the shape the request asked for. `None` when the entry cannot be
+/// rendered in that shape (the request then goes upstream).
+fn from_entry(
+    entry: &Entry,
+    ctx: &Ctx,
+    outcome: CacheOutcome,
+    status: HeaderValue,
+) -> Option<Response<ResponseBody>> {
+    let (body, content_type) = match (entry.body(), ctx.shape.stream) {
+        (EntryBody::Json(body), false) => (
+            ResponseBody::full(body.clone()),
+            entry.content_type().clone(),
+        ),
+        (EntryBody::Json(body), true) => (
+            ResponseBody::chunks(json_to_sse(ctx.endpoint, body, ctx.shape.include_usage)?),
+            EVENT_STREAM,
+        ),
+        (EntryBody::Stream { chunks, has_usage }, true) => {
+            let chunks = if *has_usage && !ctx.shape.include_usage {
+                strip_usage(chunks)
+            } else {
+                chunks.clone()
+            };
+            (ResponseBody::chunks(chunks), entry.content_type().clone())
+        }
+        (EntryBody::Stream { chunks, .. }, false) => {
+            (ResponseBody::full(sse_to_json(ctx.endpoint, chunks)?), JSON)
+        }
+    };
+    let mut res = Response::new(body);
+    res.headers_mut().insert(CONTENT_TYPE, content_type);
+    if outcome == CacheOutcome::Hit
+        && let Some(age) = entry.age()
+    {
+        res.headers_mut().insert(AGE, HeaderValue::from(age));
+    }
+    mark(&mut res, outcome, status, ctx.model.clone());
+    Some(res)
+}
+
+fn mark<B>(
+    res: &mut Response<B>,
+    outcome: CacheOutcome,
+    status: HeaderValue,
+    model: Option<RequestModel>,
+) {
+    let x_cache = match outcome {
+        // A follower made no upstream call of its own; Cache-Status tells the detail.
+        CacheOutcome::Hit | CacheOutcome::Coalesced => HIT,
+        CacheOutcome::Miss => MISS,
+        CacheOutcome::Bypass => BYPASS,
+    };
+    let headers = res.headers_mut();
+    headers.insert(CACHE_STATUS, status);
+    headers.insert(X_CACHE, x_cache);
+    let extensions = res.extensions_mut();
+    extensions.insert(outcome);
+    if let Some(model) = model {
+        extensions.insert(model);
+    }
+}

@@ -1,0 +1,114 @@
+//! State one `Cache` shares with its clones, its response bodies and its spawned tasks.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use crate::flight::Flight;
+use crate::key::{CacheKey, KeyPolicy};
+use crate::store::{CacheStore, StoreError};
+
+/// How often, at most, a failing store is logged at warn.
+const WARN_EVERY: Duration = Duration::from_secs(10);
+
+pub(crate) struct Shared {
+    pub(crate) store: Arc<dyn CacheStore>,
+    pub(crate) policy: Arc<dyn KeyPolicy>,
+    pub(crate) ttl: Duration,
+    pub(crate) max_entry_bytes: usize,
+    pub(crate) max_body_bytes: usize,
+    pub(crate) upstream: Arc<str>,
+    pub(crate) coalesce: bool,
+    pub(crate) cache_streams: bool,
+    pub(crate) flights: Mutex<HashMap<CacheKey, Arc<Flight>>>,
+    warn: WarnLimiter,
+}
+
+impl Shared {
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new(
+        store: Arc<dyn CacheStore>,
+        policy: Arc<dyn KeyPolicy>,
+        ttl: Duration,
+        max_entry_bytes: usize,
+        max_body_bytes: usize,
+        upstream: Arc<str>,
+        coalesce: bool,
+        cache_streams: bool,
+    ) -> Self {
+        Self {
+            store,
+            policy,
+            ttl,
+            max_entry_bytes,
+            max_body_bytes,
+            upstream,
+            coalesce,
+            cache_streams,
+            flights: Mutex::new(HashMap::new()),
+            warn: WarnLimiter::default(),
+        }
+    }
+
+    pub(crate) fn flights(&self) -> MutexGuard<'_, HashMap<CacheKey, Arc<Flight>>> {
+        lock(&self.flights)
+    }
+
+    /// Logs a store failure at warn, at most once per [`WARN_EVERY`], counting the ones it skips:
+    /// a Redis outage must not flood the log with one line per request.
+    pub(crate) fn store_failed(&self, op: &'static str, error: &StoreError) {
+        if let Some(suppressed) = self.warn.admit() {
+            tracing::warn!(
+                store = self.store.kind(),
+                op,
+                error = %error,
+                suppressed,
+                "cache store failed; the request is served as a miss"
+            );
+        } else {
+            tracing::debug!(store = self.store.kind(), op, error = %error, "cache store failed");
+        }
+    }
+}
+
+#[derive(Default)]
+struct WarnLimiter {
+    last: Mutex<Option<Instant>>,
+    suppressed: AtomicU64,
+}
+
+impl WarnLimiter {
+    /// `Some(skipped since the last log)` when this one may be logged.
+    fn admit(&self) -> Option<u64> {
+        let mut last = lock(&self.last);
+        let now = Instant::now();
+        if last.is_some_and(|at| now.duration_since(at) < WARN_EVERY) {
+            self.suppressed.fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
+        *last = Some(now);
+        Some(self.suppressed.swap(0, Ordering::Relaxed))
+    }
+}
+
+/// Locks a mutex, ignoring poisoning: every critical section here leaves the data consistent,
+/// and a panic elsewhere must not wedge the cache.
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn warn_limiter_admits_once_per_window() {
+        let w = WarnLimiter::default();
+        assert_eq!(w.admit(), Some(0));
+        assert_eq!(w.admit(), None);
+        assert_eq!(w.admit(), None);
+        *lock(&w.last) = Some(Instant::now() - WARN_EVERY);
+        assert_eq!(w.admit(), Some(2));
+    }
+}
