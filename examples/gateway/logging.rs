@@ -1,5 +1,6 @@
 //! Log set-up and the one line per request.
 
+use std::io::IsTerminal;
 use std::time::Instant;
 
 use axum::extract::{MatchedPath, Request};
@@ -15,9 +16,11 @@ use super::errors::GatewayError;
 /// A second call (tests start many gateways in one process) leaves the first in place.
 pub(crate) fn init(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    // Colours only for a terminal: escape codes in a log file or a collector are noise.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_target(false);
+        .with_target(false)
+        .with_ansi(std::io::stdout().is_terminal());
     // An error only means a subscriber is already installed, which is fine.
     let _ = match format {
         LogFormat::Text => builder.try_init(),

@@ -1,0 +1,112 @@
+//! The whole stack — `MetricsLayer → CacheLayer → RetryLayer → PoolLimitLayer →
+//! HolySheepClient` — against an in-process mock with zero latency, next to the bare client.
+//!
+//! `miss` uses a new prompt per request (a unique counter in the message), so it measures what
+//! the four layers add to a real upstream call; `hit` repeats one prompt, so it measures a cache
+//! hit with every layer above it.
+//!
+//! `cargo bench --bench stack`
+
+use std::hint::black_box;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use bytes::Bytes;
+use criterion::{Criterion, criterion_group, criterion_main};
+use holysheep::cache::{CacheLayer, MemoryStore};
+use holysheep::client::HolySheepClient;
+use holysheep::metrics::MetricsLayer;
+use holysheep::pool_limit::PoolLimitLayer;
+use holysheep::retry::RetryLayer;
+use holysheep_core::BoxError;
+use holysheep_mock::{MockConfig, MockServer};
+use http::{Request, Response, StatusCode, header};
+use http_body_util::{BodyExt, Full};
+use tokio::runtime::Runtime;
+use tower::util::BoxCloneSyncService;
+use tower::{Service, ServiceBuilder, ServiceExt};
+
+type Stack = BoxCloneSyncService<Request<Full<Bytes>>, Response<Bytes>, BoxError>;
+
+fn request(body: String) -> Request<Full<Bytes>> {
+    Request::post("/chat/completions")
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Full::new(Bytes::from(body)))
+        .expect("request is valid")
+}
+
+fn chat(prompt: &str) -> String {
+    format!(r#"{{"model":"gpt-4.1","messages":[{{"role":"user","content":"{prompt}"}}]}}"#)
+}
+
+/// Boxes a service whose answer body is read whole, so both sides of the comparison pay the
+/// same collection cost.
+fn boxed<S, B>(svc: S) -> Stack
+where
+    S: Service<Request<Full<Bytes>>, Response = Response<B>> + Clone + Send + Sync + 'static,
+    S::Error: Into<BoxError>,
+    S::Future: Send + 'static,
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    BoxCloneSyncService::new(
+        svc.map_err(Into::into)
+            .and_then(|res: Response<B>| async move {
+                let (parts, body) = res.into_parts();
+                let bytes = body.collect().await.map_err(Into::into)?.to_bytes();
+                Ok::<_, BoxError>(Response::from_parts(parts, bytes))
+            }),
+    )
+}
+
+async fn call(svc: &Stack, body: String) {
+    let res = svc.clone().oneshot(request(body)).await.expect("answer");
+    assert_eq!(res.status(), StatusCode::OK);
+    black_box(res);
+}
+
+fn stack(c: &mut Criterion) {
+    let runtime = Runtime::new().expect("tokio runtime");
+    let mock = runtime
+        .block_on(MockServer::start(MockConfig::default().api_key("sk-bench")))
+        .expect("mock starts");
+    let client = HolySheepClient::builder()
+        .base_url(mock.base_url())
+        .api_key("sk-bench")
+        .build()
+        .expect("client builds");
+
+    let bare = boxed(client.clone());
+    let full = boxed(
+        ServiceBuilder::new()
+            .layer(MetricsLayer::new())
+            .layer(CacheLayer::new(MemoryStore::new(256 << 20)))
+            .layer(RetryLayer::new())
+            .layer(PoolLimitLayer::new(100, 30))
+            .service(client),
+    );
+
+    let counter = AtomicU64::new(0);
+    let unique = || chat(&format!("question {}", counter.fetch_add(1, Ordering::Relaxed)));
+    runtime.block_on(async {
+        call(&bare, unique()).await;
+        call(&full, unique()).await;
+        call(&full, chat("the same question")).await;
+    });
+
+    let mut group = c.benchmark_group("stack");
+    group.bench_function("bare_client_miss", |b| {
+        b.to_async(&runtime).iter(|| call(&bare, unique()))
+    });
+    group.bench_function("full_stack_miss", |b| {
+        b.to_async(&runtime).iter(|| call(&full, unique()))
+    });
+    group.bench_function("full_stack_hit", |b| {
+        b.to_async(&runtime)
+            .iter(|| call(&full, chat("the same question")))
+    });
+    group.finish();
+}
+
+criterion_group!(benches, stack);
+criterion_main!(benches);

@@ -1,0 +1,217 @@
+//! The things a run calls: a naive client (a new connection per request, no cache, no retry),
+//! a pooled HTTP client (to the mock directly, or to the gateway), and the full stack composed
+//! in-process with `tower::ServiceBuilder`.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use holysheep::cache::{CacheLayer, CacheStore, MemoryStore, RedisStore};
+use holysheep::client::HolySheepClient;
+use holysheep::metrics::MetricsLayer;
+use holysheep::pool_limit::PoolLimitLayer;
+use holysheep::retry::RetryLayer;
+use holysheep_core::BoxError;
+use http::{Request, Response, header};
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use tower::util::BoxCloneSyncService;
+use tower::{ServiceBuilder, ServiceExt};
+
+use crate::driver::{Answer, Outcome, Target};
+
+/// The upstream key the mock checks.
+pub(crate) const UPSTREAM_KEY: &str = "sk-loadgen-upstream";
+
+/// Reads a response to its end into an [`Outcome`].
+async fn read<B>(response: Response<B>, parse: bool) -> Outcome
+where
+    B: http_body::Body<Data = Bytes>,
+{
+    let status = response.status().as_u16();
+    let hit = response
+        .headers()
+        .get(holysheep::cache::X_CACHE)
+        .is_some_and(|v| v.as_bytes() == b"HIT");
+    match response.into_body().collect().await {
+        Ok(body) => {
+            let answer = if parse && status == 200 {
+                serde_json::from_slice::<Answer>(&body.to_bytes()).ok()
+            } else {
+                None
+            };
+            Outcome {
+                status: Some(status),
+                hit,
+                answer,
+            }
+        }
+        // A body cut midway is a failed call, whatever the status said.
+        Err(_) => Outcome::default(),
+    }
+}
+
+/// A plain hyper-util client to `url` (an absolute `.../chat/completions` URL).
+pub(crate) struct HttpTarget {
+    client: Client<HttpConnector, Full<Bytes>>,
+    url: http::Uri,
+}
+
+impl HttpTarget {
+    /// Keep-alive pool, `TCP_NODELAY`: the client a well-behaved caller uses.
+    pub(crate) fn pooled(url: &str) -> Result<Self, BoxError> {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(90))
+            .build(connector);
+        Ok(HttpTarget {
+            client,
+            url: url.parse()?,
+        })
+    }
+
+    /// No idle connection is ever kept, so every request opens a new TCP connection (and pays
+    /// the mock's cold-connection penalty): the seed's "before".
+    pub(crate) fn naive(url: &str) -> Result<Self, BoxError> {
+        let connector = HttpConnector::new();
+        let client = Client::builder(TokioExecutor::new())
+            .pool_max_idle_per_host(0)
+            .build(connector);
+        Ok(HttpTarget {
+            client,
+            url: url.parse()?,
+        })
+    }
+}
+
+impl Target for HttpTarget {
+    fn call(&self, body: Bytes, parse: bool) -> Pin<Box<dyn Future<Output = Outcome> + Send>> {
+        let request = Request::post(self.url.clone())
+            .header(header::CONTENT_TYPE, "application/json")
+            .header(header::AUTHORIZATION, format!("Bearer {UPSTREAM_KEY}"))
+            .body(Full::new(body));
+        let client = self.client.clone();
+        Box::pin(async move {
+            let Ok(request) = request else {
+                return Outcome::default();
+            };
+            match client.request(request).await {
+                Ok(response) => read(response, parse).await,
+                Err(_) => Outcome::default(),
+            }
+        })
+    }
+}
+
+/// The response body of the in-process stack, boxed once.
+type StackBody = UnsyncBoxBody<Bytes, BoxError>;
+
+/// The stack as a run sees it.
+type Stack = BoxCloneSyncService<Request<Full<Bytes>>, Response<StackBody>, BoxError>;
+
+/// Knobs of the in-process stack (the gateway's defaults, with backoffs time-scaled).
+#[derive(Debug, Clone)]
+pub(crate) struct StackSettings {
+    /// Retries per request.
+    pub(crate) max_retries: u32,
+    /// First backoff and cap.
+    pub(crate) backoff: (Duration, Duration),
+    /// Bound on the whole call.
+    pub(crate) deadline: Duration,
+    /// Pool limit: total and per host.
+    pub(crate) pool: (usize, usize),
+    /// How long a request may wait for a pool slot.
+    pub(crate) queue_timeout: Duration,
+    /// Bound of the in-memory cache.
+    pub(crate) memory_max_bytes: u64,
+}
+
+/// `MetricsLayer → CacheLayer → RetryLayer → PoolLimitLayer → HolySheepClient`, in-process:
+/// the library use.
+pub(crate) struct StackTarget {
+    stack: Stack,
+}
+
+impl StackTarget {
+    /// The full stack over an in-memory cache, against `base_url` (the mock's `/v1`).
+    pub(crate) fn memory(base_url: &str, settings: &StackSettings) -> Result<Self, BoxError> {
+        Self::with_store(
+            base_url,
+            settings,
+            MemoryStore::new(settings.memory_max_bytes),
+        )
+    }
+
+    /// The full stack over Redis alone (no memory tier), so every hit is a Redis read.
+    pub(crate) async fn redis(
+        base_url: &str,
+        redis_url: &str,
+        settings: &StackSettings,
+    ) -> Result<Self, BoxError> {
+        let store = RedisStore::connect(redis_url).await?;
+        Self::with_store(base_url, settings, store)
+    }
+
+    fn with_store(
+        base_url: &str,
+        settings: &StackSettings,
+        store: impl CacheStore,
+    ) -> Result<Self, BoxError> {
+        let client = HolySheepClient::builder()
+            .base_url(base_url)
+            .api_key(UPSTREAM_KEY)
+            .pool_max_idle_per_host(settings.pool.1)
+            .build()?;
+        let service = ServiceBuilder::new()
+            .layer(MetricsLayer::new())
+            .layer(CacheLayer::new(store).ttl(Duration::from_secs(3600)))
+            .layer(
+                RetryLayer::new()
+                    .max_retries(settings.max_retries)
+                    .backoff(settings.backoff.0, settings.backoff.1)
+                    .deadline(settings.deadline)
+                    .budget(10, 0.2),
+            )
+            .layer(
+                PoolLimitLayer::new(settings.pool.0, settings.pool.1)
+                    .queue_timeout(settings.queue_timeout)
+                    .max_queue(1000),
+            )
+            .service(client);
+        // Named request type: every layer is generic over the body.
+        let service = ServiceExt::<Request<Full<Bytes>>>::map_response(service, |response| {
+            response.map(|body| body.map_err(Into::into).boxed_unsync())
+        });
+        let service = ServiceExt::<Request<Full<Bytes>>>::map_err(service, Into::<BoxError>::into);
+        Ok(StackTarget {
+            stack: BoxCloneSyncService::new(service),
+        })
+    }
+}
+
+impl Target for StackTarget {
+    fn call(&self, body: Bytes, parse: bool) -> Pin<Box<dyn Future<Output = Outcome> + Send>> {
+        let stack = self.stack.clone();
+        Box::pin(async move {
+            let Ok(request) = Request::post("/chat/completions")
+                .header(header::CONTENT_TYPE, "application/json")
+                .body(Full::new(body))
+            else {
+                return Outcome::default();
+            };
+            match stack.oneshot(request).await {
+                Ok(response) => read(response, parse).await,
+                Err(_) => Outcome::default(),
+            }
+        })
+    }
+}
+
+/// A target shared by runs.
+pub(crate) type Shared = Arc<dyn Target>;
