@@ -87,7 +87,12 @@ fn stack(c: &mut Criterion) {
     );
 
     let counter = AtomicU64::new(0);
-    let unique = || chat(&format!("question {}", counter.fetch_add(1, Ordering::Relaxed)));
+    let unique = || {
+        chat(&format!(
+            "question {}",
+            counter.fetch_add(1, Ordering::Relaxed)
+        ))
+    };
     runtime.block_on(async {
         call(&bare, unique()).await;
         call(&full, unique()).await;

@@ -39,6 +39,7 @@ mod server;
 mod stack;
 
 mod driver;
+mod proxy;
 mod report;
 mod svg;
 mod system;
@@ -286,6 +287,21 @@ async fn start_gateway_for(
     config.cache.memory_max_bytes = cache_bytes;
     config.server.shutdown_grace = Duration::from_secs(2);
     Ok(server::Gateway::start(config).await?)
+}
+
+/// The bare proxy's client: the gateway's client with the gateway's default settings, and
+/// no layers around it.
+fn proxy_client(upstream: &str) -> Result<holysheep::client::HolySheepClient, BoxError> {
+    let config = config::Config::default();
+    Ok(holysheep::client::HolySheepClient::builder()
+        .base_url(upstream)
+        .api_key(UPSTREAM_KEY)
+        .connect_timeout(config.client.connect_timeout)
+        .timeout(config.client.timeout)
+        .read_timeout(config.client.read_timeout)
+        .pool_idle_timeout(config.client.pool_idle_timeout)
+        .pool_max_idle_per_host(config.pool.per_host)
+        .build()?)
 }
 
 fn gateway_url(gateway: &server::GatewayHandle) -> String {
@@ -690,6 +706,12 @@ async fn overhead(opts: &Opts, prices: &PriceTable, out: &mut Output) -> Result<
             &mock.url("/chat/completions"),
         )?)],
     };
+    let proxy = proxy::ProxyHandle::start(proxy_client(&mock.base_url())?).await?;
+    set.names.push("proxy");
+    set.targets.push(Arc::new(HttpTarget::pooled(&format!(
+        "http://{}/v1/chat/completions",
+        proxy.addr()
+    ))?));
     if let Some(g) = &gateway {
         set.names.push("gateway");
         set.targets
@@ -710,11 +732,14 @@ async fn overhead(opts: &Opts, prices: &PriceTable, out: &mut Output) -> Result<
         "Mock with zero latency, no faults, no cold penalty; unique prompts (every request a cache \
          miss that is stored: the full miss path). Closed loop, {} rounds x concurrency {:?} x \
          clients, {} per segment, clients alternating within each round (order reversed every \
-         other round). Clients: `direct` = pooled hyper client straight to the mock; `gateway` = \
+         other round). Clients: `direct` = pooled hyper client straight to the mock; `proxy` = \
+         the same client to a bare hyper proxy (hyper-util auto server, `TCP_NODELAY`, each \
+         request handed unparsed to a `HolySheepClient` with no layers, `/v1` stripped, the \
+         answer streamed back): the floor of any HTTP gateway in front of the mock; `gateway` = \
          the same client to the example gateway (in-process, axum over loopback HTTP) which \
          forwards through its stack to the mock; `library` = the same stack called in-process \
-         (no HTTP hop in front). The harness, the gateway and the mock share this process and \
-         its 2 cores.",
+         (no HTTP hop in front). The harness, the proxy, the gateway and the mock share this \
+         process and its 2 cores.",
         opts.rounds,
         opts.levels,
         dur(opts.segment)
@@ -805,28 +830,14 @@ async fn overhead(opts: &Opts, prices: &PriceTable, out: &mut Output) -> Result<
         let mut p99_line = Vec::new();
         for (li, &level) in opts.levels.iter().enumerate() {
             let (d, t) = (&merged[0][li], &merged[ti][li]);
-            let rounds: Vec<(f64, f64, f64)> = per_round[ti][li]
-                .iter()
-                .zip(&per_round[0][li])
-                .map(|(t, d)| (t.0 - d.0, t.1 - d.1, t.2 / d.2.max(1e-9)))
-                .collect();
-            let m50 = median(&rounds.iter().map(|r| r.0).collect::<Vec<_>>());
-            let m99 = median(&rounds.iter().map(|r| r.1).collect::<Vec<_>>());
-            let mtp = median(&rounds.iter().map(|r| r.2).collect::<Vec<_>>());
-            let us = |ns: f64| {
-                format!(
-                    "{}{} µs",
-                    if ns < 0.0 { "-" } else { "+" },
-                    sig3(ns.abs() / 1e3)
-                )
-            };
+            let (m50, m99, mtp) = round_medians(&per_round[ti][li], &per_round[0][li]);
             added.row([
                 set.names[ti].to_owned(),
                 level.to_string(),
                 delta_us(t.at(0.5), d.at(0.5)),
                 delta_us(t.at(0.99), d.at(0.99)),
-                us(m50),
-                us(m99),
+                signed_us(m50),
+                signed_us(m99),
                 format!("{}x", sig3(mtp)),
             ]);
             p50_line.push((level, m50 / 1e3));
@@ -839,6 +850,52 @@ async fn overhead(opts: &Opts, prices: &PriceTable, out: &mut Output) -> Result<
         lines.push((format!("{} P99", set.names[ti]), p99_line, true, ti));
     }
     out.say(added.render());
+    let position = |name: &str| set.names.iter().position(|n| *n == name);
+    if let (Some(pi), Some(gi)) = (position("proxy"), position("gateway")) {
+        let mut vs_proxy = Table::new([
+            "gateway vs proxy",
+            "concurrency",
+            "added P50",
+            "added P99",
+            "added P50 (median of rounds)",
+            "added P99 (median of rounds)",
+            "throughput ratio (median of rounds)",
+        ]);
+        let mut p50_line = Vec::new();
+        let mut p99_line = Vec::new();
+        let mut c1 = None;
+        for (li, &level) in opts.levels.iter().enumerate() {
+            let (p, g) = (&merged[pi][li], &merged[gi][li]);
+            let (m50, m99, mtp) = round_medians(&per_round[gi][li], &per_round[pi][li]);
+            vs_proxy.row([
+                "gateway".to_owned(),
+                level.to_string(),
+                delta_us(g.at(0.5), p.at(0.5)),
+                delta_us(g.at(0.99), p.at(0.99)),
+                signed_us(m50),
+                signed_us(m99),
+                format!("{}x", sig3(mtp)),
+            ]);
+            p50_line.push((level, m50 / 1e3));
+            p99_line.push((level, m99 / 1e3));
+            if level == 1 {
+                c1 = Some((m50, m99, mtp));
+            }
+        }
+        lines.push(("gateway vs proxy P50".to_owned(), p50_line, false, n));
+        lines.push(("gateway vs proxy P99".to_owned(), p99_line, true, n));
+        out.say(vs_proxy.render());
+        if let Some((m50, m99, mtp)) = c1 {
+            out.say(format!(
+                "Design: the gateway's overhead close to a bare hyper proxy -> gateway minus \
+                 proxy at concurrency 1 (median of rounds): P50 {}, P99 {}, throughput {}x \
+                 the proxy's.",
+                signed_us(m50),
+                signed_us(m99),
+                sig3(mtp)
+            ));
+        }
+    }
     if let Some(us) = added_p99_c1 {
         out.say(format!(
             "Aim: added P99 at concurrency 1 under 100 µs -> {} µs (median of rounds): {}",
@@ -884,15 +941,41 @@ async fn overhead(opts: &Opts, prices: &PriceTable, out: &mut Output) -> Result<
         opts,
         "overhead.svg",
         &svg::by_concurrency_chart(
-            "Added latency vs direct-to-mock (median of rounds), zero-latency upstream",
+            "Added latency vs direct-to-mock, and gateway vs bare proxy (median of rounds)",
             &lines,
         ),
     );
+    drop(proxy);
     if let Some(g) = gateway {
         g.shutdown().await;
     }
     mock.shutdown().await;
     Ok(())
+}
+
+/// Medians over rounds of `client - baseline` P50 and P99 (ns) and of `client / baseline`
+/// throughput, from each round's `(p50 ns, p99 ns, throughput)` pairs: every round compares
+/// two segments run back to back, so slow drift of the machine cancels out.
+fn round_medians(client: &[(f64, f64, f64)], baseline: &[(f64, f64, f64)]) -> (f64, f64, f64) {
+    let rounds: Vec<(f64, f64, f64)> = client
+        .iter()
+        .zip(baseline)
+        .map(|(c, b)| (c.0 - b.0, c.1 - b.1, c.2 / b.2.max(1e-9)))
+        .collect();
+    (
+        median(&rounds.iter().map(|r| r.0).collect::<Vec<_>>()),
+        median(&rounds.iter().map(|r| r.1).collect::<Vec<_>>()),
+        median(&rounds.iter().map(|r| r.2).collect::<Vec<_>>()),
+    )
+}
+
+/// Nanoseconds as signed microseconds, `+12.3 µs`.
+fn signed_us(ns: f64) -> String {
+    format!(
+        "{}{} µs",
+        if ns < 0.0 { "-" } else { "+" },
+        sig3(ns.abs() / 1e3)
+    )
 }
 
 /// Starts the gateway as a child process (`serve-gateway`) in front of `mock`, reads its VmRSS
