@@ -103,7 +103,7 @@ async fn chat_completions(State(state): State<AppState>, request: Request) -> Re
         Ok(model) => model,
         Err(error) => return error.into_response(),
     };
-    forward(&state, parts, bytes, Some(model)).await
+    forward(state.upstream, parts, bytes, Some(model)).await
 }
 
 async fn embeddings(State(state): State<AppState>, request: Request) -> Response {
@@ -116,12 +116,12 @@ async fn embeddings(State(state): State<AppState>, request: Request) -> Response
         Ok(model) => model,
         Err(error) => return error.into_response(),
     };
-    forward(&state, parts, bytes, Some(model)).await
+    forward(state.upstream, parts, bytes, Some(model)).await
 }
 
 async fn models(State(state): State<AppState>, request: Request) -> Response {
     let (parts, _body) = request.into_parts();
-    forward(&state, parts, Bytes::new(), None).await
+    forward(state.upstream, parts, Bytes::new(), None).await
 }
 
 /// Buffers the request body up to `limit`; over it, a JSON 413 (early from `Content-Length`
@@ -180,6 +180,22 @@ fn required_model(object: &Map<String, Value>) -> Result<Arc<str>, ApiError> {
 
 /// Checks that the body is a chat completion request; returns its model.
 fn validate_chat(bytes: &[u8]) -> Result<Arc<str>, ApiError> {
+    // One typed parse settles almost every request. It accepts exactly what the checks below
+    // accept (same shared type, same non-empty model and messages); a body it refuses goes
+    // through them for the error that names the offending field (or, for the rare body only
+    // the untyped parse takes, such as a repeated key, for its acceptance).
+    if let Ok(request) = serde_json::from_slice::<ChatCompletionRequest>(bytes)
+        && !request.model.trim().is_empty()
+        && !request.messages.is_empty()
+    {
+        return Ok(Arc::from(request.model));
+    }
+    explain_chat(bytes)
+}
+
+/// The field-by-field checks behind [`validate_chat`]: the first rule the body breaks, as a 400
+/// that names its field.
+fn explain_chat(bytes: &[u8]) -> Result<Arc<str>, ApiError> {
     let object = parse_object(bytes)?;
     let model = required_model(&object)?;
     match object.get("messages") {
@@ -290,13 +306,22 @@ const DROPPED_RESPONSE_HEADERS: [&str; 6] = [
 /// Sends the request through the stack with the gateway's `/v1` stripped (the client joins the
 /// rest onto its base URL, which carries the upstream's own `/v1`), and turns the outcome into
 /// the caller's answer.
-async fn forward(state: &AppState, parts: Parts, body: Bytes, model: Option<Arc<str>>) -> Response {
+///
+/// Takes the handler's own copy of the stack: calling it needs an owned service, and cloning
+/// the boxed stack a second time per request would copy every layer again.
+async fn forward(
+    upstream: Upstream,
+    parts: Parts,
+    body: Bytes,
+    model: Option<Arc<str>>,
+) -> Response {
     let path = parts.uri.path();
     let upstream_path = path.strip_prefix("/v1").unwrap_or(path);
     let target = match parts.uri.query() {
         Some(query) => format!("{upstream_path}?{query}"),
         None => upstream_path.to_owned(),
     };
+    let body_len = body.len();
     let mut request = http::Request::new(Full::new(body));
     *request.method_mut() = parts.method.clone();
     *request.uri_mut() = match target.parse() {
@@ -309,6 +334,11 @@ async fn forward(state: &AppState, parts: Parts, body: Bytes, model: Option<Arc<
             headers.append(name.clone(), value.clone());
         }
     }
+    // The body is buffered, so its length is known: say so, instead of letting the client
+    // send it chunked (which it does for a body it cannot size, and costs both ends parsing).
+    if body_len > 0 {
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body_len));
+    }
     if let Some(namespace) = parts.extensions.get::<Namespace>() {
         request.extensions_mut().insert(namespace.clone());
     }
@@ -318,7 +348,7 @@ async fn forward(state: &AppState, parts: Parts, body: Bytes, model: Option<Arc<
             .insert(RequestModel(Arc::clone(model)));
     }
 
-    let mut response = match state.upstream.clone().oneshot(request).await {
+    let mut response = match upstream.oneshot(request).await {
         Ok(response) => response,
         Err(error) => {
             tracing::warn!(error = %error, "upstream call failed");
@@ -390,6 +420,52 @@ mod tests {
             );
             assert_eq!(got.as_deref(), param, "{}", String::from_utf8_lossy(body));
         }
+    }
+
+    #[test]
+    fn the_typed_parse_accepts_what_the_field_checks_accept() {
+        // Only an object is a request: the typed parse must not take a positional array.
+        let (status, _) = status_and_param(validate_chat(br#"["m",[{"role":"user"}]]"#));
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        // A blank model passes the typed parse but not the rules.
+        let (_, param) = status_and_param(validate_chat(
+            br#"{"model":"  ","messages":[{"role":"user"}]}"#,
+        ));
+        assert_eq!(param.as_deref(), Some("model"));
+        // A repeated key fails the typed parse; the untyped checks keep the last value, as
+        // before the fast path existed.
+        let repeated = br#"{"model":"a","model":"b","messages":[{"role":"user"}]}"#;
+        assert_eq!(&*validate_chat(repeated).unwrap(), "b");
+        // Unknown fields and nulls are fine.
+        let extra = br#"{"model":"m","messages":[{"role":"user","content":null}],"stream":null,"tools":[]}"#;
+        assert_eq!(&*validate_chat(extra).unwrap(), "m");
+    }
+
+    #[tokio::test]
+    async fn forward_sends_a_sized_body_and_strips_v1() {
+        let upstream: Upstream = tower::util::BoxCloneSyncService::new(tower::service_fn(
+            |request: super::super::stack::UpstreamRequest| async move {
+                let seen = format!(
+                    "{} {} {:?} {:?}",
+                    request.method(),
+                    request.uri(),
+                    request.headers().get(header::CONTENT_LENGTH),
+                    request.headers().get(header::AUTHORIZATION),
+                );
+                Ok::<_, holysheep_core::BoxError>(Response::new(Body::from(seen)))
+            },
+        ));
+        let request = http::Request::post("/v1/chat/completions?x=1")
+            .header(header::AUTHORIZATION, "Bearer caller")
+            .header(header::CONTENT_LENGTH, "999")
+            .body(())
+            .unwrap();
+        let (parts, ()) = request.into_parts();
+        let response = forward(upstream, parts, Bytes::from_static(b"{\"a\":1}"), None).await;
+        let body = axum::body::to_bytes(response.into_body(), 1024)
+            .await
+            .unwrap();
+        assert_eq!(&body[..], b"POST /chat/completions?x=1 Some(\"7\") None");
     }
 
     #[test]

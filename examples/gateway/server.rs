@@ -4,6 +4,7 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use axum::serve::ListenerExt;
 use holysheep_core::BoxError;
 use holysheep_mock::{MockConfig, MockServer};
 use tokio::net::TcpListener;
@@ -92,6 +93,14 @@ impl Gateway {
             render_metrics: built.render_metrics,
         };
         let app = router(state, Auth::new(&config.gateway_keys));
+
+        // axum leaves Nagle's algorithm on: a response whose head and body go out in two
+        // writes would wait for the caller's ACK of the first before sending the second.
+        let listener = listener.tap_io(|stream| {
+            if let Err(error) = stream.set_nodelay(true) {
+                tracing::debug!(error = %error, "cannot set TCP_NODELAY on a caller's connection");
+            }
+        });
 
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
