@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::response::{IntoResponse, Response};
-use holysheep_core::error::ErrorBody;
+use holysheep_core::error::{ErrorBody, find_in_chain};
 use http::{HeaderValue, StatusCode, header};
 
 use holysheep::cache::CoalesceError;
@@ -119,7 +119,7 @@ pub(crate) fn method_not_allowed(method: &http::Method, path: &str) -> Response 
 /// The message names the kind of failure only; the error's own text stays in the log, so no
 /// upstream detail (a URL, a header) can reach the caller.
 pub(crate) fn stack_error(error: &(dyn StdError + 'static)) -> Response {
-    let mut response = if let Some(overloaded) = find::<Overloaded>(error) {
+    let mut response = if let Some(overloaded) = find_in_chain::<Overloaded>(error) {
         let mut response = error_response(
             StatusCode::SERVICE_UNAVAILABLE,
             "The gateway is at its limit of concurrent upstream requests. Please retry shortly.",
@@ -132,7 +132,7 @@ pub(crate) fn stack_error(error: &(dyn StdError + 'static)) -> Response {
             .insert(header::RETRY_AFTER, retry_after(overloaded.retry_after()));
         response.extensions_mut().insert(GatewayError("overloaded"));
         response
-    } else if find::<DeadlineExceeded>(error).is_some() {
+    } else if find_in_chain::<DeadlineExceeded>(error).is_some() {
         let mut response = error_response(
             StatusCode::GATEWAY_TIMEOUT,
             "The upstream did not answer within the request deadline.",
@@ -142,7 +142,7 @@ pub(crate) fn stack_error(error: &(dyn StdError + 'static)) -> Response {
         );
         response.extensions_mut().insert(GatewayError("deadline"));
         response
-    } else if let Some(client) = find::<holysheep::client::Error>(error) {
+    } else if let Some(client) = find_in_chain::<holysheep::client::Error>(error) {
         let (status, message, code) = if client.is_timeout() {
             (
                 StatusCode::GATEWAY_TIMEOUT,
@@ -165,7 +165,7 @@ pub(crate) fn stack_error(error: &(dyn StdError + 'static)) -> Response {
         let mut response = error_response(status, message, "server_error", None, Some(code));
         response.extensions_mut().insert(GatewayError(code));
         response
-    } else if find::<CoalesceError>(error).is_some() {
+    } else if find_in_chain::<CoalesceError>(error).is_some() {
         // An identical request was in flight and this one waited for its answer, which failed;
         // the leader's own error is answered on its own request.
         let mut response = error_response(
@@ -200,18 +200,6 @@ pub(crate) fn stack_error(error: &(dyn StdError + 'static)) -> Response {
 fn retry_after(delay: Duration) -> HeaderValue {
     let secs = delay.as_secs() + u64::from(delay.subsec_nanos() > 0);
     HeaderValue::from(secs.max(1))
-}
-
-/// The first error of type `E` in the chain.
-fn find<'a, E: StdError + 'static>(error: &'a (dyn StdError + 'static)) -> Option<&'a E> {
-    let mut next = Some(error);
-    while let Some(error) = next {
-        if let Some(found) = error.downcast_ref::<E>() {
-            return Some(found);
-        }
-        next = error.source();
-    }
-    None
 }
 
 #[cfg(test)]
@@ -249,12 +237,5 @@ mod tests {
             response.extensions().get::<GatewayError>(),
             Some(&GatewayError("upstream_error"))
         );
-    }
-
-    #[test]
-    fn find_walks_the_chain() {
-        let error = Wrapped(Box::new(std::io::Error::other("x")));
-        assert!(find::<std::io::Error>(&error).is_some());
-        assert!(find::<fmt::Error>(&error).is_none());
     }
 }

@@ -141,16 +141,9 @@ impl Error {
 }
 
 fn chain_has_timed_out(error: &(dyn StdError + 'static)) -> bool {
-    let mut next = Some(error);
-    while let Some(error) = next {
-        if let Some(io) = error.downcast_ref::<io::Error>()
-            && io.kind() == io::ErrorKind::TimedOut
-        {
-            return true;
-        }
-        next = error.source();
-    }
-    false
+    holysheep_core::error::chain(error)
+        .filter_map(|e| e.downcast_ref::<io::Error>())
+        .any(|io| io.kind() == io::ErrorKind::TimedOut)
 }
 
 impl fmt::Debug for Error {
@@ -193,15 +186,10 @@ mod tests {
     use super::*;
 
     fn io_kinds(error: &Error) -> Vec<io::ErrorKind> {
-        let mut kinds = Vec::new();
-        let mut next: Option<&(dyn StdError + 'static)> = Some(error);
-        while let Some(error) = next {
-            if let Some(io) = error.downcast_ref::<io::Error>() {
-                kinds.push(io.kind());
-            }
-            next = error.source();
-        }
-        kinds
+        holysheep_core::error::chain(error)
+            .filter_map(|e| e.downcast_ref::<io::Error>())
+            .map(io::Error::kind)
+            .collect()
     }
 
     #[test]

@@ -4,6 +4,8 @@
 //! {"error": {"message": "…", "type": "invalid_request_error", "param": null, "code": null}}
 //! ```
 
+use std::error::Error;
+
 use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode, header};
 use serde::{Deserialize, Serialize};
@@ -81,9 +83,49 @@ impl std::fmt::Display for ErrorBody {
     }
 }
 
+/// How deep [`chain`] walks: a `source()` chain that loops must not hang a request.
+const MAX_CHAIN: usize = 32;
+
+/// `error` and the errors in its `source()` chain, outermost first (at most 32 of them, so a
+/// chain that loops ends). Layers wrap each other's errors, so every check for "is this a
+/// timeout / a shed / a connect failure" walks the whole chain rather than only the outermost.
+pub fn chain<'a>(
+    error: &'a (dyn Error + 'static),
+) -> impl Iterator<Item = &'a (dyn Error + 'static)> + 'a {
+    std::iter::successors(Some(error), |&e| e.source()).take(MAX_CHAIN)
+}
+
+/// The first error of type `E` in `error`'s [`chain`].
+pub fn find_in_chain<'a, E: Error + 'static>(error: &'a (dyn Error + 'static)) -> Option<&'a E> {
+    chain(error).find_map(|e| e.downcast_ref::<E>())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[derive(Debug)]
+    struct Wrap(Option<Box<dyn Error + Send + Sync>>);
+    impl std::fmt::Display for Wrap {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("wrap")
+        }
+    }
+    impl Error for Wrap {
+        fn source(&self) -> Option<&(dyn Error + 'static)> {
+            self.0.as_deref().map(|e| e as _)
+        }
+    }
+
+    #[test]
+    fn chain_walks_sources_outermost_first() {
+        let io = std::io::Error::from(std::io::ErrorKind::TimedOut);
+        let outer = Wrap(Some(Box::new(Wrap(Some(Box::new(io))))));
+        assert_eq!(chain(&outer).count(), 3);
+        let found = find_in_chain::<std::io::Error>(&outer).unwrap();
+        assert_eq!(found.kind(), std::io::ErrorKind::TimedOut);
+        assert!(find_in_chain::<std::fmt::Error>(&outer).is_none());
+    }
 
     #[test]
     fn shape_matches_openai() {

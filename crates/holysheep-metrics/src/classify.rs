@@ -176,16 +176,9 @@ impl DefaultClassifyError {
     /// The class of an error already seen as `&dyn Error`: the chain walk of
     /// [`classify`](ClassifyError::classify), for closures that handle a few types themselves.
     pub fn classify_error(&self, error: &(dyn Error + 'static)) -> ErrorClass {
-        // Bounded: a cyclic `source()` chain must not hang the request path.
-        let mut next = Some(error);
-        for _ in 0..32 {
-            let Some(error) = next else { break };
-            if let Some(class) = self.one(error) {
-                return class;
-            }
-            next = error.source();
-        }
-        ErrorClass::Other
+        holysheep_core::error::chain(error)
+            .find_map(|e| self.one(e))
+            .unwrap_or(ErrorClass::Other)
     }
 }
 

@@ -60,14 +60,7 @@ pub fn is_overloaded(error: &(dyn Error + 'static)) -> bool {
 
 /// The [`Overloaded`] in `error`'s `source()` chain, if any, to read its retry delay.
 pub fn overloaded(error: &(dyn Error + 'static)) -> Option<Overloaded> {
-    let mut current = Some(error);
-    while let Some(err) = current {
-        if let Some(shed) = err.downcast_ref::<Overloaded>() {
-            return Some(*shed);
-        }
-        current = err.source();
-    }
-    None
+    holysheep_core::error::find_in_chain::<Overloaded>(error).copied()
 }
 
 #[cfg(test)]

@@ -78,14 +78,7 @@ impl Classify for DefaultClassify {
     }
 
     fn is_retryable_error(&self, error: &(dyn Error + 'static)) -> bool {
-        let mut current = Some(error);
-        while let Some(err) = current {
-            if Self::is_transient(err) {
-                return true;
-            }
-            current = err.source();
-        }
-        false
+        holysheep_core::error::chain(error).any(Self::is_transient)
     }
 }
 

@@ -41,14 +41,7 @@ impl Error for DeadlineExceeded {}
 /// Layers outside may wrap the error, so this walks the chain rather than only downcasting the
 /// outermost error.
 pub fn is_deadline(error: &(dyn Error + 'static)) -> bool {
-    let mut current = Some(error);
-    while let Some(err) = current {
-        if err.is::<DeadlineExceeded>() {
-            return true;
-        }
-        current = err.source();
-    }
-    false
+    holysheep_core::error::find_in_chain::<DeadlineExceeded>(error).is_some()
 }
 
 #[cfg(test)]
