@@ -1,7 +1,9 @@
 //! Cache keys and stores: what a cache lookup costs before any upstream call.
 //!
-//! - key derivation for 1 KB, 10 KB and 100 KB chat requests, both "parse + key" (what the
-//!   layer pays per request) and "key" alone (from an already parsed body);
+//! - key derivation for 1 KB, 10 KB and 100 KB chat requests: "parse + key" (what the layer pays
+//!   per request: a `ParsedBody`, then the key), "parse-value + key" (through a
+//!   `serde_json::Value`, as a custom `KeyPolicy::key` would) and "key" alone (from an already
+//!   parsed `Value`);
 //! - `MemoryStore` get hit;
 //! - `RedisStore` get hit over loopback, against a `redis-server` the bench starts itself (or
 //!   `REDIS_URL`); skipped with a note when neither is available.
@@ -16,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use holysheep_cache::key::{DefaultKeyPolicy, KeyPolicy, KeyRequest};
+use holysheep_cache::key::{DefaultKeyPolicy, KeyPolicy, KeyRequest, ParsedBody, ParsedKeyRequest};
 use holysheep_cache::store::{CacheStore, MemoryStore, RedisStore};
 use serde_json::{Value, json};
 use tokio::runtime::Runtime;
@@ -73,12 +75,29 @@ fn keys(c: &mut Criterion) {
         let raw = chat_request(size);
         let parsed: Value = serde_json::from_slice(&raw).expect("valid JSON");
         group.throughput(Throughput::Bytes(raw.len() as u64));
+        // What the layer pays: one parse into a `ParsedBody`, then the key.
         group.bench_with_input(BenchmarkId::new("parse+key", label), &raw, |b, raw| {
             b.iter(|| {
-                let body: Value = serde_json::from_slice(black_box(raw)).expect("valid JSON");
-                black_box(key_of(&canonical, &body))
+                let body = ParsedBody::parse(black_box(raw)).expect("valid JSON");
+                black_box(canonical.key_parsed(&ParsedKeyRequest {
+                    path: PATH,
+                    upstream: UPSTREAM,
+                    namespace: Some("tenant-a"),
+                    body: &body,
+                }))
             })
         });
+        // The same through a `serde_json::Value`, what a custom `KeyPolicy::key` costs.
+        group.bench_with_input(
+            BenchmarkId::new("parse-value+key", label),
+            &raw,
+            |b, raw| {
+                b.iter(|| {
+                    let body: Value = serde_json::from_slice(black_box(raw)).expect("valid JSON");
+                    black_box(key_of(&canonical, &body))
+                })
+            },
+        );
         group.bench_with_input(BenchmarkId::new("key", label), &parsed, |b, body| {
             b.iter(|| {
                 black_box(canonical.key(&KeyRequest {

@@ -19,6 +19,9 @@ use std::fmt::{self, Write as _};
 use serde_json::{Map, Number, Value};
 use sha2::{Digest, Sha256};
 
+pub use crate::parsed::ParsedBody;
+use crate::parsed::Repr;
+
 /// The fixed prefix of every key.
 const PREFIX: &str = "holysheep:cache:";
 
@@ -187,6 +190,35 @@ pub trait KeyPolicy: Send + Sync + 'static {
     /// The key of `req`, or `None` when the request cannot be cached (no string `model`, body not
     /// an object, ...).
     fn key(&self, req: &KeyRequest<'_>) -> Option<CacheKey>;
+
+    /// The key of a request whose body was parsed into a [`ParsedBody`]; what the cache service
+    /// calls.
+    ///
+    /// Must give the same key as [`KeyPolicy::key`] for the same body. The default builds a
+    /// `serde_json::Value` from the parsed body and calls [`KeyPolicy::key`], so a policy that
+    /// only implements `key` keeps working; [`DefaultKeyPolicy`] reads the parsed body directly.
+    fn key_parsed(&self, req: &ParsedKeyRequest<'_>) -> Option<CacheKey> {
+        let body = req.body.to_value();
+        self.key(&KeyRequest {
+            path: req.path,
+            upstream: req.upstream,
+            namespace: req.namespace,
+            body: &body,
+        })
+    }
+}
+
+/// [`KeyRequest`] with the body as a [`ParsedBody`], for [`KeyPolicy::key_parsed`].
+#[derive(Debug, Clone, Copy)]
+pub struct ParsedKeyRequest<'a> {
+    /// The request URI path, e.g. `"/chat/completions"` or `"/v1/embeddings"`.
+    pub path: &'a str,
+    /// The upstream base URL configured on the layer, e.g. `"https://api.holysheep.ai/v1"`.
+    pub upstream: &'a str,
+    /// The tenant, from the `holysheep_core::signal::Namespace` request extension.
+    pub namespace: Option<&'a str>,
+    /// The parsed JSON request body; only objects with a string `model` are cacheable.
+    pub body: &'a ParsedBody<'a>,
 }
 
 /// The default [`KeyPolicy`]: a [`KeyScheme`] and a deny-list of top-level fields left out of
@@ -268,11 +300,12 @@ impl DefaultKeyPolicy {
 
     /// Writes the canonical hash input: scheme tag, framed upstream, path and namespace, then the
     /// canonical body without the denied fields.
-    fn write_canonical<S: Sink>(
+    fn write_canonical<S: Sink, J: Json>(
         &self,
         h: &mut S,
-        req: &KeyRequest<'_>,
-        body: &Map<String, Value>,
+        cx: &J::Cx,
+        req: &Target<'_>,
+        body: &J::Obj,
     ) -> Result<(), TooDeep> {
         h.bytes(CANONICAL_TAG);
         // "https://host/v1" and "https://host/v1/" are one upstream.
@@ -285,40 +318,42 @@ impl DefaultKeyPolicy {
                 h.framed(ns.as_bytes());
             }
         }
-        canonical_object(h, body, 0, Some(self))
+        canonical_object::<S, J>(h, cx, body, 0, Some(self))
     }
 
     /// Whether the seed scheme is correct for this request (see [`KeyScheme::Seed`]).
-    fn seed_applies(&self, req: &KeyRequest<'_>, body: &Map<String, Value>) -> bool {
+    fn seed_applies<J: Json>(&self, cx: &J::Cx, req: &Target<'_>, body: &J::Obj) -> bool {
         req.namespace.is_none()
             && is_chat_completions(req.path)
-            && body.get("messages").is_some_and(Value::is_array)
-            && body.keys().all(|k| {
-                matches!(
-                    k.as_str(),
-                    "model" | "messages" | "temperature" | "max_tokens"
-                ) || self.is_denied(k)
+            && J::get(body, "messages").is_some_and(|m| matches!(m.view(cx), View::Array(_)))
+            && J::all_keys(body, |k| {
+                matches!(k, "model" | "messages" | "temperature" | "max_tokens")
+                    || self.is_denied(k)
             })
     }
 
     /// Writes what the seed hashes: `json.dumps({...}, sort_keys=True)` of its four fields.
-    fn write_seed<S: Sink>(
+    fn write_seed_of<S: Sink, J: Json>(
         h: &mut S,
-        body: &Map<String, Value>,
+        cx: &J::Cx,
+        body: &J::Obj,
         model: &str,
     ) -> Result<(), TooDeep> {
         h.str("{\"max_tokens\": ");
-        match body.get("max_tokens") {
-            Some(v) => python_value(h, v, 0)?,
+        match J::get(body, "max_tokens") {
+            Some(v) => python_value_in(h, cx, v, 0)?,
             None => h.str(SEED_DEFAULT_MAX_TOKENS),
         }
         h.str(", \"messages\": ");
-        python_value(h, body.get("messages").unwrap_or(&Value::Null), 0)?;
+        match J::get(body, "messages") {
+            Some(v) => python_value_in(h, cx, v, 0)?,
+            None => h.str("null"),
+        }
         h.str(", \"model\": ");
         python_str(h, model);
         h.str(", \"temperature\": ");
-        match body.get("temperature") {
-            Some(v) => python_value(h, v, 0)?,
+        match J::get(body, "temperature") {
+            Some(v) => python_value_in(h, cx, v, 0)?,
             None => h.str(SEED_DEFAULT_TEMPERATURE),
         }
         h.str("}");
@@ -326,22 +361,72 @@ impl DefaultKeyPolicy {
     }
 }
 
-impl KeyPolicy for DefaultKeyPolicy {
-    fn key(&self, req: &KeyRequest<'_>) -> Option<CacheKey> {
-        let body = req.body.as_object()?;
-        let model = body.get("model")?.as_str()?;
+impl DefaultKeyPolicy {
+    /// [`DefaultKeyPolicy::write_seed_of`] for a `Value` body.
+    #[cfg(test)]
+    fn write_seed<S: Sink>(
+        h: &mut S,
+        body: &Map<String, Value>,
+        model: &str,
+    ) -> Result<(), TooDeep> {
+        DefaultKeyPolicy::write_seed_of::<S, Value>(h, &(), body, model)
+    }
+
+    /// The key of an object body, whichever tree holds it.
+    fn key_of<J: Json>(&self, cx: &J::Cx, req: &Target<'_>, body: &J) -> Option<CacheKey> {
+        let View::Object(body) = body.view(cx) else {
+            return None;
+        };
+        let View::Str(model, _) = J::get(body, "model")?.view(cx) else {
+            return None;
+        };
         let mut h = HashSink::new();
-        if self.scheme == KeyScheme::Seed && self.seed_applies(req, body) {
-            DefaultKeyPolicy::write_seed(&mut h, body, model).ok()?;
+        if self.scheme == KeyScheme::Seed && self.seed_applies::<J>(cx, req, body) {
+            DefaultKeyPolicy::write_seed_of::<_, J>(&mut h, cx, body, model).ok()?;
             return Some(CacheKey::new(model, false, &h.finish(), KeyScheme::Seed));
         }
-        self.write_canonical(&mut h, req, body).ok()?;
+        self.write_canonical::<_, J>(&mut h, cx, req, body).ok()?;
         Some(CacheKey::new(
             model,
             true,
             &h.finish(),
             KeyScheme::Canonical,
         ))
+    }
+}
+
+impl KeyPolicy for DefaultKeyPolicy {
+    fn key(&self, req: &KeyRequest<'_>) -> Option<CacheKey> {
+        self.key_of(&(), &Target::of(req), req.body)
+    }
+
+    fn key_parsed(&self, req: &ParsedKeyRequest<'_>) -> Option<CacheKey> {
+        let target = Target {
+            path: req.path,
+            upstream: req.upstream,
+            namespace: req.namespace,
+        };
+        match req.body.repr() {
+            Repr::Tree(tree) => self.key_of(tree, &target, tree.root()),
+            Repr::Value(value) => self.key_of(&(), &target, value),
+        }
+    }
+}
+
+/// What a key is derived from besides the body.
+struct Target<'a> {
+    path: &'a str,
+    upstream: &'a str,
+    namespace: Option<&'a str>,
+}
+
+impl<'a> Target<'a> {
+    fn of(req: &KeyRequest<'a>) -> Self {
+        Target {
+            path: req.path,
+            upstream: req.upstream,
+            namespace: req.namespace,
+        }
     }
 }
 
@@ -395,18 +480,33 @@ impl HashSink {
     }
 }
 
+impl HashSink {
+    /// `b` does not fit the buffer: fill it, hash it whole, hash `b`'s whole blocks directly and
+    /// keep the tail. Every `update` is a multiple of 64 bytes, so the hasher never copies.
+    #[inline(never)]
+    fn spill(&mut self, b: &[u8]) {
+        let (head, rest) = b.split_at((HASH_BUF - self.len).min(b.len()));
+        self.buf[self.len..self.len + head.len()].copy_from_slice(head);
+        self.hasher.update(self.buf.as_slice());
+        let whole = rest.len() - rest.len() % HASH_BUF;
+        self.hasher.update(&rest[..whole]);
+        let tail = &rest[whole..];
+        self.buf[..tail.len()].copy_from_slice(tail);
+        self.len = tail.len();
+    }
+}
+
 impl Sink for HashSink {
+    #[inline]
     fn bytes(&mut self, b: &[u8]) {
-        if self.len + b.len() > HASH_BUF {
-            self.hasher.update(&self.buf[..self.len]);
-            self.len = 0;
-            if b.len() >= HASH_BUF {
-                self.hasher.update(b);
-                return;
+        // Most pieces are a few bytes and fit: one bounds check and a copy.
+        match self.buf.get_mut(self.len..self.len + b.len()) {
+            Some(dst) => {
+                dst.copy_from_slice(b);
+                self.len += b.len();
             }
+            None => self.spill(b),
         }
-        self.buf[self.len..self.len + b.len()].copy_from_slice(b);
-        self.len += b.len();
     }
 }
 
@@ -436,41 +536,119 @@ impl fmt::Write for TextSink {
     }
 }
 
+/// A JSON tree the key is written from: a `serde_json::Value`, or the lighter tree of a
+/// [`ParsedBody`]. One writer for both is what keeps their keys identical.
+pub(crate) trait Json: Sized {
+    /// An object's entries.
+    type Obj: ?Sized;
+    /// What nodes are resolved in (the arena of a [`ParsedBody`]; nothing for a `Value`).
+    type Cx: ?Sized;
+
+    fn view<'v>(&'v self, cx: &'v Self::Cx) -> View<'v, Self>;
+
+    /// The value of `key` (the last one when the text repeated it, as `serde_json::Map` keeps).
+    fn get<'v>(obj: &'v Self::Obj, key: &str) -> Option<&'v Self>;
+
+    /// Whether `f` holds for every key.
+    fn all_keys(obj: &Self::Obj, f: impl FnMut(&str) -> bool) -> bool;
+
+    /// Calls `f` for each entry in key order (byte order of the UTF-8 keys, which is code point
+    /// order), with the key, whether the key is plain (as in [`View::Str`]) and the value.
+    fn for_each_sorted<E>(
+        obj: &Self::Obj,
+        f: impl FnMut(&str, bool, &Self) -> Result<(), E>,
+    ) -> Result<(), E>;
+}
+
+/// One node of a [`Json`] tree.
+pub(crate) enum View<'v, J: Json> {
+    Null,
+    Bool(bool),
+    Number(&'v Number),
+    /// A string, and whether it is known to hold no `"`, `\` or control character (so the
+    /// canonical form needs no escaping and no scan for it).
+    Str(&'v str, bool),
+    Array(&'v [J]),
+    Object(&'v J::Obj),
+}
+
+impl Json for Value {
+    type Obj = Map<String, Value>;
+    type Cx = ();
+
+    fn view<'v>(&'v self, _: &'v ()) -> View<'v, Self> {
+        match self {
+            Value::Null => View::Null,
+            Value::Bool(b) => View::Bool(*b),
+            Value::Number(n) => View::Number(n),
+            Value::String(s) => View::Str(s, false),
+            Value::Array(items) => View::Array(items),
+            Value::Object(map) => View::Object(map),
+        }
+    }
+
+    fn get<'v>(obj: &'v Self::Obj, key: &str) -> Option<&'v Self> {
+        obj.get(key)
+    }
+
+    fn all_keys(obj: &Self::Obj, mut f: impl FnMut(&str) -> bool) -> bool {
+        obj.keys().all(|k| f(k))
+    }
+
+    fn for_each_sorted<E>(
+        obj: &Self::Obj,
+        mut f: impl FnMut(&str, bool, &Self) -> Result<(), E>,
+    ) -> Result<(), E> {
+        for_each_sorted(obj, |k, v| f(k, false, v))
+    }
+}
+
 /// Canonical JSON: sorted keys at every depth, no whitespace, one number form, one escaping rule.
+#[cfg(test)]
 fn canonical_value<S: Sink>(h: &mut S, v: &Value, depth: usize) -> Result<(), TooDeep> {
-    match v {
-        Value::Null => h.str("null"),
-        Value::Bool(true) => h.str("true"),
-        Value::Bool(false) => h.str("false"),
-        Value::Number(n) => canonical_number(h, n),
-        Value::String(s) => canonical_str(h, s),
-        Value::Array(items) => {
+    canonical_value_in(h, &(), v, depth)
+}
+
+fn canonical_value_in<S: Sink, J: Json>(
+    h: &mut S,
+    cx: &J::Cx,
+    v: &J,
+    depth: usize,
+) -> Result<(), TooDeep> {
+    match v.view(cx) {
+        View::Null => h.str("null"),
+        View::Bool(true) => h.str("true"),
+        View::Bool(false) => h.str("false"),
+        View::Number(n) => canonical_number(h, n),
+        View::Str(s, plain) => canonical_str_or_plain(h, s, plain),
+        View::Array(items) => {
             let depth = deeper(depth)?;
             h.bytes(b"[");
             for (i, item) in items.iter().enumerate() {
                 if i > 0 {
                     h.bytes(b",");
                 }
-                canonical_value(h, item, depth)?;
+                canonical_value_in(h, cx, item, depth)?;
             }
             h.bytes(b"]");
         }
-        Value::Object(map) => canonical_object(h, map, depth, None)?,
+        View::Object(map) => canonical_object::<S, J>(h, cx, map, depth, None)?,
     }
     Ok(())
 }
 
 /// Writes an object with sorted keys; at the top level (`deny` set) the denied fields are skipped.
-fn canonical_object<S: Sink>(
+fn canonical_object<S: Sink, J: Json>(
     h: &mut S,
-    map: &Map<String, Value>,
+    cx: &J::Cx,
+    map: &J::Obj,
     depth: usize,
     deny: Option<&DefaultKeyPolicy>,
 ) -> Result<(), TooDeep> {
     let depth = deeper(depth)?;
     h.bytes(b"{");
     let mut first = true;
-    for_each_sorted(map, |k, v| {
+    J::for_each_sorted(map, |k, plain, v| {
         if deny.is_some_and(|p| p.is_denied(k)) {
             return Ok(());
         }
@@ -478,9 +656,9 @@ fn canonical_object<S: Sink>(
             h.bytes(b",");
         }
         first = false;
-        canonical_str(h, k);
+        canonical_str_or_plain(h, k, plain);
         h.bytes(b":");
-        canonical_value(h, v, depth)
+        canonical_value_in(h, cx, v, depth)
     })?;
     h.bytes(b"}");
     Ok(())
@@ -564,6 +742,17 @@ fn canonical_f64<S: Sink>(h: &mut S, f: f64) {
     }
 }
 
+/// [`canonical_str`], or just the quotes around a string known to need no escaping.
+fn canonical_str_or_plain<S: Sink>(h: &mut S, s: &str, plain: bool) {
+    if plain {
+        h.bytes(b"\"");
+        h.str(s);
+        h.bytes(b"\"");
+    } else {
+        canonical_str(h, s);
+    }
+}
+
 /// One escaping rule: `"` and `\` backslashed, control characters as `\u00xx`, the rest verbatim.
 fn canonical_str<S: Sink>(h: &mut S, s: &str) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
@@ -624,37 +813,42 @@ fn next_special(bytes: &[u8]) -> Option<usize> {
 }
 
 /// Python's `json.dumps(v, sort_keys=True)` with default separators and `ensure_ascii=True`.
-fn python_value<S: Sink>(h: &mut S, v: &Value, depth: usize) -> Result<(), TooDeep> {
-    match v {
-        Value::Null => h.str("null"),
-        Value::Bool(true) => h.str("true"),
-        Value::Bool(false) => h.str("false"),
-        Value::Number(n) => python_number(h, n),
-        Value::String(s) => python_str(h, s),
-        Value::Array(items) => {
+fn python_value_in<S: Sink, J: Json>(
+    h: &mut S,
+    cx: &J::Cx,
+    v: &J,
+    depth: usize,
+) -> Result<(), TooDeep> {
+    match v.view(cx) {
+        View::Null => h.str("null"),
+        View::Bool(true) => h.str("true"),
+        View::Bool(false) => h.str("false"),
+        View::Number(n) => python_number(h, n),
+        View::Str(s, _) => python_str(h, s),
+        View::Array(items) => {
             let depth = deeper(depth)?;
             h.bytes(b"[");
             for (i, item) in items.iter().enumerate() {
                 if i > 0 {
                     h.bytes(b", ");
                 }
-                python_value(h, item, depth)?;
+                python_value_in(h, cx, item, depth)?;
             }
             h.bytes(b"]");
         }
-        Value::Object(map) => {
+        View::Object(map) => {
             let depth = deeper(depth)?;
             h.bytes(b"{");
             let mut first = true;
             // Python sorts str keys by code point, which is UTF-8 byte order.
-            for_each_sorted(map, |k, v| {
+            J::for_each_sorted(map, |k, _, v| {
                 if !first {
                     h.bytes(b", ");
                 }
                 first = false;
                 python_str(h, k);
                 h.bytes(b": ");
-                python_value(h, v, depth)
+                python_value_in(h, cx, v, depth)
             })?;
             h.bytes(b"}");
         }
@@ -1393,7 +1587,152 @@ for line in sys.stdin:
         }
     }
 
+    /// The keys of `text` through the `Value` path and through [`ParsedBody`] must be equal, for
+    /// both schemes, with and without a namespace; and the two must accept the same texts.
+    fn assert_fast_path_matches(text: &[u8]) -> Result<(), TestCaseError> {
+        let value = serde_json::from_slice::<Value>(text);
+        let parsed = ParsedBody::parse(text);
+        prop_assert_eq!(
+            value.is_ok(),
+            parsed.is_ok(),
+            "acceptance of {:?}",
+            String::from_utf8_lossy(text)
+        );
+        let (Ok(value), Ok(parsed)) = (value, parsed) else {
+            return Ok(());
+        };
+        prop_assert_eq!(&parsed.to_value(), &value);
+        for policy in [DefaultKeyPolicy::new(), DefaultKeyPolicy::seed()] {
+            for namespace in [None, Some("tenant-a")] {
+                let req = KeyRequest {
+                    path: PATH,
+                    upstream: UPSTREAM,
+                    namespace,
+                    body: &value,
+                };
+                let fast = ParsedKeyRequest {
+                    path: PATH,
+                    upstream: UPSTREAM,
+                    namespace,
+                    body: &parsed,
+                };
+                prop_assert_eq!(policy.key(&req), policy.key_parsed(&fast));
+            }
+        }
+        Ok(())
+    }
+
+    /// JSON text of an object whose keys may repeat, be escaped or be the ones the seed reads.
+    fn arb_object_text() -> impl Strategy<Value = String> {
+        let key = prop_oneof![
+            Just(r#""model""#.to_owned()),
+            Just(r#""\u006dodel""#.to_owned()),
+            Just(r#""messages""#.to_owned()),
+            Just(r#""temperature""#.to_owned()),
+            Just(r#""max_tokens""#.to_owned()),
+            Just(r#""stream""#.to_owned()),
+            Just(r#""user""#.to_owned()),
+            Just(r#""a\"b""#.to_owned()),
+            ".*".prop_map(|k| serde_json::to_string(&k).expect("key")),
+        ];
+        let value = prop_oneof![
+            ".*".prop_map(Value::String),
+            arb_json().prop_map(|v| Value::Array(vec![v])),
+            arb_json(),
+        ];
+        prop::collection::vec((key, value, any::<u64>()), 0..8).prop_map(|entries| {
+            let mut text = String::from("{");
+            for (i, (k, v, seed)) in entries.into_iter().enumerate() {
+                if i > 0 {
+                    text.push(',');
+                }
+                text.push_str(&k);
+                text.push(':');
+                let mut seed = seed;
+                write_permuted(&v, &mut seed, &mut text);
+            }
+            text.push('}');
+            text
+        })
+    }
+
+    #[test]
+    fn key_parsed_defaults_to_key_for_custom_policies() {
+        /// Keys on the model alone, through `key` only.
+        struct ModelOnly;
+        impl KeyPolicy for ModelOnly {
+            fn key(&self, req: &KeyRequest<'_>) -> Option<CacheKey> {
+                let model = req.body.get("model")?.as_str()?;
+                Some(CacheKey::new(model, true, &[7; 32], KeyScheme::Canonical))
+            }
+        }
+        let text = br#"{"model": "m\u00e9", "messages": []}"#;
+        let parsed = ParsedBody::parse(text).expect("valid JSON");
+        let req = ParsedKeyRequest {
+            path: PATH,
+            upstream: UPSTREAM,
+            namespace: None,
+            body: &parsed,
+        };
+        let key = ModelOnly.key_parsed(&req).expect("cacheable");
+        assert_eq!(
+            key.as_str(),
+            format!("holysheep:cache:m_:{}", "07".repeat(16))
+        );
+        let array = ParsedBody::parse(b"[]").expect("valid JSON");
+        assert!(
+            ModelOnly
+                .key_parsed(&ParsedKeyRequest {
+                    body: &array,
+                    ..req
+                })
+                .is_none()
+        );
+    }
+
     proptest! {
+        #[test]
+        fn hash_sink_hashes_the_concatenation(
+            pieces in prop::collection::vec(prop::collection::vec(any::<u8>(), 0..1500), 0..12),
+        ) {
+            let mut sink = HashSink::new();
+            let mut all = Vec::new();
+            for piece in &pieces {
+                sink.bytes(piece);
+                all.extend_from_slice(piece);
+            }
+            let expected: [u8; 32] = Sha256::digest(&all).into();
+            prop_assert_eq!(sink.finish(), expected);
+        }
+
+        #[test]
+        fn fast_path_gives_the_value_path_key_for_any_json(text in arb_object_text()) {
+            assert_fast_path_matches(text.as_bytes())?;
+        }
+
+        #[test]
+        fn fast_path_gives_the_value_path_key_for_chat_bodies(
+            body in arb_json(),
+            model in ".*",
+            seed in any::<u64>(),
+        ) {
+            let chat = json!({"model": model, "messages": [body.clone()], "temperature": body});
+            let mut text = String::new();
+            let mut s = seed;
+            write_permuted(&chat, &mut s, &mut text);
+            assert_fast_path_matches(text.as_bytes())?;
+        }
+
+        #[test]
+        fn fast_path_accepts_what_the_value_path_accepts(
+            text in prop_oneof![
+                prop::collection::vec(any::<u8>(), 0..64),
+                "[\\[\\]{}:,\"a-z0-9.eE+\\- \\\\]{0,40}".prop_map(String::into_bytes),
+            ],
+        ) {
+            assert_fast_path_matches(&text)?;
+        }
+
         #[test]
         fn canonical_strings_match_a_naive_escaper(s in "(.|[\"\\\\\\x00-\\x1f]){0,40}") {
             let mut naive = String::from("\"");

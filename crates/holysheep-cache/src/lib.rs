@@ -129,6 +129,7 @@ pub mod store;
 
 mod convert;
 mod flight;
+mod parsed;
 mod shared;
 
 pub use self::body::ResponseBody;
@@ -136,7 +137,9 @@ pub use self::control::RequestControl;
 pub use self::entry::{Entry, EntryBody};
 pub use self::error::CoalesceError;
 pub use self::future::ResponseFuture;
-pub use self::key::{CacheKey, DefaultKeyPolicy, KeyPolicy, KeyRequest, KeyScheme};
+pub use self::key::{
+    CacheKey, DefaultKeyPolicy, KeyPolicy, KeyRequest, KeyScheme, ParsedBody, ParsedKeyRequest,
+};
 pub use self::layer::CacheLayer;
 pub use self::service::{CACHE_STATUS, Cache, X_CACHE};
 pub use self::store::{CacheStore, MemoryStore, RedisStore, StoreError, TieredStore};

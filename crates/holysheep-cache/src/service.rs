@@ -12,7 +12,6 @@ use http::request::Parts;
 use http::{HeaderName, HeaderValue, Method, Request, Response, StatusCode};
 use http_body::Body;
 use http_body_util::{BodyExt, Full};
-use serde_json::Value;
 use tower::Service;
 
 use crate::body::{Plan, Recorder, Recording, ResponseBody};
@@ -22,7 +21,7 @@ use crate::entry::{Entry, EntryBody};
 use crate::error::CoalesceError;
 use crate::flight::{End, Followed, Follower, Head, Joined, Lead, Shape, join};
 use crate::future::ResponseFuture;
-use crate::key::{CacheKey, KeyRequest};
+use crate::key::{CacheKey, ParsedBody, ParsedKeyRequest};
 use crate::layer::CacheLayer;
 use crate::shared::Shared;
 use crate::store::CacheStore;
@@ -192,30 +191,31 @@ fn classify(shared: &Shared, parts: &Parts, bytes: &Bytes) -> Result<Ctx, Header
         return Err(STATUS_BYPASS);
     }
     let endpoint = Endpoint::from_path(parts.uri.path()).ok_or(STATUS_BYPASS)?;
-    let body: Value = serde_json::from_slice(bytes).map_err(|_| STATUS_BYPASS)?;
+    // Parsed once, into a tree that borrows the body's strings: the key and the fields below
+    // are all read from it.
+    let body = ParsedBody::parse(bytes).map_err(|_| STATUS_BYPASS)?;
     if !body.is_object() {
         return Err(STATUS_BYPASS);
     }
     let namespace = parts.extensions.get::<Namespace>();
     let key = shared
         .policy
-        .key(&KeyRequest {
+        .key_parsed(&ParsedKeyRequest {
             path: parts.uri.path(),
             upstream: &shared.upstream,
             namespace: namespace.map(Namespace::as_str),
             body: &body,
         })
         .ok_or(STATUS_BYPASS)?;
-    let stream = body.get("stream").and_then(Value::as_bool).unwrap_or(false);
+    let stream = body.bool_at(&["stream"]).unwrap_or(false);
     let include_usage = body
-        .pointer("/stream_options/include_usage")
-        .and_then(Value::as_bool)
+        .bool_at(&["stream_options", "include_usage"])
         .unwrap_or(false);
-    let model = parts.extensions.get::<RequestModel>().cloned().or_else(|| {
-        body.get("model")
-            .and_then(Value::as_str)
-            .map(|m| RequestModel(Arc::from(m)))
-    });
+    let model = parts
+        .extensions
+        .get::<RequestModel>()
+        .cloned()
+        .or_else(|| body.str_at(&["model"]).map(|m| RequestModel(Arc::from(m))));
     Ok(Ctx {
         key,
         endpoint,
