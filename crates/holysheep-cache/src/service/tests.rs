@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 use tokio::sync::{Notify, Semaphore, mpsc};
 use tower::{Layer, Service, ServiceExt, service_fn};
 
-use crate::store::{BoxFuture, CacheStore, StoreError};
+use crate::store::DownStore;
 use crate::{Cache, CacheLayer, CoalesceError, DefaultKeyPolicy, Entry, EntryBody, MemoryStore};
 
 type TestBody = UnsyncBoxBody<Bytes, BoxError>;
@@ -529,33 +529,10 @@ async fn tenants_are_isolated() {
     assert_eq!(calls.load(Ordering::SeqCst), 2);
 }
 
-/// A store whose every operation fails.
-struct BrokenStore;
-
-impl CacheStore for BrokenStore {
-    fn get<'a>(&'a self, _key: &'a str) -> BoxFuture<'a, Result<Option<Bytes>, StoreError>> {
-        Box::pin(async { Err(StoreError::unavailable("down")) })
-    }
-    fn put<'a>(
-        &'a self,
-        _key: &'a str,
-        _value: Bytes,
-        _ttl: Duration,
-    ) -> BoxFuture<'a, Result<(), StoreError>> {
-        Box::pin(async { Err(StoreError::unavailable("down")) })
-    }
-    fn kind(&self) -> &'static str {
-        "broken"
-    }
-    fn ping(&self) -> BoxFuture<'_, Result<(), StoreError>> {
-        Box::pin(async { Err(StoreError::unavailable("down")) })
-    }
-}
-
 #[tokio::test]
 async fn a_failing_store_is_a_miss() {
     let calls = Arc::new(AtomicUsize::new(0));
-    let cache = CacheLayer::new(BrokenStore).layer(counting(&calls, |_, _| {
+    let cache = CacheLayer::new(DownStore).layer(counting(&calls, |_, _| {
         json_response(StatusCode::OK, completion("x"))
     }));
     for _ in 0..3 {

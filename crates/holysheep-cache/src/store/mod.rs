@@ -205,3 +205,32 @@ impl StdError for StoreError {
             .map(|e| e as &(dyn StdError + 'static))
     }
 }
+
+/// A store whose every operation fails, as a Redis that is down does: for tests of the paths
+/// that must treat a failing store as a miss.
+#[cfg(test)]
+pub(crate) struct DownStore;
+
+#[cfg(test)]
+impl CacheStore for DownStore {
+    fn get<'a>(&'a self, _key: &'a str) -> BoxFuture<'a, Result<Option<Bytes>, StoreError>> {
+        Box::pin(async { Err(StoreError::unavailable("down")) })
+    }
+
+    fn put<'a>(
+        &'a self,
+        _key: &'a str,
+        _value: Bytes,
+        _ttl: Duration,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(async { Err(StoreError::unavailable("down")) })
+    }
+
+    fn kind(&self) -> &'static str {
+        "down"
+    }
+
+    fn ping(&self) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(async { Err(StoreError::unavailable("down")) })
+    }
+}

@@ -102,33 +102,7 @@ impl<F: CacheStore, B: CacheStore> CacheStore for TieredStore<F, B> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::{MemoryStore, StoreErrorKind};
-
-    /// A back store that is down.
-    struct Down;
-
-    impl CacheStore for Down {
-        fn get<'a>(&'a self, _key: &'a str) -> BoxFuture<'a, Result<Option<Bytes>, StoreError>> {
-            Box::pin(async { Err(StoreError::unavailable("down")) })
-        }
-
-        fn put<'a>(
-            &'a self,
-            _key: &'a str,
-            _value: Bytes,
-            _ttl: Duration,
-        ) -> BoxFuture<'a, Result<(), StoreError>> {
-            Box::pin(async { Err(StoreError::unavailable("down")) })
-        }
-
-        fn kind(&self) -> &'static str {
-            "down"
-        }
-
-        fn ping(&self) -> BoxFuture<'_, Result<(), StoreError>> {
-            Box::pin(async { Err(StoreError::unavailable("down")) })
-        }
-    }
+    use crate::store::{DownStore, MemoryStore, StoreErrorKind};
 
     fn tiered() -> TieredStore<MemoryStore, MemoryStore> {
         TieredStore::new(MemoryStore::default(), MemoryStore::default())
@@ -184,7 +158,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_down_back_is_an_error_unless_the_front_answers() {
-        let store = TieredStore::new(MemoryStore::default(), Down);
+        let store = TieredStore::new(MemoryStore::default(), DownStore);
         let err = store.get("k").await.unwrap_err();
         assert_eq!(err.kind(), StoreErrorKind::Unavailable);
         // The put reports the back's failure, but the front still keeps the answer.
