@@ -711,12 +711,17 @@ fn deeper(depth: usize) -> Result<usize, TooDeep> {
 /// Integers, and floats with an integral value that fits `i64`/`u64`, are written as integers
 /// (`1`, `1.0` and `1e0` are one number); other floats in Rust's shortest round-trip exponent form.
 fn canonical_number<S: Sink>(h: &mut S, n: &Number) {
+    write_number(h, n, canonical_f64);
+}
+
+/// Integers as they are; floats through `float`, the one place the two schemes differ.
+fn write_number<S: Sink>(h: &mut S, n: &Number, float: fn(&mut S, f64)) {
     if let Some(u) = n.as_u64() {
         let _ = write!(h, "{u}");
     } else if let Some(i) = n.as_i64() {
         let _ = write!(h, "{i}");
     } else if let Some(f) = n.as_f64() {
-        canonical_f64(h, f);
+        float(h, f);
     } else {
         // Unreachable with serde_json's number types; hash the text rather than guess.
         let _ = write!(h, "{n}");
@@ -859,15 +864,7 @@ fn python_value_in<S: Sink, J: Json>(
 /// `json.loads` makes an `int` of a literal without `.`/`e`, a `float` otherwise; serde_json keeps
 /// that distinction in `Number`.
 fn python_number<S: Sink>(h: &mut S, n: &Number) {
-    if let Some(u) = n.as_u64() {
-        let _ = write!(h, "{u}");
-    } else if let Some(i) = n.as_i64() {
-        let _ = write!(h, "{i}");
-    } else if let Some(f) = n.as_f64() {
-        python_float_repr(h, f);
-    } else {
-        let _ = write!(h, "{n}");
-    }
+    write_number(h, n, python_float_repr);
 }
 
 /// Python's `repr(float)`: shortest round-trip digits, fixed notation when the decimal exponent is
