@@ -47,7 +47,7 @@ impl CacheLayer {
     /// The default bound of a request body the cache parses: 4 MiB.
     pub const DEFAULT_MAX_BODY_BYTES: usize = 4 << 20;
     /// The default upstream base URL hashed into keys.
-    pub const DEFAULT_UPSTREAM: &'static str = "https://api.holysheep.ai/v1";
+    pub const DEFAULT_UPSTREAM: &'static str = holysheep_core::DEFAULT_BASE_URL;
 
     /// A layer over `store` with the defaults: TTL 3600 s, entries up to 1 MiB, request bodies
     /// parsed up to 4 MiB, [`DefaultKeyPolicy`], coalescing on, streams cached.

@@ -15,8 +15,8 @@ use crate::connect::{self, ConnectorConfig};
 use crate::dns::DnsResolver;
 use crate::service::{HolySheepClient, Inner};
 
-/// HolySheep's OpenAI-compatible API, the default base URL.
-pub const DEFAULT_BASE_URL: &str = "https://api.holysheep.ai/v1";
+/// HolySheep's OpenAI-compatible API, the default base URL (re-exported from `holysheep-core`).
+pub use holysheep_core::DEFAULT_BASE_URL;
 
 /// Environment variable read by [`HolySheepClient::from_env`] for the API key.
 pub const API_KEY_ENV: &str = "HOLYSHEEP_API_KEY";

@@ -47,3 +47,7 @@ pub mod sse;
 
 /// The boxed error type the layers use where they add failures of their own.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// HolySheep's OpenAI-compatible API: the default upstream base URL of the client, and the
+/// upstream the cache hashes into keys unless told another.
+pub const DEFAULT_BASE_URL: &str = "https://api.holysheep.ai/v1";
