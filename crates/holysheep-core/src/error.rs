@@ -1,14 +1,28 @@
-//! The OpenAI-style error body every part of the project answers errors with.
+//! The error vocabulary of the layers, and the OpenAI-style body every part of the project
+//! answers errors with.
 //!
-//! ```json
-//! {"error": {"message": "…", "type": "invalid_request_error", "param": null, "code": null}}
-//! ```
+//! - [`Overloaded`] and [`DeadlineExceeded`]: the failures the layers make themselves (a shed,
+//!   a passed deadline), which any layer may use.
+//! - [`ErrorClass`]: what kind of failure an error is, read from its `source()` [`chain`];
+//!   [`AnswerClass`]: what an answer's status (and gRPC status) says. Retries, metrics and the
+//!   adaptive pool limit all decide from these two.
+//! - [`error_response`]: a failed call as the HTTP answer a gateway gives.
+//! - [`ErrorBody`]: the OpenAI error shape,
+//!   `{"error": {"message": "…", "type": "invalid_request_error", "param": null, "code": null}}`.
 
 use std::error::Error;
 
 use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode, header};
 use serde::{Deserialize, Serialize};
+
+mod class;
+mod response;
+mod types;
+
+pub use class::{AnswerClass, ErrorClass};
+pub use response::error_response;
+pub use types::{DeadlineExceeded, Overloaded, is_deadline, is_overloaded};
 
 /// An OpenAI-style error body: `{"error": {...}}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -89,10 +103,23 @@ const MAX_CHAIN: usize = 32;
 /// `error` and the errors in its `source()` chain, outermost first (at most 32 of them, so a
 /// chain that loops ends). Layers wrap each other's errors, so every check for "is this a
 /// timeout / a shed / a connect failure" walks the whole chain rather than only the outermost.
+///
+/// An [`std::io::Error`] that wraps an error of its own (`io::Error::new(kind, inner)`) is
+/// followed by that inner error, which its `source()` skips.
 pub fn chain<'a>(
     error: &'a (dyn Error + 'static),
 ) -> impl Iterator<Item = &'a (dyn Error + 'static)> + 'a {
-    std::iter::successors(Some(error), |&e| e.source()).take(MAX_CHAIN)
+    std::iter::successors(Some(error), |&e| next_in_chain(e)).take(MAX_CHAIN)
+}
+
+fn next_in_chain<'a>(error: &'a (dyn Error + 'static)) -> Option<&'a (dyn Error + 'static)> {
+    match error
+        .downcast_ref::<std::io::Error>()
+        .and_then(std::io::Error::get_ref)
+    {
+        Some(inner) => Some(inner),
+        None => error.source(),
+    }
 }
 
 /// The first error of type `E` in `error`'s [`chain`].
@@ -125,6 +152,15 @@ mod tests {
         let found = find_in_chain::<std::io::Error>(&outer).unwrap();
         assert_eq!(found.kind(), std::io::ErrorKind::TimedOut);
         assert!(find_in_chain::<std::fmt::Error>(&outer).is_none());
+    }
+
+    #[test]
+    fn chain_enters_what_an_io_error_wraps() {
+        let io = std::io::Error::other(Wrap(Some(Box::new(std::fmt::Error))));
+        // `io::Error::source()` would skip the `Wrap` and go straight to its source.
+        assert_eq!(chain(&io).count(), 3);
+        assert!(find_in_chain::<Wrap>(&io).is_some());
+        assert!(find_in_chain::<std::fmt::Error>(&io).is_some());
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! Model prices in USD per million tokens, for cost and cost-saved figures.
 //!
-//! The defaults are the HolySheep prices the seed article quotes; override or add models with
+//! The defaults are the HolySheep prices the HolySheep article quotes; override or add models with
 //! [`PriceTable::with_price`]. A model name matches its own entry, or else the longest entry it
 //! starts with, so `gpt-4.1-2025-04-14` is priced as `gpt-4.1`.
 //!
@@ -32,7 +32,7 @@ impl ModelPrice {
         }
     }
 
-    /// A price with one rate for every token, as the seed quotes them.
+    /// A price with one rate for every token, as the HolySheep article quotes them.
     pub const fn flat(per_million: f64) -> Self {
         Self::new(per_million, per_million)
     }
@@ -45,7 +45,7 @@ impl ModelPrice {
     }
 }
 
-/// Prices by model name. [`Default`] holds the seed's HolySheep prices.
+/// Prices by model name. [`Default`] holds the HolySheep prices the HolySheep article quotes.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PriceTable {
     // Few entries: a sorted Vec beats a map and keeps prefix matching simple.
@@ -97,7 +97,7 @@ impl PriceTable {
 }
 
 impl Default for PriceTable {
-    /// The seed article's HolySheep prices per million tokens.
+    /// The HolySheep prices per million tokens that the HolySheep article quotes.
     fn default() -> Self {
         Self::empty()
             .with_price("gpt-4.1", ModelPrice::flat(8.0))
@@ -112,7 +112,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn seed_prices() {
+    fn article_prices() {
         let t = PriceTable::default();
         assert_eq!(t.cost("claude-sonnet-4.5", 1_000_000, 0), Some(15.0));
         assert_eq!(t.cost("deepseek-v3.2", 0, 1_000_000), Some(0.42));
