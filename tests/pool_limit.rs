@@ -5,8 +5,9 @@ mod support;
 
 use std::time::{Duration, Instant};
 
+use holysheep_core::error::find_in_chain;
 use holysheep_mock::Latency;
-use holysheep_pool_limit::{PoolLimitLayer, error::overloaded};
+use holysheep_pool_limit::{Overloaded, PoolLimitLayer};
 use http::StatusCode;
 use http_body_util::BodyExt;
 use support::*;
@@ -85,7 +86,7 @@ async fn callers_past_the_queue_bound_are_shed_promptly() {
                     None
                 }
                 Err(err) => {
-                    let shed = overloaded(&*err).expect("only sheds fail");
+                    let shed = find_in_chain::<Overloaded>(&*err).expect("only sheds fail");
                     assert!(shed.is_queue_full());
                     Some(start.elapsed())
                 }

@@ -9,7 +9,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
-use http::{HeaderMap, Response, StatusCode};
+use holysheep_core::error::AnswerClass;
+use http::Response;
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
@@ -20,9 +21,12 @@ use tokio::time::Instant;
 /// applies to request concurrency (its `AIMDLimit`):
 ///
 /// - **Decrease** the limit by [`decrease_factor`](Self::decrease_factor) (default 0.9) when
-///   the upstream signals overload: an inner-service error (connect failure, reset, timeout),
-///   a `429` or `5xx` status, a gRPC trailers-only answer with status `RESOURCE_EXHAUSTED`,
-///   `UNAVAILABLE` or `DEADLINE_EXCEEDED`, or a slow answer (see below). At most one decrease
+///   the upstream signals overload: an error from the inner service, whatever its class (no
+///   answer came back); an answer whose
+///   [`AnswerClass`](holysheep_core::error::AnswerClass) is transient (`408`, `429`, `500`,
+///   `502`, `503`, `504` and other server errors, a gRPC trailers-only `UNAVAILABLE`,
+///   `RESOURCE_EXHAUSTED`, `DEADLINE_EXCEEDED`, `UNKNOWN`, `INTERNAL` or `DATA_LOSS`: the
+///   answers a retry would repeat); or a slow answer (see below). At most one decrease
 ///   per congestion event: an answer to a request that started before the last decrease does
 ///   not decrease again, as TCP cuts its window once per loss event, so a burst of 100
 ///   failures costs 10%, not 99.997%.
@@ -128,24 +132,12 @@ pub(crate) enum Outcome {
 
 impl Outcome {
     pub(crate) fn of_response<B>(res: &Response<B>) -> Self {
-        let status = res.status();
-        if status == StatusCode::TOO_MANY_REQUESTS
-            || status.is_server_error()
-            || grpc_overloaded(res.headers())
-        {
+        if AnswerClass::of(res.status(), res.headers()).is_transient() {
             Self::Overloaded
         } else {
             Self::Answered
         }
     }
-}
-
-/// A gRPC trailers-only answer carries its status in the headers: `DEADLINE_EXCEEDED` (4),
-/// `RESOURCE_EXHAUSTED` (8) and `UNAVAILABLE` (14) mean load; other codes are the request's.
-fn grpc_overloaded(headers: &HeaderMap) -> bool {
-    headers
-        .get("grpc-status")
-        .is_some_and(|v| matches!(v.as_bytes(), b"4" | b"8" | b"14"))
 }
 
 /// The controller shared by every service of one layer.

@@ -1,4 +1,4 @@
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use http::request::Parts;
@@ -11,25 +11,40 @@ use crate::state::{Config, PoolLimitHandle, Shared};
 /// Applies [`PoolLimit`] to a service: caps in-flight upstream requests in total and per host,
 /// queues briefly for a slot, then sheds with [`Overloaded`](crate::Overloaded).
 ///
-/// All services this layer builds, and their clones, share one pool of slots, like the
-/// connection pool they protect; build another layer for an independent pool.
-///
-/// Defaults (the seed's pool): 100 in total, 30 per host, a queue of at most 1000 waiting
-/// requests, each waiting at most 5 s, and shed requests told to come back after 1 s.
+/// Defaults (the pool of the reference Python client): 100 in total, 30 per host, a queue of at
+/// most 1000 waiting requests, each waiting at most 5 s, and shed requests told to come back
+/// after 1 s.
 ///
 /// Why 5 s: LLM calls hold a slot for seconds (a stream for tens of seconds), so slots turn
 /// over on that time scale; with a 1 s wait, a burst that would be served a moment later is
 /// shed instead. 5 s is still well inside the 60 s retry deadline and gives up long before a
 /// queued caller's own timeout would.
+///
+/// # Configuration and the pool
+///
+/// The layer holds plain configuration and one pool: the slots, the queue, the counters and
+/// the adaptive limit, shared like the connection pool they protect. Creating the layer and
+/// calling its setters only records configuration. The pool is created once, from the
+/// configuration in force, when a service is first built from the layer ([`Layer::layer`]) or
+/// a [`handle`](Self::handle) is first taken; from then on every service built from this
+/// layer, and every handle taken from it, uses that pool and its configuration.
+///
+/// Clones of the layer, and the layers its setters return, share the pool too: everything
+/// derived from one [`new`](Self::new) is one pool, whichever of them builds first. So
+/// configure the layer completely before building from it; a setter called after the pool
+/// exists changes nothing of it (and logs a warning). For an independent pool, start from
+/// another `PoolLimitLayer::new`.
 #[derive(Clone)]
 pub struct PoolLimitLayer {
-    shared: Arc<Shared>,
+    config: Config,
+    pool: Arc<OnceLock<Arc<Shared>>>,
 }
 
 impl std::fmt::Debug for PoolLimitLayer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PoolLimitLayer")
-            .field("config", &self.shared.config)
+            .field("config", &self.config)
+            .field("pool_built", &self.pool.get().is_some())
             .finish()
     }
 }
@@ -46,20 +61,31 @@ impl PoolLimitLayer {
     /// The host is the request URI's authority, else its `Host` header, else one shared default
     /// bucket. Behind a gateway whose client adds the base URL, requests carry relative paths
     /// and all land in one bucket: the effective cap is then the smaller of the two, as with
-    /// the seed's aiohttp pool. Use [`key_fn`](Self::key_fn) to bucket otherwise. Limits of 0
-    /// are raised to 1.
+    /// the aiohttp pool of the reference Python client. Use [`key_fn`](Self::key_fn) to bucket
+    /// otherwise. Limits of 0 are raised to 1.
     pub fn new(total: usize, per_host: usize) -> Self {
         Self {
-            shared: Arc::new(Shared::new(Config::new(total, per_host))),
+            config: Config::new(total, per_host),
+            pool: Arc::default(),
         }
     }
 
-    fn with(self, f: impl FnOnce(&mut Config)) -> Self {
-        let mut config = self.shared.config.clone();
-        f(&mut config);
-        Self {
-            shared: Arc::new(Shared::new(config)),
+    fn with(mut self, f: impl FnOnce(&mut Config)) -> Self {
+        if self.pool.get().is_some() {
+            tracing::warn!(
+                "PoolLimitLayer configured after its pool was built; the setting does not apply"
+            );
         }
+        f(&mut self.config);
+        self
+    }
+
+    /// The pool, created from the configuration on first use.
+    fn pool(&self) -> Arc<Shared> {
+        let pool = self
+            .pool
+            .get_or_init(|| Arc::new(Shared::new(self.config.clone())));
+        Arc::clone(pool)
     }
 
     /// How long a request may wait for a slot before it is shed (default 5 s). Zero sheds at
@@ -101,11 +127,13 @@ impl PoolLimitLayer {
         self.with(|c| c.adaptive = Some(aimd))
     }
 
-    /// A handle to the pool's counters (in flight, queued, shed), for metrics.
+    /// A handle to the pool's counters (in flight, queued, shed, current limit), for metrics.
     ///
-    /// Take it once the layer is configured: each builder method starts a fresh pool.
+    /// It observes every service built from this layer and its clones, before or after the
+    /// handle is taken. Taking it creates the pool if no service has yet, so configure the
+    /// layer first (see [Configuration and the pool](Self#configuration-and-the-pool)).
     pub fn handle(&self) -> PoolLimitHandle {
-        PoolLimitHandle::new(Arc::clone(&self.shared))
+        PoolLimitHandle::new(self.pool())
     }
 }
 
@@ -113,6 +141,6 @@ impl<S> Layer<S> for PoolLimitLayer {
     type Service = PoolLimit<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        PoolLimit::from_shared(inner, Arc::clone(&self.shared))
+        PoolLimit::from_shared(inner, self.pool())
     }
 }

@@ -199,7 +199,7 @@ impl Shared {
     pub(crate) fn shed(&self, queue_full: bool) -> Overloaded {
         self.shed.fetch_add(1, Ordering::Relaxed);
         tracing::debug!(queue_full, "pool limit shed a request");
-        Overloaded::new(self.config.shed_retry_after, queue_full)
+        Overloaded::new(self.config.shed_retry_after).with_queue_full(queue_full)
     }
 }
 

@@ -17,7 +17,8 @@ use tower::{BoxError, Service, ServiceExt, service_fn};
 use tower_layer::Layer;
 use tower_test::mock;
 
-use crate::{Overloaded, PoolLimitLayer, error::overloaded, is_overloaded};
+use crate::{Overloaded, PoolLimitLayer, is_overloaded};
+use holysheep_core::error::find_in_chain;
 
 type Res = Response<Full<Bytes>>;
 
@@ -42,7 +43,7 @@ fn to(host: &str) -> Request<()> {
 }
 
 fn shed_of(err: &BoxError) -> Overloaded {
-    overloaded(&**err).expect("an Overloaded shed")
+    *find_in_chain::<Overloaded>(&**err).expect("an Overloaded shed")
 }
 
 #[tokio::test(start_paused = true)]
@@ -249,6 +250,37 @@ async fn dropping_a_queued_call_leaves_the_queue() {
     assert_eq!(handle.queued(), 1);
     drop(queued);
     assert_eq!(handle.queued(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn one_layer_is_one_pool_built_from_its_configuration() {
+    let layer = PoolLimitLayer::new(1, 1);
+    // A clone made before the setters shares the pool, which is built from the configuration
+    // of whichever builds a service or takes a handle first: here `layer`'s.
+    let earlier = layer.clone();
+    let layer = layer
+        .queue_timeout(Duration::ZERO)
+        .shed_retry_after(Duration::from_secs(9));
+    let mut first = layer.layer(upstream());
+    let handle = earlier.handle();
+    let mut second = earlier.layer(upstream());
+
+    let _held = first.call(to("a")).await.unwrap();
+    let err = second.call(to("a")).await.unwrap_err();
+    assert_eq!(shed_of(&err).retry_after(), Duration::from_secs(9));
+    assert_eq!((handle.in_flight(), handle.shed_total()), (1, 1));
+    assert_eq!(layer.handle().shed_total(), 1, "every handle sees one pool");
+
+    // A setter after the pool exists changes nothing of it.
+    let late = layer.shed_retry_after(Duration::from_secs(1));
+    let err = late.layer(upstream()).call(to("a")).await.unwrap_err();
+    assert_eq!(shed_of(&err).retry_after(), Duration::from_secs(9));
+    assert_eq!(handle.shed_total(), 2);
+
+    // Another `new` is another pool.
+    let other = PoolLimitLayer::new(1, 1);
+    let _also_held = other.layer(upstream()).call(to("a")).await.unwrap();
+    assert_eq!((handle.in_flight(), other.handle().in_flight()), (1, 1));
 }
 
 #[tokio::test(start_paused = true)]
@@ -486,9 +518,11 @@ mod adaptive {
             status("429"),
             status("500"),
             status("503"),
+            status("504"),
             with(&[("x-error", "1")]),
             with(&[("x-grpc-status", "14")]),
             with(&[("x-grpc-status", "8")]),
+            with(&[("x-grpc-status", "4")]),
         ];
         for req in overloaded {
             let layer = layer(10, Aimd::default());
@@ -501,8 +535,11 @@ mod adaptive {
             status("200"),
             status("400"),
             status("404"),
+            // The upstream does not do this at all: a refusal, not a sign of load.
+            status("501"),
             with(&[("x-grpc-status", "0")]),
             with(&[("x-grpc-status", "5")]),
+            with(&[("x-grpc-status", "12")]),
         ];
         for req in fine {
             let layer = layer(10, Aimd::default());
