@@ -10,6 +10,7 @@
 //! - [`ErrorBody`]: the OpenAI error shape,
 //!   `{"error": {"message": "…", "type": "invalid_request_error", "param": null, "code": null}}`.
 
+use std::any::Any;
 use std::error::Error;
 
 use bytes::Bytes;
@@ -120,6 +121,52 @@ fn next_in_chain<'a>(error: &'a (dyn Error + 'static)) -> Option<&'a (dyn Error 
         Some(inner) => Some(inner),
         None => error.source(),
     }
+}
+
+/// `error` as `&dyn Error`, when its type is one of those the layers meet: a boxed error
+/// (`Box<dyn Error + Send + Sync>`, that is [`BoxError`](crate::BoxError), and its kin), a
+/// [`std::io::Error`], a [`hyper::Error`], an [`http::Error`], [`Overloaded`],
+/// [`DeadlineExceeded`], tower's timeout and load-shed errors, or tokio's `Elapsed`.
+///
+/// For layers that pass errors of any type through unchanged (`S::Error: 'static`, not
+/// necessarily [`Error`]: `BoxError` itself is not) and still classify them, as `MetricsLayer`
+/// does; `None` for other types.
+///
+/// ```
+/// use holysheep_core::BoxError;
+/// use holysheep_core::error::{ErrorClass, as_error};
+///
+/// let error: BoxError = std::io::Error::from(std::io::ErrorKind::TimedOut).into();
+/// let seen = as_error(&error).expect("a boxed error");
+/// assert_eq!(ErrorClass::of(seen), ErrorClass::Timeout);
+/// assert!(as_error(&"not an error").is_none());
+/// ```
+pub fn as_error<'a>(error: &'a (dyn Any + 'static)) -> Option<&'a (dyn Error + 'static)> {
+    type View = for<'a> fn(&'a (dyn Any + 'static)) -> Option<&'a (dyn Error + 'static)>;
+    const VIEWS: &[View] = &[
+        |e| {
+            e.downcast_ref::<Box<dyn Error + Send + Sync>>()
+                .map(|e| &**e as _)
+        },
+        |e| e.downcast_ref::<Box<dyn Error + Send>>().map(|e| &**e as _),
+        |e| e.downcast_ref::<Box<dyn Error>>().map(|e| &**e as _),
+        as_error_of::<std::io::Error>,
+        as_error_of::<hyper::Error>,
+        as_error_of::<http::Error>,
+        as_error_of::<Overloaded>,
+        as_error_of::<DeadlineExceeded>,
+        as_error_of::<tower::timeout::error::Elapsed>,
+        as_error_of::<tower::load_shed::error::Overloaded>,
+        as_error_of::<tokio::time::error::Elapsed>,
+    ];
+    VIEWS.iter().find_map(|view| view(error))
+}
+
+/// `error` as `&dyn Error` if it is an `E`: [`as_error`] for one more type.
+pub fn as_error_of<'a, E: Error + 'static>(
+    error: &'a (dyn Any + 'static),
+) -> Option<&'a (dyn Error + 'static)> {
+    error.downcast_ref::<E>().map(|e| e as _)
 }
 
 /// The first error of type `E` in `error`'s [`chain`].

@@ -3,40 +3,9 @@
 use std::any::Any;
 use std::error::Error;
 use std::fmt;
-use std::io;
 
-/// The class of a failed call: the `class` label of `holysheep_errors_total`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[non_exhaustive]
-pub enum ErrorClass {
-    /// A deadline passed: connect, headers, body read or an overall timeout.
-    Timeout,
-    /// The upstream could not be reached, or the connection broke.
-    Connect,
-    /// The call was shed because the service was at capacity. Also counted in
-    /// `holysheep_shed_total`.
-    Overload,
-    /// Anything else.
-    Other,
-}
-
-impl ErrorClass {
-    /// The label value: `timeout`, `connect`, `overload` or `other`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Timeout => "timeout",
-            Self::Connect => "connect",
-            Self::Overload => "overload",
-            Self::Other => "other",
-        }
-    }
-}
-
-impl fmt::Display for ErrorClass {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+pub use holysheep_core::error::ErrorClass;
+use holysheep_core::error::{as_error, as_error_of};
 
 /// Decides the [`ErrorClass`] of an error returned by the inner service or its response body.
 ///
@@ -62,180 +31,70 @@ where
 }
 
 type View = for<'a> fn(&'a (dyn Any + 'static)) -> Option<&'a (dyn Error + 'static)>;
-type Matcher = fn(&(dyn Error + 'static)) -> bool;
 
-/// The default [`ClassifyError`]: sees the error as `&dyn Error` (see
-/// [`as_error`](Self::as_error)), walks it and its `source()` chain, outermost first, and takes
-/// the first error it recognises. Messages (`Display`) are never looked at.
+/// The default [`ClassifyError`]: `holysheep-core`'s one classification of errors,
+/// [`ErrorClass::of`], applied to the error seen as `&dyn Error`.
 ///
-/// It recognises, at every level of the chain:
-/// - error types registered with [`overload`](Self::overload), [`timeout`](Self::timeout) and
-///   [`connect`](Self::connect), in the order they were registered;
-/// - [`std::io::Error`] of kind `TimedOut` as [`ErrorClass::Timeout`], and of the kinds a broken
-///   or refused connection has (`ConnectionRefused`, `ConnectionReset`, `ConnectionAborted`,
-///   `NotConnected`, `AddrNotAvailable`, `BrokenPipe`, `HostUnreachable`, `NetworkUnreachable`)
-///   as [`ErrorClass::Connect`];
-/// - tokio's and tower's timeout `Elapsed` as [`ErrorClass::Timeout`], and tower's load-shed
-///   `Overloaded` as [`ErrorClass::Overload`].
+/// So the label is `overload` for a shed ([`Overloaded`], from `PoolLimitLayer` or any other
+/// layer, and tower's load-shed error), `deadline` for a passed [`DeadlineExceeded`] (from
+/// `RetryLayer`), `timeout` and `connect` for transport failures (I/O errors, hyper's,
+/// tower's and tokio's timeouts), and `other` for the rest, wherever they are in the error's
+/// `source()` chain. No registration is needed for any HolySheep layer.
 ///
-/// Everything else is [`ErrorClass::Other`]. This crate depends on no other HolySheep layer, so
-/// the pool limit's overload error is registered by whoever composes the stack:
+/// Errors are seen as `&dyn Error` by [`as_error`](Self::as_error) when they are boxed
+/// (`tower::BoxError` and kin, what most tower stacks return) or one of the types
+/// [`holysheep_core::error::as_error`] knows; a service or body that fails with another
+/// error type, unboxed, is registered with [`error_type`](Self::error_type) so its chain is
+/// walked too.
 ///
 /// ```
 /// use holysheep_metrics::{DefaultClassifyError, MetricsLayer};
 ///
-/// # #[derive(Debug)] struct Overloaded;
-/// # impl std::fmt::Display for Overloaded {
-/// #     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result { f.write_str("busy") }
+/// # #[derive(Debug)] struct MyError;
+/// # impl std::fmt::Display for MyError {
+/// #     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result { f.write_str("mine") }
 /// # }
-/// # impl std::error::Error for Overloaded {}
-/// // With `holysheep_pool_limit::Overloaded` in place of this stand-in:
-/// let layer = MetricsLayer::new()
-///     .classify_errors(DefaultClassifyError::new().overload::<Overloaded>());
+/// # impl std::error::Error for MyError {}
+/// // For a service whose error type is `MyError`, returned as it is:
+/// let layer = MetricsLayer::new().classify_errors(DefaultClassifyError::new().error_type::<MyError>());
 /// # let _ = layer;
 /// ```
-#[derive(Clone)]
+///
+/// [`Overloaded`]: holysheep_core::error::Overloaded
+/// [`DeadlineExceeded`]: holysheep_core::error::DeadlineExceeded
+#[derive(Clone, Default)]
 pub struct DefaultClassifyError {
     views: Vec<View>,
-    registered: Vec<(Matcher, ErrorClass)>,
 }
 
 impl DefaultClassifyError {
-    /// The classifier with only the built-in rules.
+    /// The classifier for boxed errors and the error types `holysheep-core` knows.
     pub fn new() -> Self {
-        Self {
-            views: vec![
-                view_boxed_send_sync,
-                view_boxed_send,
-                view_boxed,
-                view::<io::Error>,
-                view::<tokio::time::error::Elapsed>,
-                view::<tower::timeout::error::Elapsed>,
-                view::<tower::load_shed::error::Overloaded>,
-                view::<http::Error>,
-            ],
-            registered: Vec::new(),
-        }
+        Self::default()
     }
 
-    /// Lets the classifier see errors of type `E` returned as they are (not boxed), so their
-    /// `source()` chain is walked too. Boxed errors (`tower::BoxError`) and the types
-    /// registered with the methods below need no such call.
+    /// Lets the classifier see errors of type `E` returned as they are (not boxed), so they
+    /// and their `source()` chain are classified too. Boxed errors (`tower::BoxError`) and the
+    /// types [`holysheep_core::error::as_error`] knows need no such call.
     pub fn error_type<E: Error + 'static>(mut self) -> Self {
-        self.views.push(view::<E>);
+        self.views.push(as_error_of::<E>);
         self
     }
 
-    /// Classifies errors of type `E` (anywhere in the chain) as [`ErrorClass::Overload`].
-    pub fn overload<E: Error + 'static>(self) -> Self {
-        self.register::<E>(ErrorClass::Overload)
-    }
-
-    /// Classifies errors of type `E` (anywhere in the chain) as [`ErrorClass::Timeout`].
-    pub fn timeout<E: Error + 'static>(self) -> Self {
-        self.register::<E>(ErrorClass::Timeout)
-    }
-
-    /// Classifies errors of type `E` (anywhere in the chain) as [`ErrorClass::Connect`].
-    pub fn connect<E: Error + 'static>(self) -> Self {
-        self.register::<E>(ErrorClass::Connect)
-    }
-
-    fn register<E: Error + 'static>(mut self, class: ErrorClass) -> Self {
-        self.registered.push((is::<E>, class));
-        self.error_type::<E>()
-    }
-
-    /// `error` as `&dyn Error`, when it is a boxed error (`Box<dyn Error + Send + Sync>` and
-    /// kin), a [`std::io::Error`], a tokio or tower timeout or overload error, an
-    /// [`http::Error`], or a type registered here.
+    /// `error` as `&dyn Error`: what [`holysheep_core::error::as_error`] sees, or a type
+    /// registered with [`error_type`](Self::error_type).
     pub fn as_error<'a>(
         &self,
         error: &'a (dyn Any + 'static),
     ) -> Option<&'a (dyn Error + 'static)> {
-        self.views.iter().find_map(|view| view(error))
-    }
-
-    fn one(&self, error: &(dyn Error + 'static)) -> Option<ErrorClass> {
-        if let Some((_, class)) = self.registered.iter().find(|(m, _)| m(error)) {
-            return Some(*class);
-        }
-        if let Some(io) = error.downcast_ref::<io::Error>() {
-            return io_class(io.kind());
-        }
-        if error.is::<tokio::time::error::Elapsed>() || error.is::<tower::timeout::error::Elapsed>()
-        {
-            return Some(ErrorClass::Timeout);
-        }
-        if error.is::<tower::load_shed::error::Overloaded>() {
-            return Some(ErrorClass::Overload);
-        }
-        None
-    }
-
-    /// The class of an error already seen as `&dyn Error`: the chain walk of
-    /// [`classify`](ClassifyError::classify), for closures that handle a few types themselves.
-    pub fn classify_error(&self, error: &(dyn Error + 'static)) -> ErrorClass {
-        holysheep_core::error::chain(error)
-            .find_map(|e| self.one(e))
-            .unwrap_or(ErrorClass::Other)
-    }
-}
-
-impl Default for DefaultClassifyError {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-fn view<'a, E: Error + 'static>(
-    error: &'a (dyn Any + 'static),
-) -> Option<&'a (dyn Error + 'static)> {
-    error.downcast_ref::<E>().map(|e| e as _)
-}
-
-fn view_boxed_send_sync<'a>(error: &'a (dyn Any + 'static)) -> Option<&'a (dyn Error + 'static)> {
-    error
-        .downcast_ref::<Box<dyn Error + Send + Sync>>()
-        .map(|e| &**e as _)
-}
-
-fn view_boxed_send<'a>(error: &'a (dyn Any + 'static)) -> Option<&'a (dyn Error + 'static)> {
-    error
-        .downcast_ref::<Box<dyn Error + Send>>()
-        .map(|e| &**e as _)
-}
-
-fn view_boxed<'a>(error: &'a (dyn Any + 'static)) -> Option<&'a (dyn Error + 'static)> {
-    error.downcast_ref::<Box<dyn Error>>().map(|e| &**e as _)
-}
-
-fn is<E: Error + 'static>(error: &(dyn Error + 'static)) -> bool {
-    error.is::<E>()
-}
-
-fn io_class(kind: io::ErrorKind) -> Option<ErrorClass> {
-    use io::ErrorKind as K;
-    match kind {
-        K::TimedOut => Some(ErrorClass::Timeout),
-        K::ConnectionRefused
-        | K::ConnectionReset
-        | K::ConnectionAborted
-        | K::NotConnected
-        | K::AddrNotAvailable
-        | K::BrokenPipe
-        | K::HostUnreachable
-        | K::NetworkUnreachable => Some(ErrorClass::Connect),
-        _ => None,
+        as_error(error).or_else(|| self.views.iter().find_map(|view| view(error)))
     }
 }
 
 impl ClassifyError for DefaultClassifyError {
     fn classify(&self, error: &(dyn Any + 'static)) -> ErrorClass {
-        match self.as_error(error) {
-            Some(error) => self.classify_error(error),
-            None => ErrorClass::Other,
-        }
+        self.as_error(error)
+            .map_or(ErrorClass::Other, ErrorClass::of)
     }
 }
 
@@ -243,7 +102,6 @@ impl fmt::Debug for DefaultClassifyError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("DefaultClassifyError")
             .field("error_types", &self.views.len())
-            .field("registered", &self.registered.len())
             .finish()
     }
 }
@@ -251,9 +109,14 @@ impl fmt::Debug for DefaultClassifyError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io;
+    use std::time::Duration;
+
+    use holysheep_core::BoxError;
+    use holysheep_core::error::{DeadlineExceeded, Overloaded};
 
     #[derive(Debug)]
-    struct Wrap(Box<dyn Error + Send + Sync>);
+    struct Wrap(BoxError);
     impl fmt::Display for Wrap {
         fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
             f.write_str("wrapped")
@@ -265,16 +128,7 @@ mod tests {
         }
     }
 
-    #[derive(Debug)]
-    struct Busy;
-    impl fmt::Display for Busy {
-        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-            f.write_str("busy")
-        }
-    }
-    impl Error for Busy {}
-
-    fn boxed(c: &DefaultClassifyError, e: Box<dyn Error + Send + Sync>) -> ErrorClass {
+    fn boxed(c: &DefaultClassifyError, e: BoxError) -> ErrorClass {
         c.classify(&e)
     }
 
@@ -306,8 +160,16 @@ mod tests {
     }
 
     #[test]
-    fn tower_errors_and_registered_types() {
+    fn the_layers_errors_need_no_registration() {
         let c = DefaultClassifyError::new();
+        let shed = Overloaded::new(Duration::from_secs(1));
+        assert_eq!(
+            boxed(&c, Box::new(Wrap(Box::new(shed)))),
+            ErrorClass::Overload
+        );
+        assert_eq!(c.classify(&shed), ErrorClass::Overload);
+        let late = DeadlineExceeded::new(Duration::from_secs(1));
+        assert_eq!(boxed(&c, Box::new(late)), ErrorClass::Deadline);
         assert_eq!(
             c.classify(&tower::timeout::error::Elapsed::new()),
             ErrorClass::Timeout
@@ -316,13 +178,6 @@ mod tests {
             boxed(&c, Box::new(tower::load_shed::error::Overloaded::new())),
             ErrorClass::Overload
         );
-        assert_eq!(boxed(&c, Box::new(Wrap(Box::new(Busy)))), ErrorClass::Other);
-        let c = c.overload::<Busy>();
-        assert_eq!(
-            boxed(&c, Box::new(Wrap(Box::new(Busy)))),
-            ErrorClass::Overload
-        );
-        assert_eq!(c.classify(&Busy), ErrorClass::Overload);
         let closure = |e: &(dyn Any + 'static)| {
             if e.is::<Wrap>() {
                 ErrorClass::Connect
@@ -330,6 +185,6 @@ mod tests {
                 ErrorClass::Other
             }
         };
-        assert_eq!(closure.classify(&Wrap(Box::new(Busy))), ErrorClass::Connect);
+        assert_eq!(closure.classify(&Wrap("busy".into())), ErrorClass::Connect);
     }
 }

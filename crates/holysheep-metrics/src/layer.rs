@@ -1,5 +1,5 @@
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use holysheep_core::price::PriceTable;
 use tower_layer::Layer;
@@ -11,11 +11,25 @@ use crate::service::Metrics;
 /// Applies [`Metrics`] to a service: counts and times every request, and reads tokens, cost and
 /// cache savings from OpenAI answers. See the [crate docs](crate) for what is recorded.
 ///
-/// Every service built from one layer (and every clone of it) shares one bounded set of model
-/// label values, so build the layer once and reuse it.
+/// # Configuration and shared state
+///
+/// The layer holds plain configuration and one shared state: the bounded set of `model` label
+/// values and the sub-micro-dollar remainders of the cost counters. Creating the layer and
+/// calling its setters only records configuration, and touches no recorder: the metrics are
+/// described by [`describe`](crate::describe), which [`prometheus::install`](crate#prometheus)
+/// calls. The shared state is created once, from the configuration in force, when a service is
+/// first built from the layer ([`Layer::layer`]); from then on every service built from this
+/// layer uses it and that configuration.
+///
+/// Clones of the layer, and the layers its setters return, share the state too: everything
+/// derived from one [`new`](Self::new) is one set of model labels, whichever of them builds
+/// first. So configure the layer completely before building from it; a setter called after the
+/// state exists changes nothing of it (and logs a warning). For independent state, start from
+/// another `MetricsLayer::new`.
 #[derive(Clone)]
 pub struct MetricsLayer {
-    shared: Arc<Shared>,
+    config: Config,
+    shared: Arc<OnceLock<Arc<Shared>>>,
 }
 
 impl MetricsLayer {
@@ -24,53 +38,53 @@ impl MetricsLayer {
     /// Default bound on the bytes of a JSON answer kept to read its `usage` (1 MiB).
     pub const DEFAULT_MAX_BODY_CAPTURE: usize = 1024 * 1024;
 
-    /// A layer with the seed's prices ([`PriceTable::default`]), 64 extra model names, 1 MiB of
-    /// JSON capture and [`DefaultClassifyError`]. Also [describes](crate::names::describe) the
-    /// metrics to the recorder installed now.
+    /// A layer with the prices of the HolySheep article ([`PriceTable::default`]), 64 extra
+    /// model names, 1 MiB of JSON capture and [`DefaultClassifyError`].
     pub fn new() -> Self {
-        crate::names::describe();
-        Self::from_config(Config {
-            prices: PriceTable::default(),
-            max_models: Self::DEFAULT_MAX_MODELS,
-            max_capture: Self::DEFAULT_MAX_BODY_CAPTURE,
-            classifier: Arc::new(DefaultClassifyError::new()),
-        })
-    }
-
-    fn from_config(config: Config) -> Self {
         Self {
-            shared: Arc::new(Shared::new(config)),
+            config: Config {
+                prices: PriceTable::default(),
+                max_models: Self::DEFAULT_MAX_MODELS,
+                max_capture: Self::DEFAULT_MAX_BODY_CAPTURE,
+                classifier: Arc::new(DefaultClassifyError::new()),
+            },
+            shared: Arc::default(),
         }
     }
 
-    fn map_config(self, f: impl FnOnce(&mut Config)) -> Self {
-        let mut config = self.shared.config.clone();
-        f(&mut config);
-        Self::from_config(config)
+    fn with(mut self, f: impl FnOnce(&mut Config)) -> Self {
+        if self.shared.get().is_some() {
+            tracing::warn!(
+                "MetricsLayer configured after it built a service; the setting does not apply"
+            );
+        }
+        f(&mut self.config);
+        self
     }
 
     /// The prices used for `holysheep_cost_microusd_total` and
     /// `holysheep_cost_saved_microusd_total`. Models of the table always keep their own label.
     pub fn price_table(self, prices: PriceTable) -> Self {
-        self.map_config(|c| c.prices = prices)
+        self.with(|c| c.prices = prices)
     }
 
     /// How many distinct model names, beyond those of the price table, get a `model` label of
     /// their own; later ones are counted as `model="other"`.
     pub fn max_models(self, max: usize) -> Self {
-        self.map_config(|c| c.max_models = max)
+        self.with(|c| c.max_models = max)
     }
 
     /// How many bytes of a JSON answer are kept to read its `usage` at the end (larger answers
     /// are counted but not parsed), and how long an unfinished SSE line may grow before a stream
     /// is no longer parsed. `0` turns body parsing off.
     pub fn max_body_capture(self, bytes: usize) -> Self {
-        self.map_config(|c| c.max_capture = bytes)
+        self.with(|c| c.max_capture = bytes)
     }
 
-    /// How failures are sorted into `holysheep_errors_total{class}` and `holysheep_shed_total`.
+    /// How failures are sorted into `holysheep_errors_total{class}` and `holysheep_shed_total`
+    /// (default [`DefaultClassifyError`], which needs no setup for the HolySheep layers).
     pub fn classify_errors(self, classifier: impl ClassifyError) -> Self {
-        self.map_config(|c| c.classifier = Arc::new(classifier))
+        self.with(|c| c.classifier = Arc::new(classifier))
     }
 }
 
@@ -82,7 +96,10 @@ impl Default for MetricsLayer {
 
 impl fmt::Debug for MetricsLayer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_tuple("MetricsLayer").field(&self.shared).finish()
+        f.debug_struct("MetricsLayer")
+            .field("config", &self.config)
+            .field("built", &self.shared.get().is_some())
+            .finish()
     }
 }
 
@@ -90,6 +107,9 @@ impl<S> Layer<S> for MetricsLayer {
     type Service = Metrics<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        Metrics::from_shared(inner, self.shared.clone())
+        let shared = self
+            .shared
+            .get_or_init(|| Arc::new(Shared::new(self.config.clone())));
+        Metrics::from_shared(inner, Arc::clone(shared))
     }
 }

@@ -1,6 +1,7 @@
 //! `MetricsLayer`: latency, tokens, dollars and cache savings, measured where they happen.
 //!
-//! The seed's case rests on one table: P50 and P99 latency, throughput, cost and error rate.
+//! The HolySheep article's case rests on one table: P50 and P99 latency, throughput, cost and
+//! error rate.
 //! This layer makes every number of it observable in production. It is meant to be the
 //! **outermost** layer of the stack, so every request is counted and timed, cache hits too. It
 //! works on any `http::Request<B>` service (a HolySheep client stack, an axum router, a tonic
@@ -9,7 +10,9 @@
 //!
 //! Everything is emitted through the [`metrics`] facade, so the application picks the exporter.
 //! With the `prometheus` cargo feature, [`prometheus::install`](crate#prometheus) sets up
-//! Prometheus text exposition with real histogram buckets.
+//! Prometheus text exposition with real histogram buckets. Building the layer touches no
+//! recorder: [`describe`] gives the metrics their help text and units, once a recorder is
+//! installed (`prometheus::install` calls it).
 //!
 //! # Example
 //!
@@ -75,11 +78,13 @@
 //! - `outcome`: `completed` (the body reached its end), `error` (the service or the body
 //!   failed), `cancelled` (the future or the body was dropped before the end, for example a
 //!   client that went away mid-stream).
-//! - `class` (`error.type`): `timeout`, `connect`, `overload`, `other`, decided by a
-//!   [`ClassifyError`] ([`DefaultClassifyError`] unless
-//!   [`classify_errors`](MetricsLayer::classify_errors) says otherwise). An `overload` also
-//!   counts in `holysheep_shed_total`. Answers with a 5xx status are not errors here; they show
-//!   in `status`.
+//! - `class` (`error.type`): `timeout`, `connect`, `overload`, `deadline`, `other`: the
+//!   [`ErrorClass`] of `holysheep-core`'s one classification, decided by a [`ClassifyError`]
+//!   ([`DefaultClassifyError`] unless [`classify_errors`](MetricsLayer::classify_errors) says
+//!   otherwise). A shed (`PoolLimitLayer`'s [`Overloaded`](holysheep_core::error::Overloaded)
+//!   or tower's) is an `overload` and also counts in `holysheep_shed_total`, with no setup; a
+//!   passed `RetryLayer` deadline is a `deadline`. Answers with a 5xx status are not errors
+//!   here; they show in `status`.
 //! - `kind` (`gen_ai.token.type`): `prompt` (OpenTelemetry `input`) or `completion` (`output`).
 //! - tokens' `cache`: `hit` for answers that cost no upstream call of their own (cache hits
 //!   and coalesced followers), `miss` for the rest, so billed tokens are `cache="miss"` and
@@ -114,11 +119,11 @@
 //! `stream_options.include_usage`). Compressed bodies are not parsed. Other content types pass
 //! untouched.
 //!
-//! Cost comes from a [`PriceTable`](holysheep_core::price::PriceTable) (the seed's prices by
-//! default, see [`price_table`](MetricsLayer::price_table)); models without a price have
+//! Cost comes from a [`PriceTable`](holysheep_core::price::PriceTable) (the prices of the
+//! HolySheep article by default, see [`price_table`](MetricsLayer::price_table)); models without a price have
 //! tokens but no cost. An answer that went upstream adds to `holysheep_cost_microusd_total`;
 //! a cache hit or coalesced follower adds what it *would* have cost to
-//! `holysheep_cost_saved_microusd_total`. The seed's "$1,000 → $280" is
+//! `holysheep_cost_saved_microusd_total`. The article's "$1,000 → $280" is
 //! `cost / (cost + cost_saved)`.
 //!
 //! The `metrics` facade has integer counters only (`Counter::increment(u64)`), and a gauge
@@ -165,4 +170,5 @@ pub use body::RecordingBody;
 pub use classify::{ClassifyError, DefaultClassifyError, ErrorClass};
 pub use future::ResponseFuture;
 pub use layer::MetricsLayer;
+pub use names::describe;
 pub use service::Metrics;

@@ -18,9 +18,11 @@ pub const IN_FLIGHT: &str = "holysheep_in_flight_requests";
 pub const UPSTREAM_ATTEMPTS: &str = "holysheep_upstream_attempts_total";
 /// Counter: retries (attempts beyond the first), by `model`.
 pub const RETRIES: &str = "holysheep_retries_total";
-/// Counter: calls that failed with an overload error (shed load), by `model`.
+/// Counter: calls that failed with an overload error (shed load, `class="overload"` in
+/// [`ERRORS`]), by `model`.
 pub const SHED: &str = "holysheep_shed_total";
-/// Counter: calls whose service or response body failed, by `model` and `class`.
+/// Counter: calls whose service or response body failed, by `model` and `class`
+/// (`timeout`, `connect`, `overload`, `deadline`, `other`).
 pub const ERRORS: &str = "holysheep_errors_total";
 /// Counter: tokens from `usage`, by `model`, `kind` (`prompt`/`completion`) and `cache`
 /// (`hit`/`miss`). OpenTelemetry: `gen_ai.client.token.usage` with `gen_ai.token.type`.
@@ -31,11 +33,12 @@ pub const COST: &str = "holysheep_cost_microusd_total";
 /// by `model`.
 pub const COST_SAVED: &str = "holysheep_cost_saved_microusd_total";
 
-/// Registers help text and units of every metric with the current recorder.
+/// Registers help text and units of every metric with the current recorder (also at
+/// [`holysheep_metrics::describe`](crate::describe)).
 ///
-/// [`MetricsLayer::new`](crate::MetricsLayer::new) and
-/// [`prometheus::install`](crate#prometheus) call it; call it yourself after installing a
-/// recorder if the layer was built before.
+/// [`prometheus::install`](crate#prometheus) calls it. With another recorder, call it once
+/// after installing the recorder: building a [`MetricsLayer`](crate::MetricsLayer) touches no
+/// recorder. Calling it again is harmless.
 pub fn describe() {
     describe_counter!(
         REQUESTS,

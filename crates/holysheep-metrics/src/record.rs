@@ -46,13 +46,19 @@ impl Shared {
     }
 }
 
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("prices", &self.prices)
+            .field("max_models", &self.max_models)
+            .field("max_body_capture", &self.max_capture)
+            .finish_non_exhaustive()
+    }
+}
+
 impl std::fmt::Debug for Shared {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Metrics")
-            .field("prices", &self.config.prices)
-            .field("max_models", &self.config.max_models)
-            .field("max_body_capture", &self.config.max_capture)
-            .finish_non_exhaustive()
+        self.config.fmt(f)
     }
 }
 

@@ -22,7 +22,9 @@ use std::pin::Pin;
 use tokio::sync::mpsc;
 use tower::{Layer, ServiceExt, service_fn};
 
-use crate::{DefaultClassifyError, MetricsLayer, names};
+use holysheep_core::error::{DeadlineExceeded, Overloaded};
+
+use crate::{MetricsLayer, names};
 
 /// Reads a recorder; snapshots drain it, so gauges are added up here across snapshots.
 struct Probe {
@@ -192,10 +194,30 @@ async fn json_answer_counts_times_tokens_and_cost() {
 }
 
 #[tokio::test]
+async fn building_the_layer_describes_nothing() {
+    let recorder = DebuggingRecorder::new();
+    let probe = Probe::new(&recorder);
+    let _guard = metrics::set_default_local_recorder(&recorder);
+
+    let svc = MetricsLayer::new().layer(service_fn(|_req: Request<String>| async {
+        Ok::<_, BoxError>(json(ANSWER))
+    }));
+    let res = svc.oneshot(request(None)).await.unwrap();
+    res.into_body().collect().await.unwrap();
+
+    let snapshot = probe.snapshotter.snapshot().into_vec();
+    assert!(!snapshot.is_empty(), "the request was recorded");
+    for (key, unit, help, _) in snapshot {
+        assert!(unit.is_none() && help.is_none(), "{key:?} was described");
+    }
+}
+
+#[tokio::test]
 async fn request_model_wins_and_descriptions_are_registered() {
     let recorder = DebuggingRecorder::new();
     let probe = Probe::new(&recorder);
     let _guard = metrics::set_default_local_recorder(&recorder);
+    crate::describe();
 
     let svc = MetricsLayer::new().layer(service_fn(|_req: Request<String>| async {
         Ok::<_, BoxError>(json(ANSWER))
@@ -465,28 +487,19 @@ async fn attempts_and_retries_from_the_extension() {
     assert_eq!(m.counter(names::RETRIES, &[("model", "gpt-4.1")]), 2);
 }
 
-#[derive(Debug)]
-struct Overloaded;
-
-impl std::fmt::Display for Overloaded {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("at capacity")
-    }
-}
-
-impl std::error::Error for Overloaded {}
-
 #[tokio::test(start_paused = true)]
 async fn failed_calls_are_counted_timed_and_classified() {
     let recorder = DebuggingRecorder::new();
     let probe = Probe::new(&recorder);
     let _guard = metrics::set_default_local_recorder(&recorder);
 
-    let layer =
-        MetricsLayer::new().classify_errors(DefaultClassifyError::new().overload::<Overloaded>());
-    let errors: [fn() -> BoxError; 3] = [
+    // No registration: the layers' own errors are known to the default classification.
+    let layer = MetricsLayer::new();
+    let errors: [fn() -> BoxError; 5] = [
         || io::Error::from(io::ErrorKind::TimedOut).into(),
-        || Overloaded.into(),
+        || io::Error::from(io::ErrorKind::ConnectionRefused).into(),
+        || Overloaded::new(Duration::from_secs(1)).into(),
+        || DeadlineExceeded::new(Duration::from_secs(60)).into(),
         || "something else".into(),
     ];
     for error in errors {
@@ -499,10 +512,10 @@ async fn failed_calls_are_counted_timed_and_classified() {
 
     let m = probe.take();
     let labels = [("status", "error"), ("outcome", "error"), ("cache", "none")];
-    assert_eq!(m.counter(names::REQUESTS, &labels), 3);
-    assert_eq!(m.histogram(names::REQUEST_DURATION, &labels), vec![0.01; 3]);
+    assert_eq!(m.counter(names::REQUESTS, &labels), 5);
+    assert_eq!(m.histogram(names::REQUEST_DURATION, &labels), vec![0.01; 5]);
     assert!(m.histogram(names::TIME_TO_FIRST_BYTE, &[]).is_empty());
-    for class in ["timeout", "overload", "other"] {
+    for class in ["timeout", "connect", "overload", "deadline", "other"] {
         assert_eq!(m.counter(names::ERRORS, &[("class", class)]), 1, "{class}");
     }
     assert_eq!(m.counter(names::SHED, &[("model", "gpt-4.1")]), 1);
@@ -636,6 +649,40 @@ async fn unknown_models_fold_into_other_past_the_bound() {
 }
 
 #[tokio::test]
+async fn one_layer_is_one_set_of_model_labels() {
+    let recorder = DebuggingRecorder::new();
+    let probe = Probe::new(&recorder);
+    let _guard = metrics::set_default_local_recorder(&recorder);
+
+    let empty = || {
+        service_fn(|_req: Request<String>| async {
+            Ok::<_, BoxError>(Response::new(Empty::<Bytes>::new()))
+        })
+    };
+    let layer = MetricsLayer::new();
+    // A clone made before the setter shares the state, built from `layer`'s configuration.
+    let earlier = layer.clone();
+    let layer = layer.max_models(1);
+    let first = layer.layer(empty());
+    let second = earlier.layer(empty());
+    first.oneshot(request(Some("m-1"))).await.unwrap();
+    second.oneshot(request(Some("m-2"))).await.unwrap();
+    // A setter after the state exists changes nothing of it.
+    let late = layer.max_models(100).layer(empty());
+    late.oneshot(request(Some("m-3"))).await.unwrap();
+    // Another `new` has labels of its own.
+    let other = MetricsLayer::new().max_models(1).layer(empty());
+    other.oneshot(request(Some("m-4"))).await.unwrap();
+
+    let m = probe.take();
+    assert_eq!(
+        m.label_values(names::REQUESTS, "model"),
+        ["m-1", "m-4", "other"]
+    );
+    assert_eq!(m.counter(names::REQUESTS, &[("model", "other")]), 2);
+}
+
+#[tokio::test]
 async fn non_openai_bodies_pass_untouched() {
     let recorder = DebuggingRecorder::new();
     let probe = Probe::new(&recorder);
@@ -665,6 +712,7 @@ async fn prometheus_latency_metrics_are_histograms() {
     let recorder = crate::prometheus::builder().unwrap().build_recorder();
     let handle = recorder.handle();
     let _guard = metrics::set_default_local_recorder(&recorder);
+    crate::describe();
 
     let svc = MetricsLayer::new().layer(service_fn(|_req: Request<String>| async {
         Ok::<_, BoxError>(json(ANSWER))

@@ -1,8 +1,8 @@
 //! Which answers and errors are transient, and so worth another attempt.
 
 use std::error::Error;
-use std::io;
 
+use holysheep_core::error::{AnswerClass, ErrorClass};
 use http::{HeaderMap, StatusCode};
 
 /// Decides whether an attempt's outcome is a transient failure worth retrying.
@@ -20,65 +20,61 @@ pub trait Classify {
     fn is_retryable_error(&self, error: &(dyn Error + 'static)) -> bool;
 }
 
-/// The default classification: transport faults before any answer, and the statuses that mean
-/// "try again".
+/// The default classification: what the project's one classification of failures calls
+/// transient.
 ///
-/// Responses: `408`, `429`, `500`, `502`, `503` and `504` are retried; no other status is
-/// (other 4xx are the caller's mistake and would fail again).
+/// Responses: those whose [`AnswerClass`] is transient are retried: `408`, `429`, `500`,
+/// `502`, `503`, `504` and the other server errors but `501` and `505`, and gRPC trailers-only
+/// answers whose status maps to one of those (`UNAVAILABLE`, `RESOURCE_EXHAUSTED`,
+/// `DEADLINE_EXCEEDED`, `UNKNOWN`, `INTERNAL`, `DATA_LOSS`). Other 4xx are the caller's
+/// mistake and would fail again.
 ///
-/// Errors: the `source()` chain is walked, and the error is retried when it holds
-/// - a [`std::io::Error`] of kind `ConnectionRefused`, `ConnectionReset`, `ConnectionAborted`,
-///   `BrokenPipe`, `TimedOut`, `UnexpectedEof` or `NotConnected`;
-/// - a [`hyper::Error`] that is an incomplete message, a closed connection or a canceled request
-///   (the pooled connection died before an answer);
-/// - a `tower` or `tokio` timeout `Elapsed` (a per-attempt timeout inside the retry layer).
+/// Errors: those whose [`ErrorClass`] is transient are retried: timeouts (tower's or tokio's
+/// `Elapsed` of a per-attempt timeout inside the retry layer, an I/O `TimedOut`) and connect
+/// faults (a refused, reset or broken connection, or a [`hyper::Error`] for a connection that
+/// died before its answer), anywhere in the error's `source()` chain.
 ///
-/// Any other error is final. In particular the pool limit's `Overloaded` shed is not retried:
-/// shedding must stay cheap, and retrying it would turn a refusal into more queueing.
+/// Any other error is final. In particular an [`Overloaded`](holysheep_core::error::Overloaded)
+/// shed (from the pool limit) is not retried: shedding must stay cheap, and retrying it would
+/// turn a refusal into more queueing.
+///
+/// [`hyper::Error`]: https://docs.rs/hyper/1/hyper/struct.Error.html
 #[derive(Debug, Clone, Copy, Default)]
 pub struct DefaultClassify;
 
-impl DefaultClassify {
-    /// Whether `kind` is an I/O failure that a fresh connection may not meet again.
-    pub fn is_transient_io(kind: io::ErrorKind) -> bool {
-        matches!(
-            kind,
-            io::ErrorKind::ConnectionRefused
-                | io::ErrorKind::ConnectionReset
-                | io::ErrorKind::ConnectionAborted
-                | io::ErrorKind::BrokenPipe
-                | io::ErrorKind::TimedOut
-                | io::ErrorKind::UnexpectedEof
-                | io::ErrorKind::NotConnected
-        )
-    }
-
-    fn is_transient(error: &(dyn Error + 'static)) -> bool {
-        if let Some(io) = error.downcast_ref::<io::Error>() {
-            return Self::is_transient_io(io.kind());
-        }
-        if let Some(hyper) = error.downcast_ref::<hyper::Error>() {
-            return hyper.is_incomplete_message() || hyper.is_closed() || hyper.is_canceled();
-        }
-        error.is::<tower::timeout::error::Elapsed>() || error.is::<tokio::time::error::Elapsed>()
-    }
-}
-
 impl Classify for DefaultClassify {
-    fn is_retryable_response(&self, status: StatusCode, _headers: &HeaderMap) -> bool {
-        matches!(
-            status,
-            StatusCode::REQUEST_TIMEOUT
-                | StatusCode::TOO_MANY_REQUESTS
-                | StatusCode::INTERNAL_SERVER_ERROR
-                | StatusCode::BAD_GATEWAY
-                | StatusCode::SERVICE_UNAVAILABLE
-                | StatusCode::GATEWAY_TIMEOUT
-        )
+    fn is_retryable_response(&self, status: StatusCode, headers: &HeaderMap) -> bool {
+        AnswerClass::of(status, headers).is_transient()
     }
 
     fn is_retryable_error(&self, error: &(dyn Error + 'static)) -> bool {
-        holysheep_core::error::chain(error).any(Self::is_transient)
+        ErrorClass::of(error).is_transient()
+    }
+}
+
+/// The classification for gRPC calls: retries only what the server turned away, as gRPC
+/// clients do.
+///
+/// A gRPC method is not, as a rule, safe to run twice, so an answer is retried only when its
+/// [`AnswerClass`] is [`Overload`](AnswerClass::Overload): a trailers-only `UNAVAILABLE` or
+/// `RESOURCE_EXHAUSTED`, or a proxy's `429` or `503` in front of the server. Unlike
+/// [`DefaultClassify`], `DEADLINE_EXCEEDED`, `UNKNOWN`, `INTERNAL` and `DATA_LOSS` are final,
+/// and so is every gRPC status sent in trailers after a body (only the head is classified).
+///
+/// Errors are retried as [`DefaultClassify`] retries them: transport faults and timeouts
+/// before any answer.
+///
+/// See the [crate docs](crate#grpc-and-tonic) for wrapping a tonic `Channel`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct GrpcClassify;
+
+impl Classify for GrpcClassify {
+    fn is_retryable_response(&self, status: StatusCode, headers: &HeaderMap) -> bool {
+        AnswerClass::of(status, headers) == AnswerClass::Overload
+    }
+
+    fn is_retryable_error(&self, error: &(dyn Error + 'static)) -> bool {
+        DefaultClassify.is_retryable_error(error)
     }
 }
 
@@ -86,6 +82,10 @@ impl Classify for DefaultClassify {
 mod tests {
     use super::*;
     use std::fmt;
+    use std::io;
+    use std::time::Duration;
+
+    use http::HeaderValue;
 
     #[derive(Debug)]
     struct Outer(io::Error);
@@ -100,6 +100,12 @@ mod tests {
         fn source(&self) -> Option<&(dyn Error + 'static)> {
             Some(&self.0)
         }
+    }
+
+    fn grpc(code: &'static str) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert("grpc-status", HeaderValue::from_static(code));
+        headers
     }
 
     #[test]
@@ -143,15 +149,55 @@ mod tests {
     }
 
     #[test]
-    fn unknown_errors_are_not_retried() {
-        #[derive(Debug)]
-        struct Overloaded;
-        impl fmt::Display for Overloaded {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("overloaded")
-            }
+    fn sheds_deadlines_and_unknown_errors_are_not_retried() {
+        use holysheep_core::error::{DeadlineExceeded, Overloaded};
+        let shed = Overloaded::new(Duration::from_secs(1));
+        let late = DeadlineExceeded::new(Duration::from_secs(1));
+        for c in [&DefaultClassify as &dyn Classify, &GrpcClassify] {
+            assert!(!c.is_retryable_error(&shed));
+            assert!(!c.is_retryable_error(&late));
+            assert!(!c.is_retryable_error(&io::Error::other("overloaded")));
         }
-        impl Error for Overloaded {}
-        assert!(!DefaultClassify.is_retryable_error(&Overloaded));
+    }
+
+    #[test]
+    fn grpc_answers() {
+        let ok = StatusCode::OK;
+        for code in ["14", "8"] {
+            assert!(
+                DefaultClassify.is_retryable_response(ok, &grpc(code)),
+                "{code}"
+            );
+            assert!(
+                GrpcClassify.is_retryable_response(ok, &grpc(code)),
+                "{code}"
+            );
+        }
+        // The server may have run these: only the HTTP-minded default retries them.
+        for code in ["4", "2", "13", "15"] {
+            assert!(
+                DefaultClassify.is_retryable_response(ok, &grpc(code)),
+                "{code}"
+            );
+            assert!(
+                !GrpcClassify.is_retryable_response(ok, &grpc(code)),
+                "{code}"
+            );
+        }
+        for code in ["0", "3", "5", "7", "12", "16"] {
+            assert!(
+                !DefaultClassify.is_retryable_response(ok, &grpc(code)),
+                "{code}"
+            );
+            assert!(
+                !GrpcClassify.is_retryable_response(ok, &grpc(code)),
+                "{code}"
+            );
+        }
+        let none = HeaderMap::new();
+        assert!(GrpcClassify.is_retryable_response(StatusCode::SERVICE_UNAVAILABLE, &none));
+        assert!(!GrpcClassify.is_retryable_response(StatusCode::BAD_GATEWAY, &none));
+        let reset = Outer(io::Error::from(io::ErrorKind::ConnectionReset));
+        assert!(GrpcClassify.is_retryable_error(&reset));
     }
 }

@@ -6,6 +6,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use holysheep_core::BoxError;
+use holysheep_core::error::DeadlineExceeded;
 use http::{Request, Response};
 use pin_project_lite::pin_project;
 use tokio::time::{Instant, Sleep};
@@ -14,7 +15,6 @@ use tower::retry::Policy;
 use tower::util::MapErr;
 
 use crate::classify::Classify;
-use crate::error::DeadlineExceeded;
 use crate::policy::RetryPolicy;
 use crate::service::IntoBoxError;
 

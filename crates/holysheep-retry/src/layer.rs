@@ -1,4 +1,4 @@
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use tower::retry::budget::TpsBudget;
@@ -15,14 +15,34 @@ use crate::service::Retry;
 /// honoured up to 30 s, and a budget that lets retries add at most 20 % to the requests of the
 /// last 10 s plus 10 retries a second.
 ///
-/// The budget lives in the layer: every service the layer builds, and every clone of those,
-/// draws from the same budget, so an outage cannot multiply the load on the upstream however
-/// many handles to the stack exist.
+/// # Configuration and the budget
+///
+/// The layer holds plain configuration and one retry budget. Creating the layer and calling
+/// its setters only records configuration; the budget is made once, from the
+/// [`budget`](Self::budget) settings in force, when a service is first built from the layer
+/// ([`Layer::layer`]). Every service built from this layer, and every clone of those, draws
+/// from that budget, so an outage cannot multiply the load on the upstream however many
+/// handles to the stack exist. The other settings are read by each service as it is built.
+///
+/// Clones of the layer, and the layers its setters return, share the budget too: everything
+/// derived from one [`new`](Self::new) spends one budget, whichever of them builds first. So
+/// set [`budget`](Self::budget) before building from the layer; called after the budget is
+/// made, it changes nothing (and logs a warning). For an independent budget, start from
+/// another `RetryLayer::new`. [`shared_budget`](Self::shared_budget) names the budget outright:
+/// the layer it returns, and everything derived from that, spends the one given.
 #[derive(Debug, Clone)]
 pub struct RetryLayer<C = DefaultClassify> {
     config: Config,
     classify: C,
-    budget: Arc<TpsBudget>,
+    budget: BudgetConfig,
+    live_budget: Arc<OnceLock<Arc<TpsBudget>>>,
+}
+
+/// The settings the budget is made from.
+#[derive(Debug, Clone, Copy)]
+struct BudgetConfig {
+    min_per_sec: u32,
+    retry_ratio: f32,
 }
 
 impl RetryLayer {
@@ -31,7 +51,11 @@ impl RetryLayer {
         Self {
             config: Config::default(),
             classify: DefaultClassify,
-            budget: Arc::new(new_budget(10, 0.2)),
+            budget: BudgetConfig {
+                min_per_sec: 10,
+                retry_ratio: 0.2,
+            },
+            live_budget: Arc::default(),
         }
     }
 }
@@ -52,6 +76,7 @@ impl<C> RetryLayer<C> {
             config: self.config,
             classify,
             budget: self.budget,
+            live_budget: self.live_budget,
         }
     }
 
@@ -97,20 +122,45 @@ impl<C> RetryLayer<C> {
         self
     }
 
-    /// A fresh retry budget: retries may add `retry_ratio` (e.g. `0.2` for 20 %) of the requests
+    /// The retry budget: retries may add `retry_ratio` (e.g. `0.2` for 20 %) of the requests
     /// of the last 10 s, plus `min_per_sec` retries a second that are always allowed.
     ///
     /// Out-of-range values are clamped (`retry_ratio` to `0.0..=10.0`, non-numbers to `0.0`)
     /// rather than rejected.
+    ///
+    /// The budget is made when the layer first builds a service; see
+    /// [Configuration and the budget](Self#configuration-and-the-budget).
     pub fn budget(mut self, min_per_sec: u32, retry_ratio: f32) -> Self {
-        self.budget = Arc::new(new_budget(min_per_sec, retry_ratio));
+        if self.live_budget.get().is_some() {
+            tracing::warn!(
+                "RetryLayer::budget called after the budget was made; it does not apply"
+            );
+        }
+        self.budget = BudgetConfig {
+            min_per_sec,
+            retry_ratio,
+        };
         self
     }
 
-    /// Uses a budget shared with other layers, e.g. all routes to the same upstream.
+    /// Spends `budget`, shared with other layers (e.g. all routes to the same upstream),
+    /// instead of a budget of the layer's own: every service built from the returned layer,
+    /// and from layers derived from it, draws from it.
     pub fn shared_budget(mut self, budget: Arc<TpsBudget>) -> Self {
-        self.budget = budget;
+        self.live_budget = Arc::new(OnceLock::from(budget));
         self
+    }
+
+    /// The budget, made from the configuration on first use.
+    fn live_budget(&self) -> Arc<TpsBudget> {
+        let BudgetConfig {
+            min_per_sec,
+            retry_ratio,
+        } = self.budget;
+        let budget = self
+            .live_budget
+            .get_or_init(|| Arc::new(new_budget(min_per_sec, retry_ratio)));
+        Arc::clone(budget)
     }
 }
 
@@ -126,7 +176,7 @@ where
             Arc::new(Shared {
                 config: self.config.clone(),
                 classify: self.classify.clone(),
-                budget: Arc::clone(&self.budget),
+                budget: self.live_budget(),
             }),
         )
     }

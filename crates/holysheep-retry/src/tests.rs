@@ -300,6 +300,27 @@ async fn an_empty_budget_stops_retries_for_every_clone() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn every_service_of_one_layer_spends_one_budget() {
+    let up = Scripted::new(vec![unavailable]);
+    let layer = RetryLayer::new().backoff(Duration::from_millis(1), Duration::from_millis(1));
+    let earlier = layer.clone();
+    // Set before anything is built, so the clone made earlier spends this budget too: a floor
+    // of 1 retry/s over the 10 s window and no share of traffic, 10 retries in all.
+    let layer = layer.budget(1, 0.0);
+    let first = layer.clone().layer_on(up.service());
+    let second = earlier.layer_on(up.service());
+    // Once the budget is made, a budget setter changes nothing of it.
+    let third = layer.budget(1000, 10.0).layer_on(up.service());
+    for svc in [first, second, third] {
+        for _ in 0..10 {
+            let res = svc.clone().oneshot(request()).await.unwrap();
+            assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+        }
+    }
+    assert_eq!(up.calls(), 30 + 10);
+}
+
+#[tokio::test(start_paused = true)]
 async fn the_budget_grows_with_traffic_and_can_be_shared() {
     let budget = Arc::new(crate::TpsBudget::new(Duration::from_secs(10), 0, 0.5));
     let layer = RetryLayer::new()
