@@ -2,18 +2,13 @@
 //! tonic-health server on loopback: the layers are plain tower middleware over
 //! `http::Request<B>`, so a gRPC client composes them like any HTTP client.
 //!
-//! One seam is visible: `RetryLayer` replays a request, so it needs a `Clone` body, and
-//! tonic's `tonic::body::Body` is a stream. The stack therefore buffers the (small, unary)
-//! request once into `Bytes` above the retry layer and rebuilds a tonic body per attempt below
-//! it. Streaming gRPC requests cannot be retried this way, which is the right outcome.
-//!
-//! The second seam: a gRPC failure is usually an HTTP 200 whose `grpc-status` says
-//! `UNAVAILABLE`. `RetryLayer`'s `DefaultClassify` looks at HTTP statuses, so the test shows
-//! the small `Classify` a gRPC user writes to retry trailers-only `UNAVAILABLE` answers.
+//! The stack is the recipe of the retry crate's docs: `BufferRequestLayer` collects the (small,
+//! unary) request once into `Full<Bytes>` above the retry layer, which replays it, and a
+//! `map_request` below rebuilds a tonic body per attempt; `GrpcClassify` retries trailers-only
+//! `UNAVAILABLE` answers, which are HTTP 200s.
 #![cfg(all(feature = "pool-limit", feature = "retry", feature = "metrics"))]
 
 use std::collections::HashMap;
-use std::error::Error;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -26,9 +21,9 @@ use bytes::Bytes;
 use holysheep_core::signal::Attempts;
 use holysheep_metrics::MetricsLayer;
 use holysheep_pool_limit::PoolLimitLayer;
-use holysheep_retry::{Classify, DefaultClassify, RetryLayer};
-use http::{HeaderMap, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full};
+use holysheep_retry::{BufferRequestLayer, GrpcClassify, RetryLayer};
+use http::{Request, Response};
+use http_body_util::Full;
 use metrics::{Counter, Gauge, Histogram, Key, KeyName, Metadata, Recorder, SharedString, Unit};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
@@ -40,7 +35,7 @@ use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus as Wire;
 use tonic_health::pb::health_client::HealthClient;
 use tower::util::BoxCloneService;
-use tower::{BoxError, Service, ServiceBuilder, ServiceExt};
+use tower::{BoxError, Service, ServiceBuilder};
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
@@ -141,63 +136,14 @@ async fn channel(addr: SocketAddr) -> Channel {
         .expect("connects over loopback")
 }
 
-/// Retries what `DefaultClassify` retries, plus gRPC trailers-only `UNAVAILABLE` answers.
-#[derive(Debug, Clone, Copy)]
-struct GrpcClassify;
-
-impl Classify for GrpcClassify {
-    fn is_retryable_response(&self, status: StatusCode, headers: &HeaderMap) -> bool {
-        let unavailable = headers
-            .get("grpc-status")
-            .is_some_and(|code| code.as_bytes() == b"14");
-        unavailable || DefaultClassify.is_retryable_response(status, headers)
-    }
-
-    fn is_retryable_error(&self, error: &(dyn Error + 'static)) -> bool {
-        DefaultClassify.is_retryable_error(error)
-    }
-}
-
-/// Buffers a unary gRPC request into `Bytes`, so the retry layer below can replay it.
-#[derive(Clone)]
-struct Buffered<S>(S);
-
-impl<S, ResB> Service<Request<GrpcBody>> for Buffered<S>
-where
-    S: Service<Request<Bytes>, Response = Response<ResB>, Error = BoxError>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send,
-{
-    type Response = Response<ResB>;
-    type Error = BoxError;
-    type Future = BoxFuture<Result<Response<ResB>, BoxError>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
-        self.0.poll_ready(cx)
-    }
-
-    fn call(&mut self, req: Request<GrpcBody>) -> Self::Future {
-        // The ready service (and any slot it reserved) goes with this call.
-        let clone = self.0.clone();
-        let mut ready = std::mem::replace(&mut self.0, clone);
-        Box::pin(async move {
-            let (parts, body) = req.into_parts();
-            let bytes = body.collect().await?.to_bytes();
-            ready.call(Request::from_parts(parts, bytes)).await
-        })
-    }
-}
-
 type GrpcStack = BoxCloneService<Request<GrpcBody>, Response<GrpcBody>, BoxError>;
 
 /// Metrics → buffer → Retry → PoolLimit → tonic `Channel`, boxed to one nameable type.
 fn layered(channel: Channel, pool: PoolLimitLayer) -> GrpcStack {
-    let to_tonic_body = tower::util::MapRequestLayer::new(|req: Request<Bytes>| {
-        req.map(|bytes| GrpcBody::new(Full::new(bytes)))
-    });
-    let below_buffer = ServiceBuilder::new()
+    let svc = ServiceBuilder::new()
+        .map_response(|res: Response<_>| res.map(GrpcBody::new))
+        .layer(MetricsLayer::new())
+        .layer(BufferRequestLayer::new(64 * 1024))
         .layer(
             RetryLayer::new()
                 .classify(GrpcClassify)
@@ -206,12 +152,8 @@ fn layered(channel: Channel, pool: PoolLimitLayer) -> GrpcStack {
                 .deadline(Duration::from_secs(10)),
         )
         .layer(pool)
-        .layer(to_tonic_body)
+        .map_request(|req: Request<Full<Bytes>>| req.map(GrpcBody::new))
         .service(channel);
-    let svc = ServiceBuilder::new()
-        .layer(MetricsLayer::new())
-        .service(Buffered(below_buffer))
-        .map_response(|res| res.map(GrpcBody::new));
     BoxCloneService::new(svc)
 }
 

@@ -6,11 +6,11 @@ use std::time::Instant;
 use axum::extract::{MatchedPath, Request};
 use axum::middleware::Next;
 use axum::response::Response;
+use holysheep_core::error::ErrorClass;
 use holysheep_core::signal::{Attempts, CacheOutcome, RequestModel};
 use tracing_subscriber::EnvFilter;
 
 use super::config::LogFormat;
-use super::errors::GatewayError;
 
 /// Installs the global subscriber: level from `RUST_LOG` (default `info`), text or JSON lines.
 /// A second call (tests start many gateways in one process) leaves the first in place.
@@ -47,7 +47,7 @@ pub(crate) async fn log_requests(request: Request, next: Next) -> Response {
         .get::<CacheOutcome>()
         .map_or("-", |outcome| outcome.as_str());
     let attempts = extensions.get::<Attempts>().map_or(0, |a| a.0);
-    let error = extensions.get::<GatewayError>().map_or("-", |e| e.0);
+    let error = extensions.get::<ErrorClass>().map_or("-", |e| e.as_str());
     tracing::info!(
         method = %method,
         route = %route.as_ref().map_or("unmatched", MatchedPath::as_str),
