@@ -73,6 +73,8 @@ fn bench(c: &mut Criterion) {
         .build_recorder();
     let handle = recorder.handle();
     metrics::with_local_recorder(&recorder, || {
+        // As `prometheus::install` does for a real gateway.
+        holysheep_metrics::describe();
         let mut measured = MetricsLayer::new().layer(service_fn(answer));
         group.bench_function("prometheus_recorder", |b| {
             b.iter(|| one(&mut measured, &model));

@@ -178,23 +178,32 @@ pub fn find_in_chain<'a, E: Error + 'static>(error: &'a (dyn Error + 'static)) -
 mod tests {
     use super::*;
 
+    /// An error that wraps another, as layers and clients do; its message holds an upstream URL
+    /// and a key, which must never reach a caller. Shared by the tests of `error`'s modules.
     #[derive(Debug)]
-    struct Wrap(Option<Box<dyn Error + Send + Sync>>);
+    pub(super) struct Wrap(pub(super) Option<crate::BoxError>);
+
     impl std::fmt::Display for Wrap {
         fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-            f.write_str("wrap")
+            f.write_str("calling https://upstream.example/v1 with key sk-secret")
         }
     }
+
     impl Error for Wrap {
         fn source(&self) -> Option<&(dyn Error + 'static)> {
             self.0.as_deref().map(|e| e as _)
         }
     }
 
+    /// `error` wrapped once.
+    pub(super) fn wrapped(error: impl Into<crate::BoxError>) -> Wrap {
+        Wrap(Some(error.into()))
+    }
+
     #[test]
     fn chain_walks_sources_outermost_first() {
         let io = std::io::Error::from(std::io::ErrorKind::TimedOut);
-        let outer = Wrap(Some(Box::new(Wrap(Some(Box::new(io))))));
+        let outer = wrapped(wrapped(io));
         assert_eq!(chain(&outer).count(), 3);
         let found = find_in_chain::<std::io::Error>(&outer).unwrap();
         assert_eq!(found.kind(), std::io::ErrorKind::TimedOut);
@@ -203,7 +212,7 @@ mod tests {
 
     #[test]
     fn chain_enters_what_an_io_error_wraps() {
-        let io = std::io::Error::other(Wrap(Some(Box::new(std::fmt::Error))));
+        let io = std::io::Error::other(wrapped(std::fmt::Error));
         // `io::Error::source()` would skip the `Wrap` and go straight to its source.
         assert_eq!(chain(&io).count(), 3);
         assert!(find_in_chain::<Wrap>(&io).is_some());

@@ -268,21 +268,11 @@ mod tests {
     use super::*;
     use std::time::Duration;
 
-    #[derive(Debug)]
-    struct Wrap(Box<dyn Error + Send + Sync>);
-    impl fmt::Display for Wrap {
-        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-            f.write_str("wrapped")
-        }
-    }
-    impl Error for Wrap {
-        fn source(&self) -> Option<&(dyn Error + 'static)> {
-            Some(&*self.0)
-        }
-    }
+    use crate::error::tests::Wrap;
 
+    /// `error` two wrappers deep.
     fn wrapped(error: impl Error + Send + Sync + 'static) -> Wrap {
-        Wrap(Box::new(Wrap(Box::new(error))))
+        crate::error::tests::wrapped(crate::error::tests::wrapped(error))
     }
 
     #[test]

@@ -138,21 +138,7 @@ pub(crate) fn shed_retry_after(error: &(dyn Error + 'static)) -> Option<Duration
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[derive(Debug)]
-    struct Wrapper(Box<dyn Error + Send + Sync>);
-
-    impl fmt::Display for Wrapper {
-        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-            f.write_str("wrapped")
-        }
-    }
-
-    impl Error for Wrapper {
-        fn source(&self) -> Option<&(dyn Error + 'static)> {
-            Some(&*self.0)
-        }
-    }
+    use crate::error::tests::wrapped;
 
     #[test]
     fn overloaded_display_and_helpers() {
@@ -170,12 +156,9 @@ mod tests {
         assert!(!is_deadline(&err));
         let boxed: Box<dyn Error + Send + Sync> = Box::new(err);
         assert!(is_overloaded(&*boxed));
-        let wrapped = Wrapper(boxed);
-        assert!(is_overloaded(&wrapped));
-        assert_eq!(
-            shed_retry_after(&wrapped),
-            Some(Duration::from_millis(1500))
-        );
+        let outer = wrapped(boxed);
+        assert!(is_overloaded(&outer));
+        assert_eq!(shed_retry_after(&outer), Some(Duration::from_millis(1500)));
         assert!(!is_overloaded(&std::io::Error::other("x")));
         assert_eq!(shed_retry_after(&std::io::Error::other("x")), None);
     }
@@ -184,7 +167,7 @@ mod tests {
     fn deadline_display_and_helpers() {
         let err = DeadlineExceeded::new(Duration::from_secs(60));
         assert!(is_deadline(&err));
-        assert!(is_deadline(&Wrapper(Box::new(err))));
+        assert!(is_deadline(&wrapped(err)));
         assert!(!is_overloaded(&err));
         assert!(!is_deadline(&std::io::Error::other("boom")));
         assert!(err.to_string().contains("60s"));
