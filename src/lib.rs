@@ -11,7 +11,7 @@
 //! | [`retry`] | `holysheep-retry` | `RetryLayer`: backoff, `Retry-After`, deadline, budget |
 //! | [`pool_limit`] | `holysheep-pool-limit` | `PoolLimitLayer`: bounded in-flight calls, shedding |
 //! | [`metrics`] | `holysheep-metrics` | `MetricsLayer`: latency, tokens, dollars, savings |
-//! | [`core`] | `holysheep-core` | wire types, SSE parser, error body, prices, signals |
+//! | [`core`] | `holysheep-core` | wire types, SSE parser, error vocabulary and answers, prices, signals |
 //!
 //! # Example
 //!

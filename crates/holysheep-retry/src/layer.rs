@@ -27,7 +27,7 @@ use crate::service::Retry;
 /// Clones of the layer, and the layers its setters return, share the budget too: everything
 /// derived from one [`new`](Self::new) spends one budget, whichever of them builds first. So
 /// set [`budget`](Self::budget) before building from the layer; called after the budget is
-/// made, it changes nothing (and logs a warning). For an independent budget, start from
+/// made or given, it changes nothing (and logs a warning). For an independent budget, start from
 /// another `RetryLayer::new`. [`shared_budget`](Self::shared_budget) names the budget outright:
 /// the layer it returns, and everything derived from that, spends the one given.
 #[derive(Debug, Clone)]
@@ -133,7 +133,7 @@ impl<C> RetryLayer<C> {
     pub fn budget(mut self, min_per_sec: u32, retry_ratio: f32) -> Self {
         if self.live_budget.get().is_some() {
             tracing::warn!(
-                "RetryLayer::budget called after the budget was made; it does not apply"
+                "RetryLayer::budget called after the budget was made or given; it does not apply"
             );
         }
         self.budget = BudgetConfig {
