@@ -1,12 +1,10 @@
 //! The canonical writer: every field that can change the answer, in one spelling.
 //!
 //! Canonical JSON: sorted keys at every depth, no whitespace, one number form, one escaping rule;
-//! framed by a scheme tag, the upstream, the path and the namespace.
+//! after a scheme tag and the framed upstream, path and namespace.
 
-use serde_json::Number;
-
-use super::parsed::{Json, View};
-use super::sink::{Sink, TooDeep, deeper, write_number};
+use super::parsed::Json;
+use super::write::{Dialect, Sink, TooDeep, write_object};
 use super::{DefaultKeyPolicy, KeyRequest};
 
 /// Domain-separation tag of the canonical scheme; bump it when the canonical form changes.
@@ -33,99 +31,47 @@ impl DefaultKeyPolicy {
                 h.framed(ns.as_bytes());
             }
         }
-        canonical_object::<S, J>(h, cx, body, 0, Some(self))
+        write_object::<Canonical, S, J>(h, cx, body, 0, |k| self.is_denied(k))
     }
 }
 
-/// Writes one value in canonical form.
-pub(super) fn canonical_value_in<S: Sink, J: Json>(
-    h: &mut S,
-    cx: &J::Cx,
-    v: &J,
-    depth: usize,
-) -> Result<(), TooDeep> {
-    match v.view(cx) {
-        View::Null => h.str("null"),
-        View::Bool(true) => h.str("true"),
-        View::Bool(false) => h.str("false"),
-        View::Number(n) => canonical_number(h, n),
-        View::Str(s, plain) => canonical_str_or_plain(h, s, plain),
-        View::Array(items) => {
-            let depth = deeper(depth)?;
-            h.bytes(b"[");
-            for (i, item) in items.iter().enumerate() {
-                if i > 0 {
-                    h.bytes(b",");
-                }
-                canonical_value_in(h, cx, item, depth)?;
+/// Canonical JSON: no whitespace, one number form, one escaping rule.
+pub(super) struct Canonical;
+
+impl Dialect for Canonical {
+    const COMMA: &'static [u8] = b",";
+    const COLON: &'static [u8] = b":";
+
+    /// Floats with an integral value that fits `i64`/`u64` are written as integers (`1`, `1.0`
+    /// and `1e0` are one number); other floats in Rust's shortest round-trip exponent form.
+    fn float<S: Sink>(h: &mut S, f: f64) {
+        // 2^63 and 2^64 are exact in f64.
+        const I64_MIN: f64 = -9_223_372_036_854_775_808.0;
+        const U64_END: f64 = 18_446_744_073_709_551_616.0;
+        if !f.is_finite() {
+            // serde_json never holds NaN or infinities; JSON has no spelling for them.
+            h.str("null");
+        } else if f.fract() == 0.0 && (I64_MIN..U64_END).contains(&f) {
+            if f < 0.0 {
+                let _ = write!(h, "{}", f as i64);
+            } else {
+                // Also maps -0.0 to 0.
+                let _ = write!(h, "{}", f as u64);
             }
-            h.bytes(b"]");
-        }
-        View::Object(map) => canonical_object::<S, J>(h, cx, map, depth, None)?,
-    }
-    Ok(())
-}
-
-/// Writes an object with sorted keys; at the top level (`deny` set) the denied fields are skipped.
-fn canonical_object<S: Sink, J: Json>(
-    h: &mut S,
-    cx: &J::Cx,
-    map: &J::Obj,
-    depth: usize,
-    deny: Option<&DefaultKeyPolicy>,
-) -> Result<(), TooDeep> {
-    let depth = deeper(depth)?;
-    h.bytes(b"{");
-    let mut first = true;
-    J::for_each_sorted(map, |k, plain, v| {
-        if deny.is_some_and(|p| p.is_denied(k)) {
-            return Ok(());
-        }
-        if !first {
-            h.bytes(b",");
-        }
-        first = false;
-        canonical_str_or_plain(h, k, plain);
-        h.bytes(b":");
-        canonical_value_in(h, cx, v, depth)
-    })?;
-    h.bytes(b"}");
-    Ok(())
-}
-
-/// Integers, and floats with an integral value that fits `i64`/`u64`, are written as integers
-/// (`1`, `1.0` and `1e0` are one number); other floats in Rust's shortest round-trip exponent form.
-fn canonical_number<S: Sink>(h: &mut S, n: &Number) {
-    write_number(h, n, canonical_f64);
-}
-
-fn canonical_f64<S: Sink>(h: &mut S, f: f64) {
-    // 2^63 and 2^64 are exact in f64.
-    const I64_MIN: f64 = -9_223_372_036_854_775_808.0;
-    const U64_END: f64 = 18_446_744_073_709_551_616.0;
-    if !f.is_finite() {
-        // serde_json never holds NaN or infinities; JSON has no spelling for them.
-        h.str("null");
-    } else if f.fract() == 0.0 && (I64_MIN..U64_END).contains(&f) {
-        if f < 0.0 {
-            let _ = write!(h, "{}", f as i64);
         } else {
-            // Also maps -0.0 to 0.
-            let _ = write!(h, "{}", f as u64);
+            let _ = write!(h, "{f:e}");
         }
-    } else {
-        let _ = write!(h, "{f:e}");
     }
-}
 
-/// [`canonical_str`], or just the quotes around a string known to need no escaping.
-fn canonical_str_or_plain<S: Sink>(h: &mut S, s: &str, plain: bool) {
-    if plain {
-        h.bytes(b"\"");
-        h.str(s);
-        h.bytes(b"\"");
-    } else {
-        canonical_str(h, s);
+    /// [`canonical_str`], or just the quotes around a string known to need no escaping.
+    fn string<S: Sink>(h: &mut S, s: &str, plain: bool) {
+        if plain {
+            h.bytes(b"\"");
+            h.str(s);
+            h.bytes(b"\"");
+        } else {
+            canonical_str(h, s);
+        }
     }
 }
 

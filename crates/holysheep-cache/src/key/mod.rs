@@ -16,8 +16,8 @@
 //! Every key reads `holysheep:cache:{model}:{first 32 hex chars of the SHA-256}`.
 //!
 //! The request body is parsed once into a [`ParsedBody`] (`parsed`); the key is written from it
-//! by the canonical writer (`canonical`) or the Python-compatible one (`python`), straight into
-//! the hasher (`sink`).
+//! in the canonical dialect (`canonical`) or the Python-compatible one (`python`) by one JSON
+//! writer, straight into the hasher (`write`).
 
 use std::fmt;
 use std::str::FromStr;
@@ -27,14 +27,14 @@ use serde::de::{self, Deserialize, Deserializer};
 mod canonical;
 mod parsed;
 mod python;
-mod sink;
+mod write;
 
 #[cfg(test)]
 mod tests;
 
 pub use self::parsed::ParsedBody;
 use self::parsed::{Json, Repr, View};
-use self::sink::HashSink;
+use self::write::HashSink;
 
 /// The fixed prefix of every key.
 const PREFIX: &str = "holysheep:cache:";

@@ -6,10 +6,8 @@
 
 use std::fmt::{self, Write as _};
 
-use serde_json::Number;
-
-use super::parsed::{Json, View};
-use super::sink::{Sink, TooDeep, deeper, write_number};
+use super::parsed::Json;
+use super::write::{Dialect, Sink, TooDeep, write_value};
 
 /// The reference Python client's defaults when a request omits them.
 const DEFAULT_TEMPERATURE: &str = "0.7";
@@ -25,19 +23,19 @@ pub(super) fn write_python_compat<S: Sink, J: Json>(
 ) -> Result<(), TooDeep> {
     h.str("{\"max_tokens\": ");
     match J::get(body, "max_tokens") {
-        Some(v) => python_value_in(h, cx, v, 0)?,
+        Some(v) => write_value::<Python, S, J>(h, cx, v, 0)?,
         None => h.str(DEFAULT_MAX_TOKENS),
     }
     h.str(", \"messages\": ");
     match J::get(body, "messages") {
-        Some(v) => python_value_in(h, cx, v, 0)?,
+        Some(v) => write_value::<Python, S, J>(h, cx, v, 0)?,
         None => h.str("null"),
     }
     h.str(", \"model\": ");
     python_str(h, model);
     h.str(", \"temperature\": ");
     match J::get(body, "temperature") {
-        Some(v) => python_value_in(h, cx, v, 0)?,
+        Some(v) => write_value::<Python, S, J>(h, cx, v, 0)?,
         None => h.str(DEFAULT_TEMPERATURE),
     }
     h.str("}");
@@ -45,53 +43,19 @@ pub(super) fn write_python_compat<S: Sink, J: Json>(
 }
 
 /// Python's `json.dumps(v, sort_keys=True)` with default separators and `ensure_ascii=True`.
-fn python_value_in<S: Sink, J: Json>(
-    h: &mut S,
-    cx: &J::Cx,
-    v: &J,
-    depth: usize,
-) -> Result<(), TooDeep> {
-    match v.view(cx) {
-        View::Null => h.str("null"),
-        View::Bool(true) => h.str("true"),
-        View::Bool(false) => h.str("false"),
-        View::Number(n) => python_number(h, n),
-        View::Str(s, _) => python_str(h, s),
-        View::Array(items) => {
-            let depth = deeper(depth)?;
-            h.bytes(b"[");
-            for (i, item) in items.iter().enumerate() {
-                if i > 0 {
-                    h.bytes(b", ");
-                }
-                python_value_in(h, cx, item, depth)?;
-            }
-            h.bytes(b"]");
-        }
-        View::Object(map) => {
-            let depth = deeper(depth)?;
-            h.bytes(b"{");
-            let mut first = true;
-            // Python sorts str keys by code point, which is UTF-8 byte order.
-            J::for_each_sorted(map, |k, _, v| {
-                if !first {
-                    h.bytes(b", ");
-                }
-                first = false;
-                python_str(h, k);
-                h.bytes(b": ");
-                python_value_in(h, cx, v, depth)
-            })?;
-            h.bytes(b"}");
-        }
-    }
-    Ok(())
-}
+struct Python;
 
-/// `json.loads` makes an `int` of a literal without `.`/`e`, a `float` otherwise; serde_json keeps
-/// that distinction in `Number`.
-fn python_number<S: Sink>(h: &mut S, n: &Number) {
-    write_number(h, n, python_float_repr);
+impl Dialect for Python {
+    const COMMA: &'static [u8] = b", ";
+    const COLON: &'static [u8] = b": ";
+
+    fn float<S: Sink>(h: &mut S, f: f64) {
+        python_float_repr(h, f);
+    }
+
+    fn string<S: Sink>(h: &mut S, s: &str, _plain: bool) {
+        python_str(h, s);
+    }
 }
 
 /// Python's `repr(float)`: shortest round-trip digits, fixed notation when the decimal exponent is

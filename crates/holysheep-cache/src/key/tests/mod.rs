@@ -5,7 +5,8 @@ use std::fmt;
 
 use serde_json::{Value, json};
 
-use super::sink::{MAX_DEPTH, Sink};
+use super::canonical::Canonical;
+use super::write::{MAX_DEPTH, Sink, write_value};
 use super::*;
 
 mod canonical;
@@ -95,7 +96,7 @@ fn with(mut body: Value, field: &str, value: Value) -> Value {
 
 fn canonical_text(body: &Value) -> String {
     let mut sink = TextSink::default();
-    let _ = crate::key::canonical::canonical_value_in(&mut sink, &(), body, 0);
+    let _ = write_value::<Canonical, _, Value>(&mut sink, &(), body, 0);
     String::from_utf8(sink.0).expect("utf-8")
 }
 

@@ -1,9 +1,14 @@
-//! Where a key's bytes go, and what both writers share: the nesting bound and the number form.
+//! The JSON writer both schemes share, and where its bytes go.
+//!
+//! The canonical and the Python-compatible text differ only in their separators, strings and
+//! floats (a [`Dialect`]); one writer walks the tree for both, straight into the hasher.
 
 use std::fmt;
 
 use serde_json::Number;
 use sha2::{Digest, Sha256};
+
+use super::parsed::{Json, View};
 
 /// Deepest JSON nesting that is keyed; deeper bodies are not cached rather than risking the stack.
 /// serde_json's parser stops at 128 levels, so parsed bodies never reach it.
@@ -13,7 +18,7 @@ pub(super) const MAX_DEPTH: usize = 256;
 pub(super) struct TooDeep;
 
 /// One level deeper, or [`TooDeep`] past [`MAX_DEPTH`].
-pub(super) fn deeper(depth: usize) -> Result<usize, TooDeep> {
+fn deeper(depth: usize) -> Result<usize, TooDeep> {
     if depth >= MAX_DEPTH {
         Err(TooDeep)
     } else {
@@ -98,14 +103,86 @@ impl fmt::Write for HashSink {
     }
 }
 
-/// Integers as they are; floats through `float`, the one place the two schemes differ.
-pub(super) fn write_number<S: Sink>(h: &mut S, n: &Number, float: fn(&mut S, f64)) {
+/// How a scheme spells JSON.
+pub(super) trait Dialect {
+    /// Between array items and between object entries.
+    const COMMA: &'static [u8];
+    /// Between an object key and its value.
+    const COLON: &'static [u8];
+
+    /// A number serde_json holds as a float (integers are written as they are).
+    fn float<S: Sink>(h: &mut S, f: f64);
+
+    /// A string, quoted; `plain` when it is known to need no escaping (see [`View::Str`]).
+    fn string<S: Sink>(h: &mut S, s: &str, plain: bool);
+}
+
+/// Writes `v` as JSON in dialect `D`, with every object's keys sorted.
+pub(super) fn write_value<D: Dialect, S: Sink, J: Json>(
+    h: &mut S,
+    cx: &J::Cx,
+    v: &J,
+    depth: usize,
+) -> Result<(), TooDeep> {
+    match v.view(cx) {
+        View::Null => h.str("null"),
+        View::Bool(true) => h.str("true"),
+        View::Bool(false) => h.str("false"),
+        View::Number(n) => write_number::<D, S>(h, n),
+        View::Str(s, plain) => D::string(h, s, plain),
+        View::Array(items) => {
+            let depth = deeper(depth)?;
+            h.bytes(b"[");
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    h.bytes(D::COMMA);
+                }
+                write_value::<D, S, J>(h, cx, item, depth)?;
+            }
+            h.bytes(b"]");
+        }
+        View::Object(map) => write_object::<D, S, J>(h, cx, map, depth, |_| false)?,
+    }
+    Ok(())
+}
+
+/// Writes an object in dialect `D` with its keys sorted (code point order, as Python's
+/// `sort_keys` too), leaving out the keys `skip` picks.
+pub(super) fn write_object<D: Dialect, S: Sink, J: Json>(
+    h: &mut S,
+    cx: &J::Cx,
+    map: &J::Obj,
+    depth: usize,
+    skip: impl Fn(&str) -> bool,
+) -> Result<(), TooDeep> {
+    let depth = deeper(depth)?;
+    h.bytes(b"{");
+    let mut first = true;
+    J::for_each_sorted(map, |k, plain, v| {
+        if skip(k) {
+            return Ok(());
+        }
+        if !first {
+            h.bytes(D::COMMA);
+        }
+        first = false;
+        D::string(h, k, plain);
+        h.bytes(D::COLON);
+        write_value::<D, S, J>(h, cx, v, depth)
+    })?;
+    h.bytes(b"}");
+    Ok(())
+}
+
+/// Integers as they are, floats in the dialect's form. `json.loads` makes an `int` of a literal
+/// without `.`/`e`, a `float` otherwise; serde_json keeps that distinction in `Number`.
+fn write_number<D: Dialect, S: Sink>(h: &mut S, n: &Number) {
     if let Some(u) = n.as_u64() {
         let _ = write!(h, "{u}");
     } else if let Some(i) = n.as_i64() {
         let _ = write!(h, "{i}");
     } else if let Some(f) = n.as_f64() {
-        float(h, f);
+        D::float(h, f);
     } else {
         // Unreachable with serde_json's number types; hash the text rather than guess.
         let _ = write!(h, "{n}");
