@@ -803,9 +803,9 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.cache.key_scheme, KeyScheme::PythonCompat);
-        let err = Flags::try_parse_from(["gateway", "--cache-key-scheme", "seed"]).unwrap_err();
+        let err = Flags::try_parse_from(["gateway", "--cache-key-scheme", "sha256"]).unwrap_err();
         assert!(err.to_string().contains("python-compat"), "{err}");
-        assert!(FileConfig::parse("[cache]\nkey_scheme = \"seed\"", "test.toml").is_err());
+        assert!(FileConfig::parse("[cache]\nkey_scheme = \"sha256\"", "test.toml").is_err());
     }
 
     #[test]

@@ -281,7 +281,7 @@ fn key_schemes_read_and_print_their_names() {
             scheme
         );
     }
-    for bad in ["seed", "", "python_compat", " canonical"] {
+    for bad in ["sha256", "", "python_compat", " canonical"] {
         let err = bad.parse::<KeyScheme>().expect_err(bad);
         assert_eq!(
             err.to_string(),
