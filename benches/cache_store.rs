@@ -2,8 +2,8 @@
 //!
 //! - key derivation for 1 KB, 10 KB and 100 KB chat requests: "parse + key" (what the layer pays
 //!   per request: a `ParsedBody`, then the key), "parse-value + key" (through a
-//!   `serde_json::Value`, as a custom `KeyPolicy::key` would) and "key" alone (from an already
-//!   parsed `Value`);
+//!   `serde_json::Value`, the path before `ParsedBody`, for comparison) and "key" alone (from an
+//!   already parsed `ParsedBody`);
 //! - `MemoryStore` get hit;
 //! - `RedisStore` get hit over loopback, against a `redis-server` the bench starts itself (or
 //!   `REDIS_URL`); skipped with a note when neither is available.
@@ -18,8 +18,10 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use holysheep_cache::key::{DefaultKeyPolicy, KeyPolicy, KeyRequest, ParsedBody, ParsedKeyRequest};
-use holysheep_cache::store::{CacheStore, MemoryStore, RedisStore};
+use holysheep_cache::__bench::parsed_from_value;
+use holysheep_cache::{
+    CacheStore, DefaultKeyPolicy, KeyPolicy, KeyRequest, MemoryStore, ParsedBody, RedisStore,
+};
 use serde_json::{Value, json};
 use tokio::runtime::Runtime;
 
@@ -56,12 +58,16 @@ fn chat_request(target: usize) -> Vec<u8> {
     serde_json::to_vec(&body).expect("serialisable")
 }
 
-fn key_of(policy: &DefaultKeyPolicy, body: &Value) -> Option<String> {
+fn key_of(
+    policy: &DefaultKeyPolicy,
+    namespace: Option<&str>,
+    body: &ParsedBody<'_>,
+) -> Option<String> {
     policy
         .key(&KeyRequest {
             path: PATH,
             upstream: UPSTREAM,
-            namespace: Some("tenant-a"),
+            namespace,
             body,
         })
         .map(|k| k.as_str().to_owned())
@@ -69,60 +75,45 @@ fn key_of(policy: &DefaultKeyPolicy, body: &Value) -> Option<String> {
 
 fn keys(c: &mut Criterion) {
     let canonical = DefaultKeyPolicy::new();
-    let seed = DefaultKeyPolicy::seed();
+    let python_compat = DefaultKeyPolicy::python_compat();
     let mut group = c.benchmark_group("cache_key");
     for (label, size) in [("1KB", 1_000), ("10KB", 10_000), ("100KB", 100_000)] {
         let raw = chat_request(size);
-        let parsed: Value = serde_json::from_slice(&raw).expect("valid JSON");
+        let parsed = ParsedBody::parse(&raw).expect("valid JSON");
         group.throughput(Throughput::Bytes(raw.len() as u64));
         // What the layer pays: one parse into a `ParsedBody`, then the key.
         group.bench_with_input(BenchmarkId::new("parse+key", label), &raw, |b, raw| {
             b.iter(|| {
                 let body = ParsedBody::parse(black_box(raw)).expect("valid JSON");
-                black_box(canonical.key_parsed(&ParsedKeyRequest {
-                    path: PATH,
-                    upstream: UPSTREAM,
-                    namespace: Some("tenant-a"),
-                    body: &body,
-                }))
+                black_box(key_of(&canonical, Some("tenant-a"), &body))
             })
         });
-        // The same through a `serde_json::Value`, what a custom `KeyPolicy::key` costs.
+        // The same through a `serde_json::Value`, the path before `ParsedBody`.
         group.bench_with_input(
             BenchmarkId::new("parse-value+key", label),
             &raw,
             |b, raw| {
                 b.iter(|| {
                     let body: Value = serde_json::from_slice(black_box(raw)).expect("valid JSON");
-                    black_box(key_of(&canonical, &body))
+                    black_box(key_of(
+                        &canonical,
+                        Some("tenant-a"),
+                        &parsed_from_value(body),
+                    ))
                 })
             },
         );
         group.bench_with_input(BenchmarkId::new("key", label), &parsed, |b, body| {
-            b.iter(|| {
-                black_box(canonical.key(&KeyRequest {
-                    path: PATH,
-                    upstream: UPSTREAM,
-                    namespace: Some("tenant-a"),
-                    body: black_box(body),
-                }))
-            })
+            b.iter(|| black_box(key_of(&canonical, Some("tenant-a"), black_box(body))))
         });
         if label == "10KB" {
-            let seed_body = json!({"model": parsed["model"], "messages": parsed["messages"]});
+            let value = parsed.to_value();
+            let chat = json!({"model": value["model"], "messages": value["messages"]}).to_string();
+            let chat = ParsedBody::parse(chat.as_bytes()).expect("valid JSON");
             group.bench_with_input(
-                BenchmarkId::new("seed-key", label),
-                &seed_body,
-                |b, body| {
-                    b.iter(|| {
-                        black_box(seed.key(&KeyRequest {
-                            path: PATH,
-                            upstream: UPSTREAM,
-                            namespace: None,
-                            body: black_box(body),
-                        }))
-                    })
-                },
+                BenchmarkId::new("python-compat-key", label),
+                &chat,
+                |b, body| b.iter(|| black_box(key_of(&python_compat, None, black_box(body)))),
             );
         }
     }

@@ -6,9 +6,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use holysheep_cache::store::{BoxFuture, CacheStore, StoreError};
 use holysheep_cache::{
-    Cache, CacheLayer, CoalesceError, DefaultKeyPolicy, KeyPolicy, KeyRequest, MemoryStore,
+    BoxFuture, Cache, CacheLayer, CacheStore, CoalesceError, DefaultKeyPolicy, KeyPolicy,
+    KeyRequest, MemoryStore, ParsedBody, StoreError,
 };
 use holysheep_client::HolySheepClient;
 use holysheep_core::chat::ChatCompletionRequest;
@@ -526,37 +526,41 @@ async fn a_store_that_always_fails_costs_nothing_visible() {
 }
 
 #[tokio::test]
-async fn seed_scheme_stores_plain_completion_json() {
+async fn python_compat_scheme_stores_plain_completion_json() {
     let mock = mock_with(MockConfig::default().stream_chunks(4)).await;
     let store = Arc::new(MemoryStore::new(16 << 20));
     let svc = cache(
         &mock,
-        CacheLayer::with_store(store.clone()).key_policy(DefaultKeyPolicy::seed()),
+        CacheLayer::with_store(store.clone()).key_policy(DefaultKeyPolicy::python_compat()),
     );
-    let body = stream_body("gpt-4.1", "seed compatible");
+    let body = stream_body("gpt-4.1", "python compatible");
     send(&svc, chat_request(&body)).await;
     settle(&svc).await;
-    let key = DefaultKeyPolicy::seed()
+    let text = serde_json::to_vec(&body).unwrap();
+    let key = DefaultKeyPolicy::python_compat()
         .key(&KeyRequest {
             path: "/chat/completions",
             upstream: CacheLayer::DEFAULT_UPSTREAM,
             namespace: None,
-            body: &body,
+            body: &ParsedBody::parse(&text).unwrap(),
         })
         .unwrap();
     let value = store
         .get(key.as_str())
         .await
         .unwrap()
-        .expect("stored under the seed key");
+        .expect("stored under the reference Python client's key");
     let v: Value = serde_json::from_slice(&value).expect("the value is plain JSON");
     assert_eq!(v["object"], "chat.completion");
     assert_eq!(v["choices"][0]["message"]["content"], expected(&body));
-    // A value the seed's Python wrote (plain JSON) is a hit for a plain request too.
+    // A value the reference Python client wrote (plain JSON) is a hit for a plain request too.
     assert_eq!(
-        send(&svc, chat_request(&chat_body("gpt-4.1", "seed compatible")))
-            .await
-            .header("x-cache"),
+        send(
+            &svc,
+            chat_request(&chat_body("gpt-4.1", "python compatible"))
+        )
+        .await
+        .header("x-cache"),
         Some("HIT")
     );
     assert_eq!(mock.stats().chat_requests(), 1);

@@ -1,13 +1,12 @@
 //! The Redis cache stores against a real `redis-server` (started by the test on loopback, or
 //! `REDIS_URL`): hits, TTL, a Redis that dies and comes back, and a three-node Redis Cluster.
-#![cfg(feature = "cache")]
 
 mod support;
 
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use holysheep_cache::store::{CacheStore, RedisStore};
+use holysheep_cache::{CacheStore, RedisStore};
 use support::redis::{RedisCluster, RedisServer, free_port, unique_prefix};
 
 /// A roomy bound for the functional tests: the machine is shared and noisy.

@@ -9,7 +9,8 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use clap::{Parser, ValueEnum};
+use clap::Parser;
+use holysheep::cache::KeyScheme;
 use serde::Deserialize;
 
 /// Where the gateway listens unless told otherwise.
@@ -55,8 +56,9 @@ pub(crate) struct Flags {
     /// Cache entry lifetime in seconds [env: HOLYSHEEP_CACHE_TTL] [default: 3600]
     #[arg(long, value_name = "SECONDS")]
     pub(crate) cache_ttl: Option<u64>,
-    /// Cache key derivation [env: HOLYSHEEP_CACHE_KEY_SCHEME] [default: canonical]
-    #[arg(long, value_enum, value_name = "SCHEME")]
+    /// Cache key derivation: canonical or python-compat [env: HOLYSHEEP_CACHE_KEY_SCHEME]
+    /// [default: canonical]
+    #[arg(long, value_name = "SCHEME", value_parser = clap::value_parser!(KeyScheme))]
     pub(crate) cache_key_scheme: Option<KeyScheme>,
     /// Start the built-in mock upstream in-process and point the gateway at it
     #[arg(long)]
@@ -77,17 +79,6 @@ pub(crate) struct Flags {
     /// Largest accepted request body in bytes [file: server.body_limit_bytes] [default: 4194304]
     #[arg(long, value_name = "BYTES")]
     pub(crate) body_limit_bytes: Option<usize>,
-}
-
-/// How cache keys are derived.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, ValueEnum, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub(crate) enum KeyScheme {
-    /// Every field that can change the answer, canonicalised, plus path, upstream and tenant.
-    #[default]
-    Canonical,
-    /// Byte-compatible with the seed's Python keys (model, messages, temperature, max_tokens).
-    Seed,
 }
 
 /// How log lines look.
@@ -536,9 +527,9 @@ pub(crate) fn resolve(
     set_millis(&mut k.redis_timeout, cache.redis_timeout_ms);
     let env_scheme = match env_value(env, "HOLYSHEEP_CACHE_KEY_SCHEME") {
         None => None,
-        Some(v) => Some(KeyScheme::from_str(v, true).map_err(|_| {
+        Some(v) => Some(v.parse::<KeyScheme>().map_err(|e| {
             ConfigError::new(format!(
-                "HOLYSHEEP_CACHE_KEY_SCHEME={v:?} is not valid: expected canonical or seed"
+                "HOLYSHEEP_CACHE_KEY_SCHEME={v:?} is not valid: {e}"
             ))
         })?),
     };
@@ -663,7 +654,7 @@ mod tests {
             base_url = "http://127.0.0.1:9001/v1"
             [cache]
             ttl_secs = 10
-            key_scheme = "seed"
+            key_scheme = "python-compat"
             redis = ["redis://127.0.0.1:6001"]
             [pool]
             max_in_flight = 7
@@ -685,7 +676,7 @@ mod tests {
         assert_eq!(c.listen.port(), 7001);
         assert_eq!(c.upstream, "http://127.0.0.1:9001/v1");
         assert_eq!(c.cache.ttl, Duration::from_secs(10));
-        assert_eq!(c.cache.key_scheme, KeyScheme::Seed);
+        assert_eq!(c.cache.key_scheme, KeyScheme::PythonCompat);
         assert_eq!(c.cache.redis, ["redis://127.0.0.1:6001"]);
         assert_eq!(c.log_format, LogFormat::Json);
         assert_eq!(c.pool.max_in_flight, 7);
@@ -709,7 +700,7 @@ mod tests {
             "--cache-ttl",
             "30",
             "--cache-key-scheme",
-            "seed",
+            "python-compat",
             "--redis",
             "redis://127.0.0.1:6003",
             "--log-json",
@@ -722,7 +713,7 @@ mod tests {
         assert_eq!(c.listen.port(), 7003);
         assert_eq!(c.upstream, "http://127.0.0.1:9003/v1");
         assert_eq!(c.cache.ttl, Duration::from_secs(30));
-        assert_eq!(c.cache.key_scheme, KeyScheme::Seed);
+        assert_eq!(c.cache.key_scheme, KeyScheme::PythonCompat);
         assert_eq!(c.cache.redis, ["redis://127.0.0.1:6003"]);
         assert_eq!(c.log_format, LogFormat::Json);
         assert_eq!(c.pool.max_in_flight, 9);
@@ -797,9 +788,24 @@ mod tests {
         )
         .unwrap_err();
         assert!(
-            err.to_string().contains("HOLYSHEEP_CACHE_KEY_SCHEME"),
+            err.to_string().contains("HOLYSHEEP_CACHE_KEY_SCHEME")
+                && err.to_string().contains("python-compat"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn key_scheme_names_are_the_cache_crate_ones() {
+        let c = resolve(
+            &Flags::default(),
+            &env(&[("HOLYSHEEP_CACHE_KEY_SCHEME", "Python-Compat")]),
+            None,
+        )
+        .unwrap();
+        assert_eq!(c.cache.key_scheme, KeyScheme::PythonCompat);
+        let err = Flags::try_parse_from(["gateway", "--cache-key-scheme", "sha256"]).unwrap_err();
+        assert!(err.to_string().contains("python-compat"), "{err}");
+        assert!(FileConfig::parse("[cache]\nkey_scheme = \"sha256\"", "test.toml").is_err());
     }
 
     #[test]

@@ -25,7 +25,7 @@ use holysheep::metrics::prometheus::{self, PrometheusHandle};
 use holysheep::pool_limit::PoolLimitLayer;
 use holysheep::retry::RetryLayer;
 
-use super::config::{CacheSettings, Config, KeyScheme};
+use super::config::{CacheSettings, Config};
 
 /// What the routes send through the stack: a buffered JSON body, cloneable for retries.
 pub(crate) type UpstreamRequest = Request<Full<Bytes>>;
@@ -74,15 +74,11 @@ pub(crate) async fn build(
         .max_queue(config.pool.queue_depth);
 
     let (store, shared_store) = cache_store(&config.cache).await?;
-    let scheme = match config.cache.key_scheme {
-        KeyScheme::Canonical => holysheep::cache::KeyScheme::Canonical,
-        KeyScheme::Seed => holysheep::cache::KeyScheme::Seed,
-    };
     let cache = CacheLayer::with_store(store)
         .ttl(config.cache.ttl)
         .max_entry_bytes(config.cache.max_entry_bytes)
         .max_body_bytes(config.server.body_limit_bytes)
-        .key_policy(DefaultKeyPolicy::new().scheme(scheme))
+        .key_policy(DefaultKeyPolicy::new().scheme(config.cache.key_scheme))
         .upstream(upstream_url);
 
     let render_metrics = metrics_renderer();

@@ -1,22 +1,5 @@
-//! The response body of [`Cache`](crate::Cache), and the recorder that fills the cache while an
-//! answer is forwarded.
-//!
-//! A miss's answer reaches the client chunk by chunk as the upstream sends it; each chunk is
-//! also kept (a refcounted `Bytes` clone, no copy) for the entry and for coalesced followers. The
-//! entry is judged and written only when the body ends.
-//!
-//! An upstream body still open when the response head is returned is read by a spawned task,
-//! which records each chunk and forwards it to the leader's client over an unbounded channel: a
-//! follower never waits on the leader's client, and a slow leader's client never slows the
-//! followers (the channel holds at most the answer itself).
-//!
-//! **When the leader's client goes away mid-answer**, the task keeps reading the upstream body
-//! to its end if followers are sharing it or the answer could still be stored (a `200` within
-//! the entry bound) — the tokens are paid for either way — and stores the answer if it
-//! completes. It stops early, dropping the upstream body, once the answer has outgrown the entry
-//! bound with no follower left, and at once if nobody needs the rest. Either way the cache never
-//! holds a partial answer. (Without a tokio runtime the body is read inline by the client, and
-//! the same rule applies when the body is dropped.)
+//! The response body of [`Cache`](crate::Cache) (see [`ResponseBody`]), and the recorder that
+//! fills the cache while an answer is forwarded.
 
 use std::collections::VecDeque;
 use std::fmt;
@@ -39,7 +22,7 @@ use crate::convert::{Endpoint, SseCheck, sse_to_json, valid_json};
 use crate::entry::{Entry, EntryBody};
 use crate::error::CoalesceError;
 use crate::flight::{End, Follower, Lead, Registration};
-use crate::key::CacheKey;
+use crate::key::{CacheKey, KeyScheme};
 use crate::shared::Shared;
 
 /// The body of every response [`Cache`](crate::Cache) returns: a hit's replay, a miss's recorded
@@ -48,6 +31,23 @@ use crate::shared::Shared;
 /// It is one concrete type, whatever the inner service's body: the inner body is boxed where it
 /// is kept (a miss or a bypass, which cost an upstream call anyway), so hits allocate nothing
 /// for their body and generic `Into<BoxError>` bounds never reach the caller's `async` code.
+///
+/// A miss's answer reaches the client chunk by chunk as the upstream sends it; each chunk is
+/// also kept (a refcounted `Bytes` clone, no copy) for the entry and for coalesced followers. The
+/// entry is judged and written only when the body ends.
+///
+/// An upstream body still open when the response head is returned is read by a spawned task,
+/// which records each chunk and forwards it to the leader's client over an unbounded channel: a
+/// follower never waits on the leader's client, and a slow leader's client never slows the
+/// followers (the channel holds at most the answer itself).
+///
+/// **When the leader's client goes away mid-answer**, the task keeps reading the upstream body
+/// to its end if followers are sharing it or the answer could still be stored (a `200` within
+/// the entry bound) — the tokens are paid for either way — and stores the answer if it
+/// completes. It stops early, dropping the upstream body, once the answer has outgrown the entry
+/// bound with no follower left, and at once if nobody needs the rest. Either way the cache never
+/// holds a partial answer. (Without a tokio runtime the body is read inline by the client, and
+/// the same rule applies when the body is dropped.)
 pub struct ResponseBody {
     kind: Kind,
 }
@@ -312,9 +312,10 @@ impl Recorder {
         }
     }
 
-    /// The stored value: plain completion JSON for the seed scheme, the envelope otherwise.
+    /// The stored value: plain completion JSON for the Python-compatible scheme, the envelope
+    /// otherwise.
     fn value(&self, entry: &Entry) -> Option<Bytes> {
-        if self.key.scheme() == crate::key::KeyScheme::Seed {
+        if self.key.scheme() == KeyScheme::PythonCompat {
             match entry.body() {
                 EntryBody::Json(body) => Some(body.clone()),
                 EntryBody::Stream { chunks, .. } => sse_to_json(self.endpoint, chunks),

@@ -1,26 +1,27 @@
-//! Request `Cache-Control` directives, read with RFC 9111 §5.2.1 request semantics.
-//!
-//! | directive | read the cache | write the answer |
-//! |---|---|---|
-//! | `no-store` | no | no |
-//! | `no-cache` (or `Pragma: no-cache` without `Cache-Control`) | no: go upstream | yes: refreshes the entry |
-//! | `max-age=0` | no, like `no-cache` (no stored answer is 0 s old) | yes, with the layer's TTL |
-//! | `max-age=N` | only an entry stored at most `N` s ago | yes, with TTL `min(N, layer TTL)` |
-//!
-//! `max-age=N` on a request means "I accept a stored answer at most N seconds old" (RFC 9111
-//! §5.2.1.1). The cache also uses it as the TTL of the entry the request writes, capped by the
-//! layer's TTL so a client cannot pin entries longer than the operator allows. An entry whose age
-//! is unknown (a plain-JSON entry written by another program, e.g. the seed's Python) is taken as
-//! fresh: the store's TTL already bounds it.
-//!
-//! Unknown directives and malformed values are ignored, as RFC 9111 asks of caches.
+//! Request `Cache-Control` directives: see [`RequestControl`].
 
 use std::time::Duration;
 
 use http::HeaderMap;
 use http::header::{CACHE_CONTROL, PRAGMA};
 
-/// The request directives the cache acts on.
+/// The request `Cache-Control` directives the cache acts on, read with RFC 9111 §5.2.1 request
+/// semantics.
+///
+/// | directive | read the cache | write the answer |
+/// |---|---|---|
+/// | `no-store` | no | no |
+/// | `no-cache` (or `Pragma: no-cache` without `Cache-Control`) | no: go upstream | yes: refreshes the entry |
+/// | `max-age=0` | no, like `no-cache` (no stored answer is 0 s old) | yes, with the layer's TTL |
+/// | `max-age=N` | only an entry stored at most `N` s ago | yes, with TTL `min(N, layer TTL)` |
+///
+/// `max-age=N` on a request means "I accept a stored answer at most N seconds old" (RFC 9111
+/// §5.2.1.1). The cache also uses it as the TTL of the entry the request writes, capped by the
+/// layer's TTL so a client cannot pin entries longer than the operator allows. An entry whose age
+/// is unknown (a plain-JSON entry written by another program, e.g. the reference Python client)
+/// is taken as fresh: the store's TTL already bounds it.
+///
+/// Unknown directives and malformed values are ignored, as RFC 9111 asks of caches.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct RequestControl {
     /// `no-store`: neither read nor write.

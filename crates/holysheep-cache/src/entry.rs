@@ -1,23 +1,10 @@
 //! What a cache entry holds, and how it is written to a store.
 //!
-//! Two formats, chosen by the key scheme:
+//! The two formats (plain completion JSON for [`KeyScheme::PythonCompat`], a versioned envelope
+//! otherwise) are described in the crate docs, under "Stored values". [`Entry::decode`] reads
+//! both; decoding never copies the chunks: they are slices of the stored value.
 //!
-//! - **Seed scheme** ([`KeyScheme::Seed`](crate::key::KeyScheme::Seed)): the value is the plain
-//!   completion JSON, exactly what the seed's Python stores with `json.dumps(response)`, so a
-//!   Redis shared with that code serves hits both ways. A streamed answer is assembled into one
-//!   completion JSON before it is stored.
-//! - **Canonical scheme**: a small versioned binary envelope that keeps a stream's chunks as they
-//!   were sent, so a streamed hit replays them byte for byte:
-//!
-//! ```text
-//! "HSC" 0x01 | kind u8 (1 json, 2 stream) | flags u8 (bit 0: has a usage chunk)
-//! | stored_at u64 BE (unix seconds, 0 = unknown) | content-type length u16 BE | content-type
-//! | json: the body to the end | stream: count u32 BE, then per chunk length u32 BE + bytes
-//! ```
-//!
-//! [`Entry::decode`] reads both: a value that starts with `{` is taken as plain JSON. Anything
-//! else that is not a well-formed envelope decodes to `None`, which the cache treats as a miss.
-//! Decoding never copies the chunks: they are slices of the stored value.
+//! [`KeyScheme::PythonCompat`]: crate::KeyScheme::PythonCompat
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -31,7 +18,7 @@ const FLAG_USAGE: u8 = 1;
 
 /// The body of a cached answer.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum EntryBody {
+pub(crate) enum EntryBody {
     /// A whole JSON answer.
     Json(Bytes),
     /// A Server-Sent-Events answer, as the chunks the upstream sent, ending with `[DONE]`.
@@ -45,7 +32,7 @@ pub enum EntryBody {
 
 /// A cached answer: always a complete `200 OK` answer.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Entry {
+pub(crate) struct Entry {
     body: EntryBody,
     content_type: HeaderValue,
     stored_at: Option<u64>,
@@ -53,7 +40,7 @@ pub struct Entry {
 
 impl Entry {
     /// A whole JSON answer with its `content-type`.
-    pub fn json(body: Bytes, content_type: HeaderValue) -> Self {
+    pub(crate) fn json(body: Bytes, content_type: HeaderValue) -> Self {
         Self {
             body: EntryBody::Json(body),
             content_type,
@@ -62,7 +49,7 @@ impl Entry {
     }
 
     /// A streamed answer with its `content-type`.
-    pub fn stream(chunks: Vec<Bytes>, has_usage: bool, content_type: HeaderValue) -> Self {
+    pub(crate) fn stream(chunks: Vec<Bytes>, has_usage: bool, content_type: HeaderValue) -> Self {
         Self {
             body: EntryBody::Stream { chunks, has_usage },
             content_type,
@@ -71,46 +58,41 @@ impl Entry {
     }
 
     /// Sets when the entry was stored, in unix seconds.
-    pub fn stored_at(mut self, unix_secs: u64) -> Self {
+    pub(crate) fn stored_at(mut self, unix_secs: u64) -> Self {
         self.stored_at = Some(unix_secs);
         self
     }
 
     /// Sets the store time to now.
-    pub fn stored_now(self) -> Self {
+    pub(crate) fn stored_now(self) -> Self {
         self.stored_at(now_secs())
     }
 
     /// The body.
-    pub fn body(&self) -> &EntryBody {
+    pub(crate) fn body(&self) -> &EntryBody {
         &self.body
     }
 
     /// The `content-type` the upstream answered with.
-    pub fn content_type(&self) -> &HeaderValue {
+    pub(crate) fn content_type(&self) -> &HeaderValue {
         &self.content_type
     }
 
     /// Seconds since the entry was stored; `None` when unknown (a plain-JSON entry).
-    pub fn age(&self) -> Option<u64> {
+    pub(crate) fn age(&self) -> Option<u64> {
         self.stored_at.map(|at| now_secs().saturating_sub(at))
     }
 
     /// The body's size in bytes.
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         match &self.body {
             EntryBody::Json(b) => b.len(),
             EntryBody::Stream { chunks, .. } => chunks.iter().map(Bytes::len).sum(),
         }
     }
 
-    /// Whether the body is empty.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    /// The canonical envelope (see the [module docs](self)).
-    pub fn encode(&self) -> Bytes {
+    /// The canonical envelope (see the crate docs, "Stored values").
+    pub(crate) fn encode(&self) -> Bytes {
         let ct = self.content_type.as_bytes();
         let ct = &ct[..ct.len().min(usize::from(u16::MAX))];
         let mut out = BytesMut::with_capacity(20 + ct.len() + self.len() + 64);
@@ -144,7 +126,7 @@ impl Entry {
 
     /// Reads a stored value: the canonical envelope, or plain completion JSON. `None` for anything
     /// else; never panics.
-    pub fn decode(value: Bytes) -> Option<Self> {
+    pub(crate) fn decode(value: Bytes) -> Option<Self> {
         if value.starts_with(MAGIC) {
             return decode_envelope(value);
         }

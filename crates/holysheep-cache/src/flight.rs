@@ -328,7 +328,7 @@ impl Drop for Follower {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::key::{DefaultKeyPolicy, KeyPolicy, KeyRequest};
+    use crate::key::{DefaultKeyPolicy, KeyPolicy, KeyRequest, ParsedBody};
     use crate::store::MemoryStore;
     use std::time::Duration;
 
@@ -346,7 +346,7 @@ mod tests {
     }
 
     fn key() -> CacheKey {
-        let body = serde_json::json!({"model": "m", "messages": []});
+        let body = ParsedBody::parse(br#"{"model": "m", "messages": []}"#).unwrap();
         DefaultKeyPolicy::new()
             .key(&KeyRequest {
                 path: "/chat/completions",

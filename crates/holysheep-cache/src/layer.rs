@@ -21,7 +21,7 @@ use crate::store::CacheStore;
 /// let layer = CacheLayer::new(MemoryStore::new(64 << 20))
 ///     .ttl(Duration::from_secs(7200))
 ///     .upstream("https://api.holysheep.ai/v1")
-///     .key_policy(DefaultKeyPolicy::seed())
+///     .key_policy(DefaultKeyPolicy::python_compat())
 ///     .max_entry_bytes(512 << 10)
 ///     .coalesce(true)
 ///     .cache_streams(true);
@@ -40,7 +40,7 @@ pub struct CacheLayer {
 }
 
 impl CacheLayer {
-    /// The default entry TTL: 3600 s, the seed's.
+    /// The default entry TTL: 3600 s, the reference Python client's.
     pub const DEFAULT_TTL: Duration = Duration::from_secs(3600);
     /// The default bound of one entry's body: 1 MiB.
     pub const DEFAULT_MAX_ENTRY_BYTES: usize = 1 << 20;

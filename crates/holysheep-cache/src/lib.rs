@@ -59,8 +59,8 @@
 //! A stream is **recorded while it is forwarded**: the client gets each chunk as it arrives,
 //! and the entry is written (in a spawned task, never delaying the client) only when the stream
 //! completed. If the client goes away mid-stream, the upstream is still read to the end in a
-//! task and the answer stored if it completes (see [`body`]). A whole JSON answer is read before
-//! its head is sent, so its head can say whether it was stored.
+//! task and the answer stored if it completes (see [`ResponseBody`]). A whole JSON answer is read
+//! before its head is sent, so its head can say whether it was stored.
 //!
 //! A hit answers in the shape the request asked for: a `stream: true` request gets SSE (a stored
 //! stream replays its chunks; a stored JSON answer becomes role, content, finish, optional usage
@@ -68,8 +68,25 @@
 //! deltas concatenated per choice, tool call deltas merged, finish reason, usage). A stored
 //! stream's usage chunk is left out for a request without `stream_options.include_usage`.
 //!
-//! Entry formats are described in [`entry`]: with the seed key scheme the value is the plain
-//! completion JSON the seed's Python stores, so a shared Redis serves hits both ways.
+//! # Stored values
+//!
+//! Two formats, chosen by the key scheme ([`KeyScheme`]):
+//!
+//! - **Python-compatible scheme** ([`KeyScheme::PythonCompat`]): the value is the plain
+//!   completion JSON, exactly what the reference Python client (from the HolySheep article)
+//!   stores with `json.dumps(response)`, so a Redis shared with that client serves hits both
+//!   ways. A streamed answer is assembled into one completion JSON before it is stored.
+//! - **Canonical scheme**: a small versioned binary envelope that keeps a stream's chunks as they
+//!   were sent, so a streamed hit replays them byte for byte:
+//!
+//! ```text
+//! "HSC" 0x01 | kind u8 (1 json, 2 stream) | flags u8 (bit 0: has a usage chunk)
+//! | stored_at u64 BE (unix seconds, 0 = unknown) | content-type length u16 BE | content-type
+//! | json: the body to the end | stream: count u32 BE, then per chunk length u32 BE + bytes
+//! ```
+//!
+//! Both are read back whatever the layer's scheme: a value that starts with `{` is taken as plain
+//! JSON. Anything else that is not a well-formed envelope is a miss.
 //!
 //! # Coalescing
 //!
@@ -87,7 +104,7 @@
 //!
 //! `Cache-Control: no-store` neither reads nor writes, `no-cache` and `max-age=0` skip the lookup
 //! and refresh the entry, `max-age=N` accepts only entries at most `N` s old and sets the TTL of
-//! the entry it writes (capped by [`CacheLayer::ttl`]). See [`control`].
+//! the entry it writes (capped by [`CacheLayer::ttl`]). See [`RequestControl`].
 //!
 //! # Signals
 //!
@@ -111,35 +128,67 @@
 //!
 //! # Stores
 //!
+//! A [`CacheStore`] is an async byte store with a time to live, object-safe so a store can be
+//! picked at run time (`Arc<dyn CacheStore>`). Three ship with the crate:
+//!
+//! - [`MemoryStore`]: in-process, bounded by total bytes, per-entry TTL.
+//! - `RedisStore`: one Redis node or a Redis Cluster, shared by every gateway instance (cargo
+//!   feature `redis`, on by default).
+//! - [`TieredStore`]: a fast front store (memory) in front of a shared back store (Redis).
+//!
 //! A store is a soft dependency: a failing get is a miss, a failing put is ignored; both are
 //! logged at warn, at most once every 10 s (the rest at debug). Never an error to the client.
+//!
+//! # Keys
+//!
+//! [`DefaultKeyPolicy`] keys a request on everything in it that can change the answer, plus the
+//! upstream, the path and the tenant ([`KeyScheme::Canonical`]), or exactly as the reference
+//! Python client does ([`KeyScheme::PythonCompat`]). Each request body is parsed once, into a
+//! [`ParsedBody`] that any [`KeyPolicy`] reads.
 //!
 //! [`CacheOutcome`]: holysheep_core::signal::CacheOutcome
 //! [`RequestModel`]: holysheep_core::signal::RequestModel
 
-pub mod body;
-pub mod control;
-pub mod entry;
-pub mod error;
-pub mod future;
-pub mod key;
-pub mod layer;
-pub mod service;
-pub mod store;
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
+mod body;
+mod control;
 mod convert;
+mod entry;
+mod error;
 mod flight;
-mod parsed;
+mod future;
+mod key;
+mod layer;
+mod service;
 mod shared;
+mod store;
 
 pub use self::body::ResponseBody;
 pub use self::control::RequestControl;
-pub use self::entry::{Entry, EntryBody};
 pub use self::error::CoalesceError;
 pub use self::future::ResponseFuture;
 pub use self::key::{
-    CacheKey, DefaultKeyPolicy, KeyPolicy, KeyRequest, KeyScheme, ParsedBody, ParsedKeyRequest,
+    CacheKey, DefaultKeyPolicy, KeyPolicy, KeyRequest, KeyScheme, ParseKeySchemeError, ParsedBody,
 };
 pub use self::layer::CacheLayer;
 pub use self::service::{CACHE_STATUS, Cache, X_CACHE};
-pub use self::store::{CacheStore, MemoryStore, RedisStore, StoreError, TieredStore};
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+pub use self::store::RedisStore;
+pub use self::store::{
+    BoxFuture, CacheStore, MemoryStore, StoreError, StoreErrorKind, TieredStore,
+};
+
+/// Internals the crate's benchmarks measure. **Not public API**: no stability promise, may change
+/// or go away in any release.
+#[doc(hidden)]
+pub mod __bench {
+    use crate::ParsedBody;
+
+    /// A body held as a `serde_json::Value`, so its key is written from the `Value`: the path a
+    /// body takes when it was parsed into a `Value` first.
+    pub fn parsed_from_value(value: serde_json::Value) -> ParsedBody<'static> {
+        ParsedBody::from_value(value)
+    }
+}

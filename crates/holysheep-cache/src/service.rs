@@ -21,7 +21,7 @@ use crate::entry::{Entry, EntryBody};
 use crate::error::CoalesceError;
 use crate::flight::{End, Followed, Follower, Head, Joined, Lead, Shape, join};
 use crate::future::ResponseFuture;
-use crate::key::{CacheKey, ParsedBody, ParsedKeyRequest};
+use crate::key::{CacheKey, KeyRequest, ParsedBody};
 use crate::layer::CacheLayer;
 use crate::shared::Shared;
 use crate::store::CacheStore;
@@ -200,7 +200,7 @@ fn classify(shared: &Shared, parts: &Parts, bytes: &Bytes) -> Result<Ctx, Header
     let namespace = parts.extensions.get::<Namespace>();
     let key = shared
         .policy
-        .key_parsed(&ParsedKeyRequest {
+        .key(&KeyRequest {
             path: parts.uri.path(),
             upstream: &shared.upstream,
             namespace: namespace.map(Namespace::as_str),

@@ -16,8 +16,9 @@ use serde_json::{Value, json};
 use tokio::sync::{Notify, Semaphore, mpsc};
 use tower::{Layer, Service, ServiceExt, service_fn};
 
+use crate::entry::{Entry, EntryBody};
 use crate::store::DownStore;
-use crate::{Cache, CacheLayer, CoalesceError, DefaultKeyPolicy, Entry, EntryBody, MemoryStore};
+use crate::{Cache, CacheLayer, CoalesceError, DefaultKeyPolicy, MemoryStore, ParsedBody};
 
 type TestBody = UnsyncBoxBody<Bytes, BoxError>;
 type Inner = tower::util::BoxCloneService<Request<Full<Bytes>>, Response<TestBody>, BoxError>;
@@ -211,7 +212,7 @@ async fn stored(cache: &Cache<Inner>, body: &Value) -> Option<Bytes> {
             path: PATH,
             upstream: CacheLayer::DEFAULT_UPSTREAM,
             namespace: None,
-            body,
+            body: &ParsedBody::from_value(body.clone()),
         })
         .unwrap();
     cache.store().get(key.as_str()).await.unwrap()
@@ -428,7 +429,7 @@ async fn max_age_rejects_an_old_entry() {
             path: PATH,
             upstream: CacheLayer::DEFAULT_UPSTREAM,
             namespace: None,
-            body: &body,
+            body: &ParsedBody::from_value(body.clone()),
         })
         .unwrap();
     let old = Entry::json(
@@ -544,22 +545,22 @@ async fn a_failing_store_is_a_miss() {
 }
 
 #[tokio::test]
-async fn seed_scheme_stores_plain_completion_json() {
+async fn python_compat_scheme_stores_plain_completion_json() {
     let calls = Arc::new(AtomicUsize::new(0));
     let cache = layer()
-        .key_policy(DefaultKeyPolicy::seed())
+        .key_policy(DefaultKeyPolicy::python_compat())
         .layer(counting(&calls, |_, _| {
             sse_response(stream_chunks("Hello"))
         }));
     let body = chat_stream("hi", false);
     send(&cache, request(&body)).await;
     settle(&cache).await;
-    let key = DefaultKeyPolicy::seed()
+    let key = DefaultKeyPolicy::python_compat()
         .key(&crate::KeyRequest {
             path: PATH,
             upstream: CacheLayer::DEFAULT_UPSTREAM,
             namespace: None,
-            body: &body,
+            body: &ParsedBody::from_value(body.clone()),
         })
         .unwrap();
     let value = cache
@@ -632,7 +633,7 @@ async fn wait_followers(cache: &Cache<Inner>, key_body: &Value, n: usize) {
             path: PATH,
             upstream: CacheLayer::DEFAULT_UPSTREAM,
             namespace: None,
-            body: key_body,
+            body: &ParsedBody::from_value(key_body.clone()),
         })
         .unwrap();
     for _ in 0..5000 {

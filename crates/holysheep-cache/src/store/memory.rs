@@ -52,7 +52,7 @@ impl Expiry<String, Entry> for PerEntryTtl {
 ///
 /// ```
 /// use std::time::Duration;
-/// use holysheep_cache::store::{CacheStore, MemoryStore};
+/// use holysheep_cache::{CacheStore, MemoryStore};
 ///
 /// # #[tokio::main(flavor = "current_thread")] async fn main() {
 /// let store = MemoryStore::new(64 * 1024 * 1024);

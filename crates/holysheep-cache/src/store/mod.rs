@@ -1,11 +1,5 @@
-//! Where cached answers live: an async byte store with a time to live.
-//!
-//! [`CacheStore`] is object-safe so the gateway can pick a store at run time (`Arc<dyn CacheStore>`).
-//! Three stores ship with the crate:
-//!
-//! - [`MemoryStore`]: in-process, bounded by total bytes, per-entry TTL.
-//! - [`RedisStore`]: one Redis node or a Redis Cluster, shared by every gateway instance.
-//! - [`TieredStore`]: a fast front store (memory) in front of a shared back store (Redis).
+//! Where cached answers live: the [`CacheStore`] trait and the stores that ship with the crate
+//! (listed in the crate docs, under "Stores").
 //!
 //! A store is a soft dependency: a failing or slow backend answers `Err(StoreError)` promptly and the
 //! cache counts it as a miss; it never blocks or panics.
@@ -18,10 +12,12 @@ use std::time::Duration;
 use bytes::Bytes;
 
 mod memory;
+#[cfg(feature = "redis")]
 mod redis;
 mod tiered;
 
 pub use self::memory::MemoryStore;
+#[cfg(feature = "redis")]
 pub use self::redis::RedisStore;
 pub use self::tiered::TieredStore;
 

@@ -54,9 +54,9 @@ enum Conn {
 ///
 /// ```no_run
 /// use std::time::Duration;
-/// use holysheep_cache::store::{CacheStore, RedisStore};
+/// use holysheep_cache::{CacheStore, RedisStore};
 ///
-/// # async fn run() -> Result<(), holysheep_cache::store::StoreError> {
+/// # async fn run() -> Result<(), holysheep_cache::StoreError> {
 /// let store = RedisStore::connect("redis://127.0.0.1:6379").await?
 ///     .timeout(Duration::from_millis(20));
 /// store.put("k", "answer".into(), Duration::from_secs(3600)).await?;

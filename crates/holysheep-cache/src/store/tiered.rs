@@ -10,8 +10,8 @@ use super::{BoxFuture, CacheStore, StoreError};
 const DEFAULT_FRONT_TTL: Duration = Duration::from_secs(60);
 
 /// Two stores in tiers, usually a [`MemoryStore`](super::MemoryStore) in front of a
-/// [`RedisStore`](super::RedisStore): hot answers come from process memory, every gateway instance
-/// shares the back.
+/// `RedisStore` (cargo feature `redis`): hot answers come from process memory, every gateway
+/// instance shares the back.
 ///
 /// - `get` asks the front, then the back; a back hit is copied into the front.
 /// - `put` writes both (concurrently).

@@ -1,4 +1,5 @@
-//! A request body parsed once into a light tree, for keys and the few fields the cache reads.
+//! The parsed-JSON view: a request body parsed once into a light tree, for keys and the few
+//! fields the cache reads, and the [`Json`] trait the key writers read it (or a `Value`) through.
 //!
 //! Building a `serde_json::Value` allocates a `String` per key and per string and a map per
 //! object, which costs more than hashing the key. [`ParsedBody`] borrows strings from the request
@@ -15,16 +16,14 @@ use std::ops::Range;
 use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Number, Value};
 
-use crate::key::{Json, View};
-
-/// A JSON request body parsed without building a `serde_json::Value`; see
-/// [`KeyPolicy::key_parsed`](crate::key::KeyPolicy::key_parsed).
+/// A JSON request body parsed without building a `serde_json::Value`: what a
+/// [`KeyPolicy`](crate::KeyPolicy) reads a request's body from.
 ///
 /// Accepts exactly the texts `serde_json::from_slice::<Value>` accepts and holds the same data:
 /// [`ParsedBody::to_value`] equals what `serde_json::from_slice` returns.
 ///
 /// ```
-/// use holysheep_cache::key::ParsedBody;
+/// use holysheep_cache::ParsedBody;
 ///
 /// let text = br#"{"model": "gpt-4o-mini", "messages": [], "stream": true}"#;
 /// let body = ParsedBody::parse(text).unwrap();
@@ -35,7 +34,7 @@ pub struct ParsedBody<'a> {
     repr: Repr<'a>,
 }
 
-pub(crate) enum Repr<'a> {
+pub(super) enum Repr<'a> {
     Tree(Tree<'a>),
     /// Texts that `Value` reads specially (see [`RAW_VALUE_TOKEN`]) are kept as a `Value`.
     Value(Value),
@@ -48,7 +47,7 @@ const RAW_VALUE_TOKEN: &str = "$serde_json::private::RawValue";
 const NUMBER_TOKEN: &str = "$serde_json::private::Number";
 
 /// A parsed body: the root and the arenas its arrays and objects point into.
-pub(crate) struct Tree<'a> {
+pub(super) struct Tree<'a> {
     root: Node<'a>,
     /// The items of every array, each array's contiguous.
     items: Vec<Node<'a>>,
@@ -59,7 +58,7 @@ pub(crate) struct Tree<'a> {
 type Entry<'a> = (Cow<'a, str>, Node<'a>);
 
 /// A JSON value with borrowed strings; containers are ranges of the [`Tree`]'s arenas.
-pub(crate) enum Node<'a> {
+pub(super) enum Node<'a> {
     Null,
     Bool(bool),
     Number(Number),
@@ -69,7 +68,7 @@ pub(crate) enum Node<'a> {
 }
 
 impl<'a> Tree<'a> {
-    pub(crate) fn root(&self) -> &Node<'a> {
+    pub(super) fn root(&self) -> &Node<'a> {
         &self.root
     }
 }
@@ -134,6 +133,14 @@ impl<'a> ParsedBody<'a> {
         }
     }
 
+    /// A body held as a `Value`, as [`ParsedBody::parse`] keeps the few texts `Value` reads
+    /// specially: the keys of such a body are written from the `Value`.
+    pub(crate) fn from_value(value: Value) -> ParsedBody<'static> {
+        ParsedBody {
+            repr: Repr::Value(value),
+        }
+    }
+
     /// Whether the body is a JSON object.
     pub fn is_object(&self) -> bool {
         match &self.repr {
@@ -164,7 +171,7 @@ impl<'a> ParsedBody<'a> {
         }
     }
 
-    pub(crate) fn repr(&self) -> &Repr<'a> {
+    pub(super) fn repr(&self) -> &Repr<'a> {
         &self.repr
     }
 }
@@ -183,6 +190,108 @@ fn lookup<'v, J: Json>(cx: &'v J::Cx, mut node: &'v J, path: &[&str]) -> Option<
         node = J::get(obj, key)?;
     }
     Some(node)
+}
+
+/// A JSON tree the key is written from: a `serde_json::Value`, or the lighter tree of a
+/// [`ParsedBody`]. One writer for both is what keeps their keys identical.
+pub(super) trait Json: Sized {
+    /// An object's entries.
+    type Obj: ?Sized;
+    /// What nodes are resolved in (the arena of a [`ParsedBody`]; nothing for a `Value`).
+    type Cx: ?Sized;
+
+    fn view<'v>(&'v self, cx: &'v Self::Cx) -> View<'v, Self>;
+
+    /// The value of `key` (the last one when the text repeated it, as `serde_json::Map` keeps).
+    fn get<'v>(obj: &'v Self::Obj, key: &str) -> Option<&'v Self>;
+
+    /// Whether `f` holds for every key.
+    fn all_keys(obj: &Self::Obj, f: impl FnMut(&str) -> bool) -> bool;
+
+    /// Calls `f` for each entry in key order (byte order of the UTF-8 keys, which is code point
+    /// order), with the key, whether the key is plain (as in [`View::Str`]) and the value.
+    fn for_each_sorted<E>(
+        obj: &Self::Obj,
+        f: impl FnMut(&str, bool, &Self) -> Result<(), E>,
+    ) -> Result<(), E>;
+}
+
+/// One node of a [`Json`] tree.
+pub(super) enum View<'v, J: Json> {
+    Null,
+    Bool(bool),
+    Number(&'v Number),
+    /// A string, and whether it is known to hold no `"`, `\` or control character (so the
+    /// canonical form needs no escaping and no scan for it).
+    Str(&'v str, bool),
+    Array(&'v [J]),
+    Object(&'v J::Obj),
+}
+
+impl Json for Value {
+    type Obj = Map<String, Value>;
+    type Cx = ();
+
+    fn view<'v>(&'v self, _: &'v ()) -> View<'v, Self> {
+        match self {
+            Value::Null => View::Null,
+            Value::Bool(b) => View::Bool(*b),
+            Value::Number(n) => View::Number(n),
+            Value::String(s) => View::Str(s, false),
+            Value::Array(items) => View::Array(items),
+            Value::Object(map) => View::Object(map),
+        }
+    }
+
+    fn get<'v>(obj: &'v Self::Obj, key: &str) -> Option<&'v Self> {
+        obj.get(key)
+    }
+
+    fn all_keys(obj: &Self::Obj, mut f: impl FnMut(&str) -> bool) -> bool {
+        obj.keys().all(|k| f(k))
+    }
+
+    fn for_each_sorted<E>(
+        obj: &Self::Obj,
+        mut f: impl FnMut(&str, bool, &Self) -> Result<(), E>,
+    ) -> Result<(), E> {
+        for_each_sorted(obj, |k, v| f(k, false, v))
+    }
+}
+
+///
+/// serde_json's default map is already sorted; only `preserve_order` maps need sorting, so this
+/// checks first and skips the allocation in the common case rather than relying on either.
+fn for_each_sorted<E>(
+    map: &Map<String, Value>,
+    mut f: impl FnMut(&str, &Value) -> Result<(), E>,
+) -> Result<(), E> {
+    if is_sorted(map) {
+        for (k, v) in map {
+            f(k, v)?;
+        }
+    } else {
+        let mut entries: Vec<(&String, &Value)> = map.iter().collect();
+        entries.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        for (k, v) in entries {
+            f(k, v)?;
+        }
+    }
+    Ok(())
+}
+
+fn is_sorted(map: &Map<String, Value>) -> bool {
+    let mut keys = map.keys();
+    let Some(mut prev) = keys.next() else {
+        return true;
+    };
+    for k in keys {
+        if k < prev {
+            return false;
+        }
+        prev = k;
+    }
+    true
 }
 
 impl<'a> Node<'a> {
@@ -392,70 +501,5 @@ impl<'de> Visitor<'de> for NodeSeed<'_, 'de> {
             }
         }
         Ok(Node::Object(start..entries.len()))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn same_as_value(text: &str) {
-        let expected = serde_json::from_str::<Value>(text);
-        let parsed = ParsedBody::parse(text.as_bytes());
-        match (expected, parsed) {
-            (Ok(v), Ok(p)) => assert_eq!(p.to_value(), v, "{text}"),
-            (Err(_), Err(_)) => {}
-            (v, p) => panic!("{text}: Value {v:?}, ParsedBody {p:?}"),
-        }
-    }
-
-    #[test]
-    fn reads_like_value() {
-        for text in [
-            "null",
-            " true ",
-            "-0",
-            "-0.0",
-            "1e400",
-            "18446744073709551616",
-            "-9223372036854775809",
-            "1.5e-7",
-            r#""a\"b\u00e9\ud83d\ude00""#,
-            r#"{"b": 1, "a": 2, "b": 3, "a": [4]}"#,
-            r#"{"z": {"y": 1, "x": {"w": null, "v": "u"}}, "\u0061": 0}"#,
-            r#"{"$serde_json::private::RawValue": "[1, 2]"}"#,
-            r#"{"$serde_json::private::RawValue": 5}"#,
-            r#"{"a": 1, "$serde_json::private::RawValue": "[1, 2]"}"#,
-            r#"{"$serde_json::private::Number": "12"}"#,
-            "[1, 2,]",
-            "{} x",
-            "",
-            r#""\ud800""#,
-            &"[".repeat(200),
-            &format!("{}{}", "[".repeat(127), "]".repeat(127)),
-            &format!("{}{}", "[".repeat(129), "]".repeat(129)),
-        ] {
-            same_as_value(text);
-        }
-    }
-
-    #[test]
-    fn fields_are_read_from_the_top() {
-        let body = ParsedBody::parse(
-            br#"{"model": "m", "stream": true, "stream_options": {"include_usage": false}}"#,
-        )
-        .expect("valid JSON");
-        assert!(body.is_object());
-        assert_eq!(body.str_at(&["model"]), Some("m"));
-        assert_eq!(body.bool_at(&["stream"]), Some(true));
-        assert_eq!(
-            body.bool_at(&["stream_options", "include_usage"]),
-            Some(false)
-        );
-        assert_eq!(body.bool_at(&["model"]), None);
-        assert_eq!(body.str_at(&["missing", "x"]), None);
-        let array = ParsedBody::parse(b"[1]").expect("valid JSON");
-        assert!(!array.is_object());
-        assert_eq!(array.str_at(&["model"]), None);
     }
 }
