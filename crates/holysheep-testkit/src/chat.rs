@@ -1,6 +1,7 @@
 //! Chat request bodies and what the mock upstream answers them with.
 
 use holysheep_core::chat::{ChatCompletionRequest, Usage};
+use holysheep_mock::ChatAnswer;
 use serde_json::{Value, json};
 
 /// A non-streamed chat request body for one user message.
@@ -31,6 +32,12 @@ pub fn expected_usage(body: &Value) -> Usage {
     holysheep_mock::expected_usage(&parse(body))
 }
 
+/// The whole answer the mock upstream gives a chat request `body`, to render as JSON or as a
+/// stream without a server; panics when `body` is not a chat request.
+pub fn mock_answer(body: &Value) -> ChatAnswer {
+    ChatAnswer::for_request(&parse(body))
+}
+
 fn parse(body: &Value) -> ChatCompletionRequest {
     serde_json::from_value(body.clone())
         .unwrap_or_else(|e| panic!("not a chat request ({e}): {body}"))
@@ -54,6 +61,14 @@ mod tests {
             expected_content(&chat_body("gpt-4.1", "hi")),
             expected_content(&stream_body("gpt-4.1", "hi", true))
         );
-        assert!(expected_usage(&chat_body("gpt-4.1", "hi")).total_tokens > 0);
+        let usage = expected_usage(&chat_body("gpt-4.1", "hi"));
+        assert!(usage.prompt_tokens > 0 && usage.completion_tokens > 0);
+        let answer: Value =
+            serde_json::from_slice(&mock_answer(&chat_body("gpt-4.1", "hi")).to_json()).unwrap();
+        assert_eq!(
+            answer["choices"][0]["message"]["content"],
+            expected_content(&chat_body("gpt-4.1", "hi"))
+        );
+        assert_eq!(answer["usage"]["total_tokens"], usage.total_tokens);
     }
 }

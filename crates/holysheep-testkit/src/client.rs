@@ -79,6 +79,13 @@ pub fn chat_request(body: &Value) -> Request<Full<Bytes>> {
     json_request(Method::POST, "/chat/completions", None, body.to_string())
 }
 
+/// `req` with header `name` set to `value` (replacing any value it had).
+pub fn with_header<B>(mut req: Request<B>, name: &'static str, value: &'static str) -> Request<B> {
+    req.headers_mut()
+        .insert(name, http::HeaderValue::from_static(value));
+    req
+}
+
 /// Sends `req` on `client` and reads the whole answer.
 pub async fn send(client: &TestClient, req: Request<Full<Bytes>>) -> Reply {
     let res = client

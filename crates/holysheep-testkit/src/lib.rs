@@ -8,12 +8,13 @@
 //!   drop (`REDIS_URL` names an existing server instead).
 //! - Chat fixtures: request bodies ([`chat_body`], [`stream_body`]), requests
 //!   ([`chat_request`], [`json_request`]), what the mock answers them with
-//!   ([`expected_content`], [`expected_usage`]), and answers with any text as completion JSON or
-//!   stream chunks ([`ChatAnswer`], the mock's own generator, and [`stream_events`]).
+//!   ([`expected_content`], [`expected_usage`], [`mock_answer`]), and answers with any text as
+//!   completion JSON or stream chunks ([`ChatAnswer`], the mock's own generator, and
+//!   [`stream_events`]).
 //! - SSE readers: [`read_sse`], [`sse_chunks`], [`stream_content`].
 //! - HTTP: the mock upstream ([`start_mock`]) and a client for it ([`upstream_client`]), a plain
-//!   hyper-util client ([`http_client`], [`post_json`], [`post_chat`], [`send`]) and [`Reply`],
-//!   a whole answer read into memory.
+//!   hyper-util client ([`http_client`], [`post_json`], [`post_chat`], [`send`]), [`Reply`], a
+//!   whole answer read into memory, and [`wait_until`] for what a test can only poll.
 //!
 //! # Example
 //!
@@ -58,10 +59,11 @@ pub mod redis;
 mod sse;
 mod wait;
 
-pub use chat::{chat_body, expected_content, expected_usage, stream_body};
+pub use chat::{chat_body, expected_content, expected_usage, mock_answer, stream_body};
 pub use client::{
     Reply, TestClient, UPSTREAM_KEY, chat_request, http_client, io_error_kinds, json_request,
     post_chat, post_json, post_json_with, send, start_mock, upstream_builder, upstream_client,
+    with_header,
 };
 pub use holysheep_mock::{ChatAnswer, MockConfig, MockServer};
 pub use sse::{read_sse, sse_chunks, stream_content, stream_events};
