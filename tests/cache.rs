@@ -13,7 +13,7 @@ use holysheep_core::signal::{CacheOutcome, Namespace};
 use holysheep_mock::Latency;
 use holysheep_testkit::{
     MockConfig, MockServer, Reply, UPSTREAM_KEY, chat_body, chat_request, expected_content,
-    sse_chunks, start_mock, stream_body, stream_content, upstream_client, wait_until,
+    sse_chunks, start_mock, stream_body, stream_content, upstream_client, wait_until, with_header,
 };
 use http::{Request, StatusCode};
 use http_body_util::{BodyExt, Full};
@@ -40,16 +40,6 @@ async fn settle(svc: &Svc) {
     let settled = wait_until(Duration::from_secs(2), || svc.in_flight() == 0).await;
     assert!(settled, "{} flights never ended", svc.in_flight());
     tokio::time::sleep(Duration::from_millis(5)).await;
-}
-
-fn with_header(
-    mut req: Request<Full<Bytes>>,
-    name: &'static str,
-    value: &'static str,
-) -> Request<Full<Bytes>> {
-    req.headers_mut()
-        .insert(name, http::HeaderValue::from_static(value));
-    req
 }
 
 async fn mock_with(cfg: MockConfig) -> MockServer {

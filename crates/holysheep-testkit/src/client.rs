@@ -7,7 +7,7 @@ use std::io;
 
 use bytes::Bytes;
 use holysheep_client::HolySheepClient;
-use holysheep_core::error::ErrorBody;
+use holysheep_core::error::{ErrorBody, chain};
 use holysheep_mock::{MockConfig, MockServer};
 use http::{Extensions, HeaderMap, Method, Request, Response, StatusCode, header};
 use http_body::Body;
@@ -192,46 +192,42 @@ impl Reply {
     }
 }
 
-/// The kinds of every `io::Error` in `error`'s source chain, outermost first.
+/// The kinds of every `io::Error` in `error`'s source [`chain`], outermost first.
 pub fn io_error_kinds(error: &(dyn Error + 'static)) -> Vec<io::ErrorKind> {
-    let mut kinds = Vec::new();
-    let mut next = Some(error);
-    while let Some(error) = next {
-        if let Some(io) = error.downcast_ref::<io::Error>() {
-            kinds.push(io.kind());
-        }
-        next = error.source();
-    }
-    kinds
+    chain(error)
+        .filter_map(|e| e.downcast_ref::<io::Error>())
+        .map(io::Error::kind)
+        .collect()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::chat::{chat_body, expected_content, stream_body};
-    use crate::sse::sse_chunks;
 
     #[tokio::test]
-    async fn the_mock_answers_through_the_helpers() {
+    async fn requests_carry_the_key_and_replies_read_whole() {
         let mock = start_mock(MockConfig::default().api_key(UPSTREAM_KEY)).await;
-        let body = chat_body("gpt-4.1", "hello");
-        let reply = post_chat(&mock.base_url(), Some(UPSTREAM_KEY), &body).await;
-        assert_eq!(reply.status, StatusCode::OK);
-        assert_eq!(reply.header("content-type"), Some("application/json"));
-        assert_eq!(reply.content(), expected_content(&body));
+        let client = http_client();
+        let models = json_request(Method::GET, &mock.url("/models"), Some(UPSTREAM_KEY), "");
+        let listed = send(&client, with_header(models, "x-test", "1")).await;
+        assert_eq!(listed.status, StatusCode::OK, "{}", listed.text());
+        assert_eq!(listed.json()["object"], "list");
+        let seen = mock.stats().last_request().expect("recorded");
+        assert_eq!(seen.headers["x-test"], "1");
+        assert_eq!(seen.headers[header::CONTENT_TYPE], "application/json");
 
-        let streamed = stream_body("gpt-4.1", "hello", true);
-        let reply = post_chat(&mock.base_url(), Some(UPSTREAM_KEY), &streamed).await;
-        assert!(sse_chunks(&reply.body).1);
-        assert_eq!(reply.content(), expected_content(&body));
+        let streamed = stream_body("gpt-4.1", "hello", false);
+        let url = mock.url("/chat/completions");
+        let reply = post_json_with(&client, &url, Some(UPSTREAM_KEY), &streamed).await;
+        assert_eq!(reply.content(), expected_content(&streamed));
 
-        let refused = post_chat(&mock.base_url(), Some("sk-other"), &body).await;
+        let refused = post_json(&url, Some("sk-other"), &chat_body("gpt-4.1", "hello")).await;
         assert_eq!(refused.status, StatusCode::UNAUTHORIZED);
         assert_eq!(
             refused.error().error.code.as_deref(),
             Some("invalid_api_key")
         );
-        assert_eq!(mock.stats().chat_requests(), 2);
         mock.shutdown().await;
     }
 
