@@ -49,7 +49,7 @@ async fn wait_until_round_trip(store: &RedisStore, key: &str, limit: Duration) {
 #[tokio::test]
 async fn redis_hit_after_miss() {
     let server = RedisServer::from_env_or_start().expect("a Redis for the test");
-    let store = RedisStore::connect(&server.url())
+    let store = RedisStore::connect(server.url())
         .await
         .expect("a valid URL")
         .timeout(OP_TIMEOUT);
@@ -88,7 +88,7 @@ async fn redis_hit_after_miss() {
 #[tokio::test]
 async fn redis_entries_expire_after_their_ttl() {
     let server = RedisServer::from_env_or_start().expect("a Redis for the test");
-    let store = RedisStore::connect(&server.url())
+    let store = RedisStore::connect(server.url())
         .await
         .expect("a valid URL")
         .timeout(OP_TIMEOUT);
@@ -112,7 +112,7 @@ async fn redis_that_dies_fails_fast_and_is_used_again_when_back() {
         eprintln!("skipped: REDIS_URL is set, and this test must kill and restart its own Redis");
         return;
     }
-    let store = RedisStore::connect(&server.url())
+    let store = RedisStore::connect(server.url())
         .await
         .expect("a valid URL")
         .timeout(Duration::from_millis(200));
