@@ -4,14 +4,15 @@ use std::io;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use holysheep_core::chat::{ChatCompletion, ChatCompletionChunk, ChatCompletionRequest};
 use holysheep_mock::{CONNECTION_HEADER, MockConfig, MockServer, expected_content, expected_usage};
 use holysheep_testkit::{
     Reply, TestClient, UPSTREAM_KEY, chat_body, http_client, json_request, post_json_with,
     read_sse, sse_chunks, start_mock, stream_body,
 };
-use http::{Method, StatusCode};
-use http_body_util::BodyExt;
+use http::{Method, Request, StatusCode};
+use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use serde_json::{Value, json};
@@ -26,6 +27,20 @@ async fn send(
     body: &str,
 ) -> Reply {
     holysheep_testkit::send(client, json_request(method, url, key, body.to_owned())).await
+}
+
+async fn get(client: &TestClient, mock: &MockServer, path: &str) -> Reply {
+    send(client, Method::GET, &mock.url(path), Some(UPSTREAM_KEY), "").await
+}
+
+/// A chat request to the mock with the key, for tests that read the raw response.
+fn chat_post(mock: &MockServer, body: impl Into<Bytes>) -> Request<Full<Bytes>> {
+    json_request(
+        Method::POST,
+        &mock.url("/chat/completions"),
+        Some(UPSTREAM_KEY),
+        body,
+    )
 }
 
 async fn post(client: &TestClient, mock: &MockServer, path: &str, body: &Value) -> Reply {
@@ -322,18 +337,7 @@ async fn seeded_faults_repeat() {
         let mut statuses = Vec::new();
         for _ in 0..20 {
             statuses.push(post(&c, &mock, "/models", &json!({})).await.status.as_u16());
-            statuses.push(
-                send(
-                    &c,
-                    Method::GET,
-                    &mock.url("/models"),
-                    Some(UPSTREAM_KEY),
-                    "",
-                )
-                .await
-                .status
-                .as_u16(),
-            );
+            statuses.push(get(&c, &mock, "/models").await.status.as_u16());
         }
         statuses
     };
@@ -365,12 +369,7 @@ async fn truncated_stream_stops_without_done() {
     // The hyper client sees an incomplete body; the next stream is whole again.
     let c = http_client();
     mock.update(|cfg| cfg.truncate_rate = 1.0);
-    let req = json_request(
-        Method::POST,
-        &mock.url("/chat/completions"),
-        Some(UPSTREAM_KEY),
-        body.clone(),
-    );
+    let req = chat_post(&mock, body.clone());
     let res = c.request(req).await.unwrap();
     assert!(res.into_body().collect().await.is_err());
     mock.update(|cfg| cfg.truncate_rate = 0.0);
@@ -392,12 +391,7 @@ async fn reset_closes_the_connection_without_a_response() {
     // A pooled client sees an error, then a fresh connection works.
     let c = http_client();
     mock.update(|cfg| cfg.reset_rate = 1.0);
-    let req = json_request(
-        Method::POST,
-        &mock.url("/chat/completions"),
-        Some(UPSTREAM_KEY),
-        chat("x").to_string(),
-    );
+    let req = chat_post(&mock, chat("x").to_string());
     assert!(c.request(req).await.is_err());
     mock.update(|cfg| cfg.reset_rate = 0.0);
     assert_eq!(
@@ -453,13 +447,7 @@ async fn streams_count_in_flight_until_their_end() {
     )
     .await;
     let c = http_client();
-    let url = mock.url("/chat/completions");
-    let req = json_request(
-        Method::POST,
-        &url,
-        Some(UPSTREAM_KEY),
-        stream_chat("long", false).to_string(),
-    );
+    let req = chat_post(&mock, stream_chat("long", false).to_string());
     let res = c.request(req).await.unwrap();
     // The head has arrived; the body is still being paced out.
     assert_eq!(mock.stats().in_flight(), 1);
@@ -519,14 +507,7 @@ async fn embeddings_are_deterministic() {
 async fn models_and_errors_of_routing() {
     let mock = start(MockConfig::default()).await;
     let c = http_client();
-    let models = send(
-        &c,
-        Method::GET,
-        &mock.url("/models"),
-        Some(UPSTREAM_KEY),
-        "",
-    )
-    .await;
+    let models = get(&c, &mock, "/models").await;
     assert_eq!(models.status, StatusCode::OK);
     let ids: Vec<String> = models.json()["data"]
         .as_array()
@@ -542,23 +523,9 @@ async fn models_and_errors_of_routing() {
     ] {
         assert!(ids.iter().any(|id| id == seed), "{seed} listed");
     }
-    let one = send(
-        &c,
-        Method::GET,
-        &mock.url("/models/deepseek-v3.2"),
-        Some(UPSTREAM_KEY),
-        "",
-    )
-    .await;
+    let one = get(&c, &mock, "/models/deepseek-v3.2").await;
     assert_eq!(one.json()["id"], "deepseek-v3.2");
-    let missing = send(
-        &c,
-        Method::GET,
-        &mock.url("/models/gpt-2"),
-        Some(UPSTREAM_KEY),
-        "",
-    )
-    .await;
+    let missing = get(&c, &mock, "/models/gpt-2").await;
     assert_eq!(missing.status, StatusCode::NOT_FOUND);
     assert_eq!(
         missing.error().error.code.as_deref(),
@@ -578,14 +545,7 @@ async fn models_and_errors_of_routing() {
         unknown.error().error.message,
         "Invalid URL (POST /v1/completions/legacy)"
     );
-    let wrong_method = send(
-        &c,
-        Method::GET,
-        &mock.url("/chat/completions"),
-        Some(UPSTREAM_KEY),
-        "",
-    )
-    .await;
+    let wrong_method = get(&c, &mock, "/chat/completions").await;
     assert_eq!(wrong_method.status, StatusCode::NOT_FOUND);
 
     let bad_json = send(
@@ -667,12 +627,7 @@ async fn shutdown_lets_a_stream_finish_and_drop_stops_the_server() {
     .await;
     let addr = mock.addr();
     let c = http_client();
-    let req = json_request(
-        Method::POST,
-        &mock.url("/chat/completions"),
-        Some(UPSTREAM_KEY),
-        stream_chat("finish me", false).to_string(),
-    );
+    let req = chat_post(&mock, stream_chat("finish me", false).to_string());
     let res = c.request(req).await.unwrap();
     let body = tokio::spawn(async move { res.into_body().collect().await.map(|b| b.to_bytes()) });
     tokio::time::timeout(Duration::from_secs(10), mock.shutdown())
