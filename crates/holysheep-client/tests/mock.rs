@@ -5,9 +5,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use holysheep_client::{Error, HolySheepClient, ResponseBody};
-use holysheep_mock::{CONNECTION_HEADER, Latency, MockConfig, MockServer};
+use holysheep_mock::{CONNECTION_HEADER, Latency, MockConfig};
 use holysheep_testkit::{
-    UPSTREAM_KEY, chat_body, chat_request, io_error_kinds, sse_chunks, stream_body,
+    UPSTREAM_KEY, chat_body, chat_request, io_error_kinds, sse_chunks, start_mock, stream_body,
     upstream_builder,
 };
 use http::{Response, StatusCode, Version, header};
@@ -35,13 +35,12 @@ async fn call(
 
 #[tokio::test]
 async fn sequential_requests_reuse_one_connection_and_pay_the_cold_penalty_once() {
-    let mock = MockServer::start(
+    let mock = start_mock(
         MockConfig::default()
             .api_key(UPSTREAM_KEY)
             .cold_penalty(Duration::from_millis(50)),
     )
-    .await
-    .expect("mock starts");
+    .await;
     let mut client = upstream_builder(&mock).build().expect("client builds");
 
     for _ in 0..100 {
@@ -66,9 +65,7 @@ async fn sequential_requests_reuse_one_connection_and_pay_the_cold_penalty_once(
 
 #[tokio::test]
 async fn upstream_sees_our_key_and_host_never_the_callers() {
-    let mock = MockServer::start(MockConfig::default().api_key(UPSTREAM_KEY))
-        .await
-        .expect("mock starts");
+    let mock = start_mock(MockConfig::default().api_key(UPSTREAM_KEY)).await;
     let mut client = upstream_builder(&mock).build().expect("client builds");
 
     let mut request = chat_request(&chat());
@@ -93,9 +90,7 @@ async fn upstream_sees_our_key_and_host_never_the_callers() {
 
 #[tokio::test]
 async fn without_a_key_no_authorization_goes_upstream() {
-    let mock = MockServer::start(MockConfig::default())
-        .await
-        .expect("mock starts");
+    let mock = start_mock(MockConfig::default()).await;
     let mut client = HolySheepClient::builder()
         .base_url(mock.base_url())
         .build()
@@ -113,9 +108,7 @@ async fn without_a_key_no_authorization_goes_upstream() {
 
 #[tokio::test]
 async fn non_2xx_answers_are_responses_not_errors() {
-    let mock = MockServer::start(MockConfig::default().api_key("sk-other"))
-        .await
-        .expect("mock starts");
+    let mock = start_mock(MockConfig::default().api_key("sk-other")).await;
     let mut client = upstream_builder(&mock).build().expect("client builds");
 
     let response = call(&mut client, chat_request(&chat()))
@@ -142,9 +135,7 @@ async fn non_2xx_answers_are_responses_not_errors() {
 #[tokio::test]
 async fn headers_timeout_fires_against_a_slow_upstream() {
     let mock =
-        MockServer::start(MockConfig::default().latency(Latency::fixed(Duration::from_secs(5))))
-            .await
-            .expect("mock starts");
+        start_mock(MockConfig::default().latency(Latency::fixed(Duration::from_secs(5)))).await;
     let mut client = upstream_builder(&mock)
         .api_key("sk-slow-secret")
         .timeout(Duration::from_millis(200))
@@ -166,13 +157,12 @@ async fn headers_timeout_fires_against_a_slow_upstream() {
 
 #[tokio::test]
 async fn read_timeout_fires_between_stream_chunks() {
-    let mock = MockServer::start(
+    let mock = start_mock(
         MockConfig::default()
             .stream_chunks(4)
             .stream_gap(Duration::from_secs(5)),
     )
-    .await
-    .expect("mock starts");
+    .await;
     let mut client = upstream_builder(&mock)
         .read_timeout(Duration::from_millis(200))
         .build()
@@ -204,13 +194,12 @@ async fn read_timeout_fires_between_stream_chunks() {
 
 #[tokio::test]
 async fn stream_chunks_reach_the_caller_while_the_upstream_is_still_sending() {
-    let mock = MockServer::start(
+    let mock = start_mock(
         MockConfig::default()
             .stream_chunks(20)
             .stream_gap(Duration::from_millis(100)),
     )
-    .await
-    .expect("mock starts");
+    .await;
     let mut client = upstream_builder(&mock).build().expect("client builds");
 
     let response = call(&mut client, chat_request(&chat_stream()))
@@ -247,9 +236,7 @@ async fn stream_chunks_reach_the_caller_while_the_upstream_is_still_sending() {
 
 #[tokio::test]
 async fn http2_only_speaks_h2c_to_the_upstream() {
-    let mock = MockServer::start(MockConfig::default())
-        .await
-        .expect("mock starts");
+    let mock = start_mock(MockConfig::default()).await;
     let mut client = upstream_builder(&mock)
         .http2_only(true)
         .build()
@@ -268,9 +255,7 @@ async fn http2_only_speaks_h2c_to_the_upstream() {
 #[tokio::test]
 async fn concurrent_requests_through_a_service_builder() {
     let mock =
-        MockServer::start(MockConfig::default().latency(Latency::fixed(Duration::from_millis(20))))
-            .await
-            .expect("mock starts");
+        start_mock(MockConfig::default().latency(Latency::fixed(Duration::from_millis(20)))).await;
     let client = upstream_builder(&mock).build().expect("client builds");
     let service = tower::ServiceBuilder::new()
         .concurrency_limit(4)
