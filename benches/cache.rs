@@ -15,18 +15,14 @@ use bytes::Bytes;
 use criterion::{Criterion, criterion_group, criterion_main};
 use holysheep_cache::{Cache, CacheLayer, CacheStore, MemoryStore, RedisStore};
 use holysheep_core::BoxError;
-use holysheep_core::sse::{DONE_EVENT, encode_event};
-use http::{Request, Response};
+use holysheep_testkit::redis::RedisServer;
+use holysheep_testkit::{ChatAnswer, json_request, stream_events};
+use http::{Method, Request, Response};
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full, StreamBody};
-use serde_json::json;
 use tokio::runtime::Runtime;
 use tower::util::BoxCloneService;
 use tower::{Layer, ServiceExt, service_fn};
-
-#[allow(dead_code, unreachable_pub)]
-#[path = "../tests/support/redis.rs"]
-mod redis_support;
 
 type Body = UnsyncBoxBody<Bytes, BoxError>;
 type Upstream = BoxCloneService<Request<Full<Bytes>>, Response<Body>, BoxError>;
@@ -34,43 +30,17 @@ type Upstream = BoxCloneService<Request<Full<Bytes>>, Response<Body>, BoxError>;
 const REQUEST: &str = r#"{"model":"gpt-4.1","temperature":0.2,"messages":[{"role":"system","content":"You are terse."},{"role":"user","content":"How do I keep HTTP connections warm?"}]}"#;
 const STREAM_REQUEST: &str = r#"{"model":"gpt-4.1","temperature":0.2,"stream":true,"messages":[{"role":"system","content":"You are terse."},{"role":"user","content":"How do I keep HTTP connections warm?"}]}"#;
 
-fn completion() -> Bytes {
-    Bytes::from(
-        json!({"id": "chatcmpl-bench", "object": "chat.completion", "created": 1, "model": "gpt-4.1",
-            "choices": [{"index": 0, "finish_reason": "stop",
-                "message": {"role": "assistant", "content": "Reuse a pooled client with keep-alive. ".repeat(8)}}],
-            "usage": {"prompt_tokens": 20, "completion_tokens": 64, "total_tokens": 84}})
-        .to_string(),
-    )
-}
-
-fn chunks() -> Vec<Bytes> {
-    let chunk = |delta: serde_json::Value, finish: serde_json::Value| {
-        encode_event(
-            &json!({"id": "c", "object": "chat.completion.chunk", "created": 1, "model": "gpt-4.1",
-                "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
-            .to_string(),
-        )
-    };
-    let mut out = vec![chunk(
-        json!({"role": "assistant", "content": ""}),
-        json!(null),
-    )];
-    for i in 0..20 {
-        out.push(chunk(
-            json!({ "content": format!("word{i} ") }),
-            json!(null),
-        ));
-    }
-    out.push(chunk(json!({}), json!("stop")));
-    out.push(Bytes::from_static(DONE_EVENT));
-    out
-}
-
-/// An upstream that answers at once: JSON, or SSE when the request asks for a stream.
+/// An upstream that answers at once: JSON, or SSE in 20 chunks when the request asks for a
+/// stream.
 fn upstream() -> Upstream {
-    let json_body = completion();
-    let sse = chunks();
+    let answer = ChatAnswer::new(
+        "gpt-4.1",
+        "Reuse a pooled client with keep-alive. ".repeat(8),
+    )
+    .id("chatcmpl-bench")
+    .created(1);
+    let json_body = answer.to_json();
+    let sse = stream_events(&answer, 20, false);
     BoxCloneService::new(service_fn(move |req: Request<Full<Bytes>>| {
         let json_body = json_body.clone();
         let sse = sse.clone();
@@ -100,10 +70,7 @@ fn upstream() -> Upstream {
 }
 
 fn request(body: &'static str, cache_control: Option<&'static str>) -> Request<Full<Bytes>> {
-    let mut req = Request::post("/chat/completions")
-        .header("content-type", "application/json")
-        .body(Full::new(Bytes::from_static(body.as_bytes())))
-        .expect("a valid request");
+    let mut req = json_request(Method::POST, "/chat/completions", None, body);
     if let Some(cc) = cache_control {
         req.headers_mut()
             .insert("cache-control", http::HeaderValue::from_static(cc));
@@ -149,10 +116,11 @@ fn hits(c: &mut Criterion) {
             .iter(|| async { black_box(roundtrip(&svc, request(REQUEST, None)).await) })
     });
 
-    match redis_url() {
-        Ok((url, _server)) => {
+    match RedisServer::from_env_or_start() {
+        Ok(server) => {
+            let url = server.url();
             let svc = rt.block_on(async {
-                let store = RedisStore::connect(&url).await.expect("a valid Redis URL");
+                let store = RedisStore::connect(url).await.expect("a valid Redis URL");
                 let deadline = Instant::now() + Duration::from_secs(10);
                 while store.ping().await.is_err() {
                     assert!(Instant::now() < deadline, "redis at {url} not reachable");
@@ -168,19 +136,6 @@ fn hits(c: &mut Criterion) {
         }
         Err(why) => eprintln!("cache/hit_redis skipped: {why}"),
     }
-}
-
-/// `REDIS_URL`, or a `redis-server` started on a free loopback port (kept alive by the handle).
-fn redis_url() -> Result<(String, Option<redis_support::RedisServer>), String> {
-    if let Ok(url) = std::env::var("REDIS_URL") {
-        return Ok((url, None));
-    }
-    std::process::Command::new("redis-server")
-        .arg("--version")
-        .output()
-        .map_err(|e| format!("set REDIS_URL or install redis-server ({e})"))?;
-    let server = redis_support::RedisServer::start();
-    Ok((server.url(), Some(server)))
 }
 
 fn recording_cost(c: &mut Criterion) {

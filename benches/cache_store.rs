@@ -11,9 +11,6 @@
 //! `cargo bench --bench cache_store`
 
 use std::hint::black_box;
-use std::io::{Read, Write};
-use std::net::{Ipv4Addr, TcpListener, TcpStream};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -22,6 +19,7 @@ use holysheep_cache::__bench::parsed_from_value;
 use holysheep_cache::{
     CacheStore, DefaultKeyPolicy, KeyPolicy, KeyRequest, MemoryStore, ParsedBody, RedisStore,
 };
+use holysheep_testkit::redis::RedisServer;
 use serde_json::{Value, json};
 use tokio::runtime::Runtime;
 
@@ -145,75 +143,19 @@ fn memory_store(c: &mut Criterion) {
     });
 }
 
-/// A `redis-server` child on a free loopback port, killed on drop.
-struct LocalRedis(Child);
-
-impl Drop for LocalRedis {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn answers_ping(port: u16) -> bool {
-    let addr = (Ipv4Addr::LOCALHOST, port).into();
-    let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_millis(200)) else {
-        return false;
-    };
-    let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
-    let mut buf = [0u8; 7];
-    s.write_all(b"PING\r\n").is_ok() && s.read_exact(&mut buf).is_ok() && &buf == b"+PONG\r\n"
-}
-
-/// `REDIS_URL`, or a fresh local `redis-server`; `None` (with the reason) when neither works.
-fn redis_url() -> Result<(String, Option<LocalRedis>), String> {
-    if let Ok(url) = std::env::var("REDIS_URL") {
-        return Ok((url, None));
-    }
-    let port = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .map_err(|e| format!("no free port: {e}"))?;
-    let child = Command::new("redis-server")
-        .args([
-            "--port",
-            &port.to_string(),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .map_err(|e| format!("redis-server not started: {e}"))?;
-    let server = LocalRedis(child);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !answers_ping(port) {
-        if Instant::now() > deadline {
-            return Err("redis-server did not answer PING".into());
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    Ok((format!("redis://127.0.0.1:{port}"), Some(server)))
-}
-
 fn redis_store(c: &mut Criterion) {
-    let (url, _server) = match redis_url() {
-        Ok(found) => found,
+    let server = match RedisServer::from_env_or_start() {
+        Ok(server) => server,
         Err(why) => {
-            eprintln!(
-                "cache_store/redis_get_hit skipped: set REDIS_URL or install redis-server ({why})"
-            );
+            eprintln!("cache_store/redis_get_hit skipped: {why}");
             return;
         }
     };
     let rt = Runtime::new().expect("tokio runtime");
     let key = "holysheep:cache:bench:0123456789abcdef0123456789abcdef";
+    let url = server.url();
     let store = rt.block_on(async {
-        let store = RedisStore::connect(&url)
+        let store = RedisStore::connect(url)
             .await
             .expect("a valid URL")
             .timeout(Duration::from_secs(1));

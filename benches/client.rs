@@ -8,30 +8,19 @@ use std::hint::black_box;
 use bytes::Bytes;
 use criterion::{Criterion, criterion_group, criterion_main};
 use holysheep_client::HolySheepClient;
-use holysheep_mock::{MockConfig, MockServer};
-use http::{StatusCode, header};
-use http_body_util::{BodyExt, Full};
+use holysheep_testkit::{
+    MockConfig, UPSTREAM_KEY, chat_body, json_request, start_mock, stream_body, upstream_client,
+};
+use http::{Method, StatusCode};
+use http_body_util::BodyExt;
 use tokio::runtime::Runtime;
 use tower::ServiceExt;
 
-const CHAT: &str = r#"{"model":"gpt-4.1","messages":[{"role":"user","content":"hello"}]}"#;
-const CHAT_STREAM: &str =
-    r#"{"model":"gpt-4.1","stream":true,"messages":[{"role":"user","content":"hello"}]}"#;
-
-fn request(body: &'static str) -> http::Request<Full<Bytes>> {
-    http::Request::post("/chat/completions")
-        .header(header::CONTENT_TYPE, "application/json")
-        .body(Full::new(Bytes::from_static(body.as_bytes())))
-        .expect("static request is valid")
-}
-
-/// One request, its whole body read: for a stream, every chunk up to `[DONE]`.
-async fn round_trip(client: &HolySheepClient, body: &'static str) -> Bytes {
-    let response = client
-        .clone()
-        .oneshot(request(body))
-        .await
-        .expect("mock answers");
+/// One request, its whole body read: for a stream, every chunk up to `[DONE]`. The body is
+/// serialised once, outside the measurement.
+async fn round_trip(client: &HolySheepClient, body: &Bytes) -> Bytes {
+    let request = json_request(Method::POST, "/chat/completions", None, body.clone());
+    let response = client.clone().oneshot(request).await.expect("mock answers");
     assert_eq!(response.status(), StatusCode::OK);
     response
         .into_body()
@@ -43,31 +32,27 @@ async fn round_trip(client: &HolySheepClient, body: &'static str) -> Bytes {
 
 fn client(c: &mut Criterion) {
     let runtime = Runtime::new().expect("tokio runtime");
-    let mock = runtime
-        .block_on(MockServer::start(
-            MockConfig::default().api_key("sk-bench").stream_chunks(8),
-        ))
-        .expect("mock starts");
-    let client = HolySheepClient::builder()
-        .base_url(mock.base_url())
-        .api_key("sk-bench")
-        .build()
-        .expect("client builds");
+    let mock = runtime.block_on(start_mock(
+        MockConfig::default().api_key(UPSTREAM_KEY).stream_chunks(8),
+    ));
+    let client = upstream_client(&mock);
+    let chat = Bytes::from(chat_body("gpt-4.1", "hello").to_string());
+    let chat_stream = Bytes::from(stream_body("gpt-4.1", "hello", false).to_string());
 
     // Warm the pool so every measured request rides a kept-alive connection.
     runtime.block_on(async {
-        round_trip(&client, CHAT).await;
-        round_trip(&client, CHAT_STREAM).await;
+        round_trip(&client, &chat).await;
+        round_trip(&client, &chat_stream).await;
     });
 
     let mut group = c.benchmark_group("client");
     group.bench_function("chat_json_warm", |b| {
         b.to_async(&runtime)
-            .iter(|| async { black_box(round_trip(&client, CHAT).await) })
+            .iter(|| async { black_box(round_trip(&client, &chat).await) })
     });
     group.bench_function("chat_stream_warm", |b| {
         b.to_async(&runtime)
-            .iter(|| async { black_box(round_trip(&client, CHAT_STREAM).await) })
+            .iter(|| async { black_box(round_trip(&client, &chat_stream).await) })
     });
     group.finish();
 

@@ -10,24 +10,32 @@
 use std::convert::Infallible;
 use std::future::{Ready, ready};
 use std::hint::black_box;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 
 use bytes::Bytes;
 use criterion::{Criterion, criterion_group, criterion_main};
 use futures_util::FutureExt;
 use holysheep_core::signal::RequestModel;
 use holysheep_metrics::MetricsLayer;
+use holysheep_testkit::{chat_body, mock_answer};
 use http::{Request, Response};
 use http_body::Body;
 use http_body_util::{BodyExt, Full};
 use tower::{Layer, Service, service_fn};
 
-const ANSWER: &[u8] = br#"{"id":"chatcmpl-1","object":"chat.completion","created":1735689600,"model":"gpt-4.1","choices":[{"index":0,"message":{"role":"assistant","content":"Connection pooling keeps TCP and TLS sessions open so each call skips the handshake."},"finish_reason":"stop"}],"usage":{"prompt_tokens":42,"completion_tokens":18,"total_tokens":60}}"#;
+/// The mock upstream's answer to one question, usage included.
+static ANSWER: LazyLock<Bytes> = LazyLock::new(|| {
+    mock_answer(&chat_body(
+        "gpt-4.1",
+        "Why does connection pooling cut latency?",
+    ))
+    .to_json()
+});
 
 fn answer(_req: Request<()>) -> Ready<Result<Response<Full<Bytes>>, Infallible>> {
     ready(Ok(Response::builder()
         .header("content-type", "application/json")
-        .body(Full::new(Bytes::from_static(ANSWER)))
+        .body(Full::new(ANSWER.clone()))
         .expect("a valid response")))
 }
 

@@ -13,13 +13,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use bytes::Bytes;
 use criterion::{Criterion, criterion_group, criterion_main};
 use holysheep::cache::{CacheLayer, MemoryStore};
-use holysheep::client::HolySheepClient;
 use holysheep::metrics::MetricsLayer;
 use holysheep::pool_limit::PoolLimitLayer;
 use holysheep::retry::RetryLayer;
 use holysheep_core::BoxError;
-use holysheep_mock::{MockConfig, MockServer};
-use http::{Request, Response, StatusCode, header};
+use holysheep_testkit::{
+    MockConfig, UPSTREAM_KEY, chat_body, json_request, start_mock, upstream_client,
+};
+use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use tokio::runtime::Runtime;
 use tower::util::BoxCloneSyncService;
@@ -27,15 +28,8 @@ use tower::{Service, ServiceBuilder, ServiceExt};
 
 type Stack = BoxCloneSyncService<Request<Full<Bytes>>, Response<Bytes>, BoxError>;
 
-fn request(body: String) -> Request<Full<Bytes>> {
-    Request::post("/chat/completions")
-        .header(header::CONTENT_TYPE, "application/json")
-        .body(Full::new(Bytes::from(body)))
-        .expect("request is valid")
-}
-
 fn chat(prompt: &str) -> String {
-    format!(r#"{{"model":"gpt-4.1","messages":[{{"role":"user","content":"{prompt}"}}]}}"#)
+    chat_body("gpt-4.1", prompt).to_string()
 }
 
 /// Boxes a service whose answer body is read whole, so both sides of the comparison pay the
@@ -60,21 +54,16 @@ where
 }
 
 async fn call(svc: &Stack, body: String) {
-    let res = svc.clone().oneshot(request(body)).await.expect("answer");
+    let request = json_request(Method::POST, "/chat/completions", None, body);
+    let res = svc.clone().oneshot(request).await.expect("answer");
     assert_eq!(res.status(), StatusCode::OK);
     black_box(res);
 }
 
 fn stack(c: &mut Criterion) {
     let runtime = Runtime::new().expect("tokio runtime");
-    let mock = runtime
-        .block_on(MockServer::start(MockConfig::default().api_key("sk-bench")))
-        .expect("mock starts");
-    let client = HolySheepClient::builder()
-        .base_url(mock.base_url())
-        .api_key("sk-bench")
-        .build()
-        .expect("client builds");
+    let mock = runtime.block_on(start_mock(MockConfig::default().api_key(UPSTREAM_KEY)));
+    let client = upstream_client(&mock);
 
     let bare = boxed(client.clone());
     let full = boxed(

@@ -1,7 +1,5 @@
 //! `CacheLayer` end to end: the real `HolySheepClient` against the mock upstream over loopback TCP.
 
-mod support;
-
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -11,13 +9,15 @@ use holysheep_cache::{
     KeyRequest, MemoryStore, ParsedBody, StoreError,
 };
 use holysheep_client::HolySheepClient;
-use holysheep_core::chat::ChatCompletionRequest;
 use holysheep_core::signal::{CacheOutcome, Namespace};
 use holysheep_mock::Latency;
+use holysheep_testkit::{
+    MockConfig, MockServer, Reply, UPSTREAM_KEY, chat_body, chat_request, expected_content,
+    sse_chunks, start_mock, stream_body, stream_content, upstream_client, wait_until, with_header,
+};
 use http::{Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 use serde_json::{Value, json};
-use support::*;
 use tower::{Layer, ServiceExt};
 
 type Svc = Cache<HolySheepClient>;
@@ -32,41 +32,14 @@ fn memory() -> CacheLayer {
 
 /// Sends one request through the cache and collects the answer.
 async fn send(svc: &Svc, req: Request<Full<Bytes>>) -> Reply {
-    let res = svc.clone().oneshot(req).await.expect("the cache answers");
-    let (parts, body) = res.into_parts();
-    let body = body.collect().await.expect("the whole body").to_bytes();
-    Reply {
-        status: parts.status,
-        headers: parts.headers,
-        body,
-    }
+    Reply::from_response(svc.clone().oneshot(req).await.expect("the cache answers")).await
 }
 
 /// Waits until the cache has no flight left (each entry is written before its flight ends).
 async fn settle(svc: &Svc) {
-    for _ in 0..2000 {
-        if svc.in_flight() == 0 {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
-    panic!("{} flights never ended", svc.in_flight());
-}
-
-fn expected(body: &Value) -> String {
-    let req: ChatCompletionRequest = serde_json::from_value(body.clone()).unwrap();
-    holysheep_mock::expected_content(&req)
-}
-
-fn with_header(
-    mut req: Request<Full<Bytes>>,
-    name: &'static str,
-    value: &'static str,
-) -> Request<Full<Bytes>> {
-    req.headers_mut()
-        .insert(name, http::HeaderValue::from_static(value));
-    req
+    let settled = wait_until(Duration::from_secs(2), || svc.in_flight() == 0).await;
+    assert!(settled, "{} flights never ended", svc.in_flight());
+    tokio::time::sleep(Duration::from_millis(5)).await;
 }
 
 async fn mock_with(cfg: MockConfig) -> MockServer {
@@ -91,7 +64,7 @@ async fn hit_after_miss() {
     assert_eq!(hit.header("cache-status"), Some("holysheep; hit"));
     assert_eq!(hit.header("content-type"), miss.header("content-type"));
     assert_eq!(hit.body, miss.body, "the same answer, the same id");
-    assert_eq!(hit.content(), expected(&body));
+    assert_eq!(hit.content(), expected_content(&body));
     assert_eq!(mock.stats().chat_requests(), 1);
     mock.shutdown().await;
 }
@@ -129,12 +102,7 @@ async fn concurrent(svc: &Svc, body: &Value, n: usize) -> Vec<Reply> {
     let mut replies = Vec::new();
     for task in tasks {
         let res = task.await.unwrap().expect("answered");
-        let (parts, body) = res.into_parts();
-        replies.push(Reply {
-            status: parts.status,
-            headers: parts.headers,
-            body: body.collect().await.expect("whole body").to_bytes(),
-        });
+        replies.push(Reply::from_response(res).await);
     }
     replies
 }
@@ -157,7 +125,7 @@ async fn hundred_identical_requests_make_one_upstream_call() {
         .filter(|r| r.header("cache-status") == Some("holysheep; fwd=miss; collapsed"))
         .count();
     assert_eq!(followers, 99);
-    assert_eq!(replies[0].content(), expected(&body));
+    assert_eq!(replies[0].content(), expected_content(&body));
     mock.shutdown().await;
 }
 
@@ -171,7 +139,7 @@ async fn hundred_identical_streams_make_one_upstream_call() {
     )
     .await;
     let svc = cache(&mock, memory());
-    let body = stream_body("gpt-4.1", "coalesce my stream");
+    let body = stream_body("gpt-4.1", "coalesce my stream", true);
     let replies = concurrent(&svc, &body, 100).await;
     assert_eq!(mock.stats().chat_requests(), 1);
     for r in &replies {
@@ -179,7 +147,7 @@ async fn hundred_identical_streams_make_one_upstream_call() {
         let (chunks, done) = sse_chunks(&r.body);
         assert!(done && !chunks.is_empty());
     }
-    assert_eq!(replies[0].content(), expected(&body));
+    assert_eq!(replies[0].content(), expected_content(&body));
     mock.shutdown().await;
 }
 
@@ -192,7 +160,7 @@ async fn followers_get_chunks_before_the_stream_ends() {
     )
     .await;
     let svc = cache(&mock, memory());
-    let body = stream_body("gpt-4.1", "live please");
+    let body = stream_body("gpt-4.1", "live please", true);
     let leader = svc.clone().oneshot(chat_request(&body)).await.unwrap();
     let follower = svc.clone().oneshot(chat_request(&body)).await.unwrap();
     assert_eq!(follower.headers()["x-cache"], "HIT");
@@ -261,7 +229,7 @@ async fn tenants_do_not_share_entries() {
 async fn a_truncated_stream_is_not_cached() {
     let mock = mock_with(MockConfig::default()).await;
     let svc = cache(&mock, memory());
-    let body = stream_body("gpt-4.1", "cut me");
+    let body = stream_body("gpt-4.1", "cut me", true);
     mock.truncate_next(1);
     let res = svc.clone().oneshot(chat_request(&body)).await.unwrap();
     let _ = res.into_body().collect().await; // cut: an error or an early end
@@ -384,10 +352,10 @@ async fn answers_change_shape_on_a_hit() {
             .iter()
             .any(|c| c["choices"][0]["finish_reason"] == "stop")
     );
-    assert_eq!(stream_content(&chunks), expected(&plain));
+    assert_eq!(stream_content(&chunks), expected_content(&plain));
 
     // A streamed entry served as one JSON.
-    let streamed = stream_body("gpt-4.1", "stream first");
+    let streamed = stream_body("gpt-4.1", "stream first", true);
     send(&svc, chat_request(&streamed)).await;
     settle(&svc).await;
     let plain2 = chat_body("gpt-4.1", "stream first");
@@ -396,7 +364,10 @@ async fn answers_change_shape_on_a_hit() {
     assert_eq!(r.header("content-type"), Some("application/json"));
     let v = r.json();
     assert_eq!(v["object"], "chat.completion");
-    assert_eq!(v["choices"][0]["message"]["content"], expected(&plain2));
+    assert_eq!(
+        v["choices"][0]["message"]["content"],
+        expected_content(&plain2)
+    );
     assert_eq!(v["choices"][0]["finish_reason"], "stop");
     assert!(v["usage"]["total_tokens"].as_u64().unwrap() > 0);
     assert_eq!(mock.stats().chat_requests(), 2);
@@ -412,7 +383,7 @@ async fn a_leader_leaving_mid_stream_does_not_cut_followers() {
     )
     .await;
     let svc = cache(&mock, memory());
-    let body = stream_body("gpt-4.1", "leader leaves");
+    let body = stream_body("gpt-4.1", "leader leaves", true);
     let leader = svc.clone().oneshot(chat_request(&body)).await.unwrap();
     let follower = svc.clone().oneshot(chat_request(&body)).await.unwrap();
     let mut leader_body = leader.into_body();
@@ -432,7 +403,7 @@ async fn a_leader_leaving_mid_stream_does_not_cut_followers() {
         Some("HIT"),
         "the drained answer was stored"
     );
-    assert_eq!(hit.content(), expected(&body));
+    assert_eq!(hit.content(), expected_content(&body));
     assert_eq!(mock.stats().chat_requests(), 1);
     mock.shutdown().await;
 }
@@ -477,48 +448,30 @@ async fn oversize_answers_are_not_cached() {
             (r.status, r.header("x-cache")),
             (StatusCode::OK, Some("MISS"))
         );
-        assert_eq!(r.content(), expected(&body));
+        assert_eq!(r.content(), expected_content(&body));
         settle(&svc).await;
     }
     assert_eq!(mock.stats().chat_requests(), 2);
     mock.shutdown().await;
 }
 
-/// A store that is always down.
-struct DownStore;
-
-impl CacheStore for DownStore {
-    fn get<'a>(&'a self, _key: &'a str) -> BoxFuture<'a, Result<Option<Bytes>, StoreError>> {
-        Box::pin(async { Err(StoreError::unavailable("connection refused")) })
-    }
-    fn put<'a>(
-        &'a self,
-        _key: &'a str,
-        _value: Bytes,
-        _ttl: Duration,
-    ) -> BoxFuture<'a, Result<(), StoreError>> {
-        Box::pin(async { Err(StoreError::unavailable("connection refused")) })
-    }
-    fn kind(&self) -> &'static str {
-        "down"
-    }
-    fn ping(&self) -> BoxFuture<'_, Result<(), StoreError>> {
-        Box::pin(async { Err(StoreError::unavailable("connection refused")) })
-    }
-}
-
 #[tokio::test]
 async fn a_store_that_always_fails_costs_nothing_visible() {
     let mock = mock_with(MockConfig::default()).await;
-    let svc = cache(&mock, CacheLayer::new(DownStore));
+    // Port 1 on loopback: nothing listens, so every store call is refused.
+    let down = RedisStore::connect("redis://127.0.0.1:1")
+        .await
+        .expect("a valid URL");
+    assert!(down.ping().await.is_err());
+    let svc = cache(&mock, CacheLayer::new(down));
     for prompt in ["a", "b", "a"] {
-        let body = stream_body("gpt-4.1", prompt);
+        let body = stream_body("gpt-4.1", prompt, true);
         let r = send(&svc, chat_request(&body)).await;
         assert_eq!(
             (r.status, r.header("x-cache")),
             (StatusCode::OK, Some("MISS"))
         );
-        assert_eq!(r.content(), expected(&body));
+        assert_eq!(r.content(), expected_content(&body));
         settle(&svc).await;
     }
     assert_eq!(mock.stats().chat_requests(), 3);
@@ -533,7 +486,7 @@ async fn python_compat_scheme_stores_plain_completion_json() {
         &mock,
         CacheLayer::with_store(store.clone()).key_policy(DefaultKeyPolicy::python_compat()),
     );
-    let body = stream_body("gpt-4.1", "python compatible");
+    let body = stream_body("gpt-4.1", "python compatible", true);
     send(&svc, chat_request(&body)).await;
     settle(&svc).await;
     let text = serde_json::to_vec(&body).unwrap();
@@ -552,7 +505,10 @@ async fn python_compat_scheme_stores_plain_completion_json() {
         .expect("stored under the reference Python client's key");
     let v: Value = serde_json::from_slice(&value).expect("the value is plain JSON");
     assert_eq!(v["object"], "chat.completion");
-    assert_eq!(v["choices"][0]["message"]["content"], expected(&body));
+    assert_eq!(
+        v["choices"][0]["message"]["content"],
+        expected_content(&body)
+    );
     // A value the reference Python client wrote (plain JSON) is a hit for a plain request too.
     assert_eq!(
         send(

@@ -1,13 +1,11 @@
 //! The Redis cache stores against a real `redis-server` (started by the test on loopback, or
 //! `REDIS_URL`): hits, TTL, a Redis that dies and comes back, and a three-node Redis Cluster.
 
-mod support;
-
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use holysheep_cache::{CacheStore, RedisStore};
-use support::redis::{RedisCluster, RedisServer, free_port, unique_prefix};
+use holysheep_testkit::redis::{RedisCluster, RedisServer, free_port, unique_prefix};
 
 /// A roomy bound for the functional tests: the machine is shared and noisy.
 const OP_TIMEOUT: Duration = Duration::from_millis(500);
@@ -49,8 +47,8 @@ async fn wait_until_round_trip(store: &RedisStore, key: &str, limit: Duration) {
 
 #[tokio::test]
 async fn redis_hit_after_miss() {
-    let server = RedisServer::from_env_or_start();
-    let store = RedisStore::connect(&server.url())
+    let server = RedisServer::from_env_or_start().expect("a Redis for the test");
+    let store = RedisStore::connect(server.url())
         .await
         .expect("a valid URL")
         .timeout(OP_TIMEOUT);
@@ -88,8 +86,8 @@ async fn redis_hit_after_miss() {
 
 #[tokio::test]
 async fn redis_entries_expire_after_their_ttl() {
-    let server = RedisServer::from_env_or_start();
-    let store = RedisStore::connect(&server.url())
+    let server = RedisServer::from_env_or_start().expect("a Redis for the test");
+    let store = RedisStore::connect(server.url())
         .await
         .expect("a valid URL")
         .timeout(OP_TIMEOUT);
@@ -108,12 +106,12 @@ async fn redis_entries_expire_after_their_ttl() {
 
 #[tokio::test]
 async fn redis_that_dies_fails_fast_and_is_used_again_when_back() {
-    let mut server = RedisServer::from_env_or_start();
-    if !server.can_restart() {
+    let mut server = RedisServer::from_env_or_start().expect("a Redis for the test");
+    if server.is_external() {
         eprintln!("skipped: REDIS_URL is set, and this test must kill and restart its own Redis");
         return;
     }
-    let store = RedisStore::connect(&server.url())
+    let store = RedisStore::connect(server.url())
         .await
         .expect("a valid URL")
         .timeout(Duration::from_millis(200));
@@ -147,7 +145,7 @@ async fn redis_that_dies_fails_fast_and_is_used_again_when_back() {
     }
 
     // Same port, same store: no rebuild, no restart of the caller.
-    server.restart();
+    server.restart().expect("redis-server restarts on its port");
     wait_until_round_trip(&store, &format!("{prefix}:probe"), Duration::from_secs(15)).await;
     // The new server started empty (no persistence).
     assert_eq!(store.get(&key).await.expect("get after restart"), None);
@@ -167,7 +165,7 @@ async fn redis_store_starts_while_redis_is_down() {
         eprintln!("skipped: REDIS_URL is set, and this test must start its own Redis");
         return;
     }
-    let port = free_port();
+    let port = free_port().expect("a free loopback port");
     let store = RedisStore::connect(&format!("redis://127.0.0.1:{port}"))
         .await
         .expect("connect succeeds while Redis is down")
@@ -177,13 +175,13 @@ async fn redis_store_starts_while_redis_is_down() {
     assert!(err.is_unavailable() || err.is_timeout(), "{err}");
     assert!(started.elapsed() < Duration::from_secs(2));
 
-    let _server = RedisServer::start_on(port, Vec::new());
+    let _server = RedisServer::start_on(port, &[]).expect("redis-server starts");
     wait_until_round_trip(&store, &unique_prefix("late"), Duration::from_secs(15)).await;
 }
 
 #[tokio::test]
 async fn redis_cluster_spreads_keys_and_reads_them_back() {
-    let cluster = RedisCluster::start(3);
+    let cluster = RedisCluster::start(3).expect("a three-node Redis Cluster");
     let urls = cluster.urls();
     let urls: Vec<&str> = urls.iter().map(String::as_str).collect();
     let store = RedisStore::cluster(&urls)
@@ -221,7 +219,9 @@ async fn redis_cluster_spreads_keys_and_reads_them_back() {
     // Every master holds a share: the keys really went to different slots and nodes.
     let mut total = 0;
     for port in cluster.ports() {
-        let out = cluster.cli(port, &["dbsize"]);
+        let out = cluster
+            .cli(port, &["dbsize"])
+            .unwrap_or_else(|e| panic!("dbsize of {port}: {e}"));
         let n: u64 = out
             .trim()
             .parse()

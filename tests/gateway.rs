@@ -2,8 +2,6 @@
 //! upstream, tested the way a caller sees it: statuses, bodies, headers, and what the upstream
 //! received.
 
-mod support;
-
 // The gateway's own modules, shared with its `main.rs`; a test uses only part of them.
 #[allow(dead_code)]
 #[path = "../examples/gateway/auth.rs"]
@@ -31,17 +29,17 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
-use holysheep_core::chat::ChatCompletionRequest;
-use http::{Request, StatusCode, header};
-use http_body_util::{BodyExt, Full};
+use holysheep_testkit::redis::RedisServer;
+use holysheep_testkit::{
+    MockConfig, MockServer, Reply, UPSTREAM_KEY, chat_body, expected_content, http_client,
+    json_request, post_json, sse_chunks, start_mock, stream_body, stream_content,
+};
+use http::{Method, Request, StatusCode, header};
+use http_body_util::BodyExt;
 use serde_json::{Value, json};
 
 use config::{Config, Secret};
 use server::{Gateway, GatewayHandle};
-use support::{
-    MockConfig, MockServer, Reply, UPSTREAM_KEY, chat_body, http_client, post_json, sse_chunks,
-    start_mock, stream_body, stream_content,
-};
 
 /// A gateway configuration for tests: an ephemeral loopback port, the mock as upstream with its
 /// key, quick retries.
@@ -76,22 +74,9 @@ fn url(gateway: &GatewayHandle, path: &str) -> String {
 }
 
 async fn send(gateway: &GatewayHandle, method: &str, path: &str, body: &str) -> Reply {
-    let request = Request::builder()
-        .method(method)
-        .uri(url(gateway, path))
-        .header(header::CONTENT_TYPE, "application/json")
-        .body(Full::from(body.to_owned()))
-        .expect("a valid request");
-    let response = http_client()
-        .request(request)
-        .await
-        .expect("the gateway answers");
-    let (parts, body) = response.into_parts();
-    Reply {
-        status: parts.status,
-        headers: parts.headers,
-        body: body.collect().await.expect("whole body").to_bytes(),
-    }
+    let method = Method::from_bytes(method.as_bytes()).expect("a method");
+    let request = json_request(method, &url(gateway, path), None, body.to_owned());
+    holysheep_testkit::send(&http_client(), request).await
 }
 
 async fn get(gateway: &GatewayHandle, path: &str) -> Reply {
@@ -116,25 +101,18 @@ fn error_of(reply: &Reply) -> (String, Option<String>, Option<String>) {
     )
 }
 
-fn expected_content(body: &Value) -> String {
-    let req: ChatCompletionRequest = serde_json::from_value(body.clone()).expect("chat request");
-    holysheep_mock::expected_content(&req)
-}
-
 /// A streamed chat request whose body the test reads frame by frame.
 async fn open_stream(
     gateway: &GatewayHandle,
     key: Option<&str>,
     body: &Value,
 ) -> http::Response<hyper::body::Incoming> {
-    let mut request = Request::post(url(gateway, "/v1/chat/completions"))
-        .header(header::CONTENT_TYPE, "application/json");
-    if let Some(key) = key {
-        request = request.header(header::AUTHORIZATION, format!("Bearer {key}"));
-    }
-    let request = request
-        .body(Full::from(body.to_string()))
-        .expect("a valid request");
+    let request = json_request(
+        Method::POST,
+        &url(gateway, "/v1/chat/completions"),
+        key,
+        body.to_string(),
+    );
     let response = http_client()
         .request(request)
         .await
@@ -202,7 +180,7 @@ async fn streamed_answer_arrives_chunk_by_chunk() {
     )
     .await;
     let gateway = start(test_config(&mock)).await;
-    let body = stream_body("claude-sonnet-4.5", "Stream me a haiku");
+    let body = stream_body("claude-sonnet-4.5", "Stream me a haiku", true);
 
     let response = open_stream(&gateway, None, &body).await;
     let mut stream = response.into_body();
@@ -527,7 +505,12 @@ async fn a_full_pool_sheds_with_503_and_retry_after() {
     let gateway = start(config).await;
 
     // A stream holds the only slot until it ends.
-    let response = open_stream(&gateway, None, &stream_body("gpt-4.1", "hold the slot")).await;
+    let response = open_stream(
+        &gateway,
+        None,
+        &stream_body("gpt-4.1", "hold the slot", true),
+    )
+    .await;
     let mut stream = response.into_body();
     assert!(next_data(&mut stream).await.is_some());
 
@@ -583,7 +566,7 @@ async fn a_client_leaving_mid_stream_leaves_the_gateway_healthy() {
     )
     .await;
     let gateway = start(test_config(&mock)).await;
-    let body = stream_body("gpt-4.1", "a long story, please");
+    let body = stream_body("gpt-4.1", "a long story, please", true);
 
     let response = open_stream(&gateway, None, &body).await;
     let mut stream = response.into_body();
@@ -615,7 +598,7 @@ async fn graceful_shutdown_finishes_an_open_stream() {
     .await;
     let gateway = start(test_config(&mock)).await;
     let addr = gateway.addr();
-    let body = stream_body("gpt-4.1", "finish what you started");
+    let body = stream_body("gpt-4.1", "finish what you started", true);
 
     let response = open_stream(&gateway, None, &body).await;
     let mut stream = response.into_body();
@@ -735,11 +718,11 @@ fn redis_keys(url: &str, pattern: &str) -> Vec<String> {
 
 #[tokio::test]
 async fn redis_mode_shares_answers_between_gateways() {
-    let mut redis = support::redis::RedisServer::from_env_or_start();
+    let mut redis = RedisServer::from_env_or_start().expect("a Redis for the test");
     let mock = start_mock(MockConfig::default().api_key(UPSTREAM_KEY)).await;
     let with_redis = |mock: &MockServer| {
         let mut config = test_config(mock);
-        config.cache.redis = vec![redis.url()];
+        config.cache.redis = vec![redis.url().to_owned()];
         config.cache.redis_timeout = Duration::from_millis(200);
         config
     };
@@ -760,7 +743,7 @@ async fn redis_mode_shares_answers_between_gateways() {
     let pattern = format!("holysheep:cache:{model}:*");
     let mut stored = false;
     for _ in 0..100 {
-        if !redis_keys(&redis.url(), &pattern).is_empty() {
+        if !redis_keys(redis.url(), &pattern).is_empty() {
             stored = true;
             break;
         }
@@ -774,7 +757,7 @@ async fn redis_mode_shares_answers_between_gateways() {
     assert_eq!(mock.stats().chat_requests(), 1);
     assert_eq!(get(&second, "/readyz").await.status, StatusCode::OK);
 
-    if redis.can_restart() {
+    if !redis.is_external() {
         redis.kill();
         let ready = get(&second, "/readyz").await;
         assert_eq!(ready.status, StatusCode::SERVICE_UNAVAILABLE);

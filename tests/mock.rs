@@ -1,10 +1,10 @@
 //! The mock upstream every other integration test relies on, seen from the root package.
 
-mod support;
-
-use holysheep_core::chat::ChatCompletionRequest;
+use holysheep_testkit::{
+    MockConfig, UPSTREAM_KEY, chat_body, expected_content, post_chat, sse_chunks, start_mock,
+    stream_body, stream_content,
+};
 use http::StatusCode;
-use support::*;
 
 #[tokio::test]
 async fn mock_answers_a_chat_completion() {
@@ -16,13 +16,12 @@ async fn mock_answers_a_chat_completion() {
     let json = reply.json();
     assert_eq!(json["object"], "chat.completion");
     assert_eq!(json["model"], "gpt-4.1");
-    let req: ChatCompletionRequest = serde_json::from_value(body.clone()).unwrap();
-    assert_eq!(reply.content(), holysheep_mock::expected_content(&req));
+    assert_eq!(reply.content(), expected_content(&body));
 
     let streamed = post_chat(
         &mock.base_url(),
         Some(UPSTREAM_KEY),
-        &stream_body("gpt-4.1", "How do I pool connections?"),
+        &stream_body("gpt-4.1", "How do I pool connections?", true),
     )
     .await;
     assert_eq!(streamed.status, StatusCode::OK);

@@ -10,8 +10,6 @@
 //! made from (default `python3`); `HOLYSHEEP_SDK_PYTHON` may name an interpreter that already
 //! has `openai` installed, to skip the virtualenv altogether (for offline machines).
 
-mod support;
-
 // The gateway's own modules, shared with its `main.rs`; a test uses only part of them.
 #[allow(dead_code)]
 #[path = "../examples/gateway/auth.rs"]
@@ -41,13 +39,14 @@ use std::path::{Path, PathBuf};
 use std::process::{Output, Stdio};
 use std::time::Duration;
 
-use holysheep_core::chat::ChatCompletionRequest;
+use holysheep_testkit::{
+    MockConfig, UPSTREAM_KEY, chat_body, expected_content, expected_usage, http_client, start_mock,
+};
 use serde_json::Value;
 use tokio::process::Command;
 
 use config::{Config, Secret};
 use server::Gateway;
-use support::{MockConfig, UPSTREAM_KEY, chat_body, http_client, start_mock};
 
 /// The SDK versions the test is written against: the 1.x API from 1.50 on, and 2.x, which
 /// keeps it.
@@ -340,13 +339,9 @@ async fn run_sdk(python: &Path, base_url: &str, api_key: &str) -> Value {
     })
 }
 
-fn chat_request(prompt: &str) -> ChatCompletionRequest {
-    serde_json::from_value(chat_body(CHAT_MODEL, prompt)).expect("a chat request")
-}
-
 /// The usage the mock reports for `prompt`, as the SDK script prints it.
 fn usage_json(prompt: &str) -> Value {
-    let usage = holysheep_mock::expected_usage(&chat_request(prompt));
+    let usage = expected_usage(&chat_body(CHAT_MODEL, prompt));
     serde_json::json!({
         "prompt_tokens": usage.prompt_tokens,
         "completion_tokens": usage.completion_tokens,
@@ -389,8 +384,8 @@ async fn official_python_sdk_works_unmodified() {
     let out = run_sdk(&python, &base_url, GATEWAY_KEY).await;
     let ctx = format!("SDK results: {out:#}");
 
-    let cached_text = holysheep_mock::expected_content(&chat_request(CACHED_PROMPT));
-    let streamed_text = holysheep_mock::expected_content(&chat_request(STREAMED_PROMPT));
+    let cached_text = expected_content(&chat_body(CHAT_MODEL, CACHED_PROMPT));
+    let streamed_text = expected_content(&chat_body(CHAT_MODEL, STREAMED_PROMPT));
 
     // A completion, then the same one from the cache with the same answer.
     let first = &out["first"];

@@ -1,16 +1,16 @@
 //! `PoolLimitLayer` around the real HolySheep client, against the mock upstream on loopback.
 #![cfg(all(feature = "pool-limit", feature = "client"))]
 
-mod support;
-
 use std::time::{Duration, Instant};
 
 use holysheep_core::error::find_in_chain;
 use holysheep_mock::Latency;
 use holysheep_pool_limit::{Overloaded, PoolLimitLayer};
+use holysheep_testkit::{
+    MockConfig, UPSTREAM_KEY, chat_body, chat_request, start_mock, upstream_client,
+};
 use http::StatusCode;
 use http_body_util::BodyExt;
-use support::*;
 use tower::{ServiceBuilder, ServiceExt};
 
 const CALLERS: usize = 500;

@@ -1,17 +1,18 @@
 //! `RetryLayer` around the real HolySheep client, against the mock upstream on loopback.
 #![cfg(all(feature = "retry", feature = "client"))]
 
-mod support;
-
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use holysheep_core::signal::Attempts;
 use holysheep_retry::RetryLayer;
+use holysheep_testkit::{
+    MockConfig, UPSTREAM_KEY, chat_body, chat_request, sse_chunks, start_mock, stream_body,
+    upstream_client,
+};
 use http::StatusCode;
 use http_body_util::BodyExt;
-use support::*;
 use tower::{ServiceBuilder, ServiceExt};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -125,6 +126,7 @@ async fn a_stream_cut_midway_is_not_retried() {
         .oneshot(chat_request(&stream_body(
             "gpt-4.1",
             "tell me a long story",
+            true,
         )))
         .await
         .unwrap();

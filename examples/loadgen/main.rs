@@ -55,6 +55,7 @@ use clap::{Args, Parser, Subcommand};
 use holysheep_core::BoxError;
 use holysheep_core::price::PriceTable;
 use holysheep_mock::{Latency, MockConfig, MockServer};
+use holysheep_testkit::redis::RedisServer;
 
 use driver::{Recorder, Run};
 use report::{Table, change, delta_us, dur, median, pct, sig3, times};
@@ -1089,13 +1090,18 @@ async fn hits(opts: &Opts, prices: &PriceTable, out: &mut Output) -> Result<(), 
     }
     names.push("library, memory".to_owned());
     targets.push(Arc::new(StackTarget::memory(&mock.base_url(), &settings)?));
-    let redis = system::Redis::from_env_or_start();
+    let redis = RedisServer::from_env_or_start();
     let redis_note = match &redis {
         Ok(r) => match StackTarget::redis(&mock.base_url(), r.url(), &settings).await {
             Ok(t) => {
                 names.push("library, Redis only".to_owned());
                 targets.push(Arc::new(t));
-                format!("Redis: {} at {}.", r.origin(), r.url())
+                let origin = if r.is_external() {
+                    "REDIS_URL"
+                } else {
+                    "redis-server started by the harness"
+                };
+                format!("Redis: {origin} at {}.", r.url())
             }
             Err(e) => format!("Redis: skipped ({e})."),
         },

@@ -1,10 +1,4 @@
-//! The machine the numbers come from, the process's resident memory, and a `redis-server` to
-//! measure Redis hits against.
-
-use std::io::{Read, Write};
-use std::net::{Ipv4Addr, TcpListener, TcpStream};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+//! The machine the numbers come from, and the process's resident memory.
 
 /// `VmRSS` of this process in kB, from `/proc/self/status`.
 pub(crate) fn rss_kb() -> Option<u64> {
@@ -46,100 +40,6 @@ pub(crate) fn machine() -> String {
         mem_kb as f64 / 1024.0 / 1024.0,
         kernel.trim()
     )
-}
-
-/// A Redis to measure against: `REDIS_URL`, or a `redis-server` child on a free loopback port,
-/// killed on drop.
-pub(crate) struct Redis {
-    url: String,
-    child: Option<Child>,
-    dir: Option<std::path::PathBuf>,
-}
-
-impl Redis {
-    /// `REDIS_URL` if set, else a new `redis-server`; `Err` says why there is none.
-    pub(crate) fn from_env_or_start() -> Result<Self, String> {
-        if let Ok(url) = std::env::var("REDIS_URL")
-            && !url.is_empty()
-        {
-            return Ok(Redis {
-                url,
-                child: None,
-                dir: None,
-            });
-        }
-        let port = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-            .and_then(|l| l.local_addr())
-            .map(|a| a.port())
-            .map_err(|e| format!("no free port: {e}"))?;
-        let dir = std::env::temp_dir().join(format!("loadgen-redis-{}-{port}", std::process::id()));
-        std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {dir:?}: {e}"))?;
-        let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            .arg("--dir")
-            .arg(&dir)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .map_err(|e| format!("cannot start redis-server: {e}"))?;
-        let mut redis = Redis {
-            url: format!("redis://127.0.0.1:{port}"),
-            child: Some(child),
-            dir: Some(dir),
-        };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !answers_ping(port) {
-            if let Some(Ok(Some(status))) = redis.child.as_mut().map(Child::try_wait) {
-                return Err(format!("redis-server exited early: {status}"));
-            }
-            if Instant::now() > deadline {
-                return Err("redis-server did not answer PING within 10 s".to_owned());
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Ok(redis)
-    }
-
-    /// Its URL.
-    pub(crate) fn url(&self) -> &str {
-        &self.url
-    }
-
-    /// Where it came from, for the report.
-    pub(crate) fn origin(&self) -> &'static str {
-        if self.child.is_some() {
-            "redis-server started by the harness"
-        } else {
-            "REDIS_URL"
-        }
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        if let Some(dir) = self.dir.take() {
-            let _ = std::fs::remove_dir_all(dir);
-        }
-    }
-}
-
-fn answers_ping(port: u16) -> bool {
-    let addr = (Ipv4Addr::LOCALHOST, port).into();
-    let Ok(mut stream) = TcpStream::connect_timeout(&addr, Duration::from_millis(200)) else {
-        return false;
-    };
-    let _ = stream.set_read_timeout(Some(Duration::from_millis(500)));
-    if stream.write_all(b"PING\r\n").is_err() {
-        return false;
-    }
-    let mut buf = [0u8; 7];
-    stream.read_exact(&mut buf).is_ok() && &buf == b"+PONG\r\n"
 }
 
 #[cfg(test)]

@@ -185,13 +185,6 @@ impl StdError for Error {
 mod tests {
     use super::*;
 
-    fn io_kinds(error: &Error) -> Vec<io::ErrorKind> {
-        holysheep_core::error::chain(error)
-            .filter_map(|e| e.downcast_ref::<io::Error>())
-            .map(io::Error::kind)
-            .collect()
-    }
-
     #[test]
     fn timeouts_carry_a_timed_out_io_error() {
         for error in [
@@ -200,7 +193,10 @@ mod tests {
         ] {
             assert!(error.is_timeout());
             assert!(!error.is_connect());
-            assert_eq!(io_kinds(&error), [io::ErrorKind::TimedOut]);
+            assert_eq!(
+                holysheep_testkit::io_error_kinds(&error),
+                [io::ErrorKind::TimedOut]
+            );
         }
         assert!(Error::read_timeout(Duration::from_secs(1)).is_body());
         assert!(!Error::headers_timeout(Duration::from_secs(1)).is_body());

@@ -6,21 +6,10 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use holysheep_client::{Error, HolySheepClient};
+use holysheep_testkit::io_error_kinds;
 use http_body_util::Empty;
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tower::ServiceExt;
-
-fn io_kinds(error: &Error) -> Vec<io::ErrorKind> {
-    let mut kinds = Vec::new();
-    let mut next: Option<&(dyn std::error::Error + 'static)> = Some(error);
-    while let Some(error) = next {
-        if let Some(io) = error.downcast_ref::<io::Error>() {
-            kinds.push(io.kind());
-        }
-        next = error.source();
-    }
-    kinds
-}
 
 async fn get(
     client: HolySheepClient,
@@ -49,7 +38,7 @@ async fn refused_connection_is_a_connect_error_with_the_io_cause() {
     assert!(error.is_connect(), "{error:?}");
     assert!(!error.is_timeout(), "{error:?}");
     assert!(
-        io_kinds(&error).contains(&io::ErrorKind::ConnectionRefused),
+        io_error_kinds(&error).contains(&io::ErrorKind::ConnectionRefused),
         "{error:?}"
     );
     assert!(!error.to_string().contains("sk-refused-secret"));
@@ -90,7 +79,7 @@ async fn connect_timeout_fires_and_reads_as_timed_out() {
     assert!(error.is_timeout(), "{error:?}");
     assert!(error.is_connect(), "{error:?}");
     assert!(
-        io_kinds(&error).contains(&io::ErrorKind::TimedOut),
+        io_error_kinds(&error).contains(&io::ErrorKind::TimedOut),
         "{error:?}"
     );
     assert_eq!(error.to_string(), "timed out connecting to the upstream");
@@ -109,5 +98,5 @@ async fn headers_deadline_covers_a_hanging_connect() {
     let error = get(client).await.expect_err("connect cannot finish");
     assert!(error.is_timeout(), "{error:?}");
     assert!(!error.is_connect(), "{error:?}");
-    assert_eq!(io_kinds(&error), [io::ErrorKind::TimedOut]);
+    assert_eq!(io_error_kinds(&error), [io::ErrorKind::TimedOut]);
 }

@@ -5,27 +5,22 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use holysheep_client::{Error, HolySheepClient, ResponseBody};
-use holysheep_core::sse::SseParser;
-use holysheep_mock::{CONNECTION_HEADER, Latency, MockConfig, MockServer};
+use holysheep_mock::{CONNECTION_HEADER, Latency, MockConfig};
+use holysheep_testkit::{
+    UPSTREAM_KEY, chat_body, chat_request, io_error_kinds, sse_chunks, start_mock, stream_body,
+    upstream_builder,
+};
 use http::{Response, StatusCode, Version, header};
 use http_body_util::{BodyExt, Full};
+use serde_json::Value;
 use tower::{Service, ServiceExt};
 
-const CHAT: &str = r#"{"model":"gpt-4.1","messages":[{"role":"user","content":"hello"}]}"#;
-const CHAT_STREAM: &str =
-    r#"{"model":"gpt-4.1","stream":true,"messages":[{"role":"user","content":"hello"}]}"#;
-
-fn chat_request(body: &'static str) -> http::Request<Full<Bytes>> {
-    http::Request::post("/chat/completions")
-        .header(header::CONTENT_TYPE, "application/json")
-        .body(Full::new(Bytes::from_static(body.as_bytes())))
-        .expect("valid request")
+fn chat() -> Value {
+    chat_body("gpt-4.1", "hello")
 }
 
-fn client_for(mock: &MockServer) -> holysheep_client::Builder {
-    HolySheepClient::builder()
-        .base_url(mock.base_url())
-        .api_key("sk-upstream")
+fn chat_stream() -> Value {
+    stream_body("gpt-4.1", "hello", false)
 }
 
 async fn call(
@@ -38,31 +33,18 @@ async fn call(
         .await
 }
 
-fn io_kinds(error: &Error) -> Vec<io::ErrorKind> {
-    let mut kinds = Vec::new();
-    let mut next: Option<&(dyn std::error::Error + 'static)> = Some(error);
-    while let Some(error) = next {
-        if let Some(io) = error.downcast_ref::<io::Error>() {
-            kinds.push(io.kind());
-        }
-        next = error.source();
-    }
-    kinds
-}
-
 #[tokio::test]
 async fn sequential_requests_reuse_one_connection_and_pay_the_cold_penalty_once() {
-    let mock = MockServer::start(
+    let mock = start_mock(
         MockConfig::default()
-            .api_key("sk-upstream")
+            .api_key(UPSTREAM_KEY)
             .cold_penalty(Duration::from_millis(50)),
     )
-    .await
-    .expect("mock starts");
-    let mut client = client_for(&mock).build().expect("client builds");
+    .await;
+    let mut client = upstream_builder(&mock).build().expect("client builds");
 
     for _ in 0..100 {
-        let response = call(&mut client, chat_request(CHAT))
+        let response = call(&mut client, chat_request(&chat()))
             .await
             .expect("answered");
         assert_eq!(response.status(), StatusCode::OK);
@@ -83,12 +65,10 @@ async fn sequential_requests_reuse_one_connection_and_pay_the_cold_penalty_once(
 
 #[tokio::test]
 async fn upstream_sees_our_key_and_host_never_the_callers() {
-    let mock = MockServer::start(MockConfig::default().api_key("sk-upstream"))
-        .await
-        .expect("mock starts");
-    let mut client = client_for(&mock).build().expect("client builds");
+    let mock = start_mock(MockConfig::default().api_key(UPSTREAM_KEY)).await;
+    let mut client = upstream_builder(&mock).build().expect("client builds");
 
-    let mut request = chat_request(CHAT);
+    let mut request = chat_request(&chat());
     let headers = request.headers_mut();
     headers.insert(
         header::AUTHORIZATION,
@@ -103,21 +83,19 @@ async fn upstream_sees_our_key_and_host_never_the_callers() {
     let seen = mock.stats().last_request().expect("recorded");
     assert_eq!(seen.uri.path(), "/v1/chat/completions");
     let auth: Vec<_> = seen.headers.get_all(header::AUTHORIZATION).iter().collect();
-    assert_eq!(auth, ["Bearer sk-upstream"]);
+    assert_eq!(auth, [format!("Bearer {UPSTREAM_KEY}").as_str()]);
     assert_eq!(seen.headers[header::HOST], mock.addr().to_string().as_str());
-    assert_eq!(seen.body, CHAT.as_bytes());
+    assert_eq!(seen.body, chat().to_string().as_bytes());
 }
 
 #[tokio::test]
 async fn without_a_key_no_authorization_goes_upstream() {
-    let mock = MockServer::start(MockConfig::default())
-        .await
-        .expect("mock starts");
+    let mock = start_mock(MockConfig::default()).await;
     let mut client = HolySheepClient::builder()
         .base_url(mock.base_url())
         .build()
         .expect("client builds");
-    let mut request = chat_request(CHAT);
+    let mut request = chat_request(&chat());
     request.headers_mut().insert(
         header::AUTHORIZATION,
         "Bearer caller-key".parse().expect("value"),
@@ -130,12 +108,10 @@ async fn without_a_key_no_authorization_goes_upstream() {
 
 #[tokio::test]
 async fn non_2xx_answers_are_responses_not_errors() {
-    let mock = MockServer::start(MockConfig::default().api_key("sk-other"))
-        .await
-        .expect("mock starts");
-    let mut client = client_for(&mock).build().expect("client builds");
+    let mock = start_mock(MockConfig::default().api_key("sk-other")).await;
+    let mut client = upstream_builder(&mock).build().expect("client builds");
 
-    let response = call(&mut client, chat_request(CHAT))
+    let response = call(&mut client, chat_request(&chat()))
         .await
         .expect("a response");
     assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
@@ -150,7 +126,7 @@ async fn non_2xx_answers_are_responses_not_errors() {
 
     mock.update(|cfg| cfg.api_key = None);
     mock.fail_next(1, StatusCode::SERVICE_UNAVAILABLE);
-    let response = call(&mut client, chat_request(CHAT))
+    let response = call(&mut client, chat_request(&chat()))
         .await
         .expect("a response");
     assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
@@ -159,21 +135,19 @@ async fn non_2xx_answers_are_responses_not_errors() {
 #[tokio::test]
 async fn headers_timeout_fires_against_a_slow_upstream() {
     let mock =
-        MockServer::start(MockConfig::default().latency(Latency::fixed(Duration::from_secs(5))))
-            .await
-            .expect("mock starts");
-    let mut client = client_for(&mock)
+        start_mock(MockConfig::default().latency(Latency::fixed(Duration::from_secs(5)))).await;
+    let mut client = upstream_builder(&mock)
         .api_key("sk-slow-secret")
         .timeout(Duration::from_millis(200))
         .build()
         .expect("client builds");
 
-    let error = call(&mut client, chat_request(CHAT))
+    let error = call(&mut client, chat_request(&chat()))
         .await
         .expect_err("too slow");
     assert!(error.is_timeout(), "{error:?}");
     assert!(!error.is_connect() && !error.is_body(), "{error:?}");
-    assert_eq!(io_kinds(&error), [io::ErrorKind::TimedOut]);
+    assert_eq!(io_error_kinds(&error), [io::ErrorKind::TimedOut]);
     assert_eq!(
         error.to_string(),
         "upstream sent no response headers within 200ms"
@@ -183,19 +157,18 @@ async fn headers_timeout_fires_against_a_slow_upstream() {
 
 #[tokio::test]
 async fn read_timeout_fires_between_stream_chunks() {
-    let mock = MockServer::start(
+    let mock = start_mock(
         MockConfig::default()
             .stream_chunks(4)
             .stream_gap(Duration::from_secs(5)),
     )
-    .await
-    .expect("mock starts");
-    let mut client = client_for(&mock)
+    .await;
+    let mut client = upstream_builder(&mock)
         .read_timeout(Duration::from_millis(200))
         .build()
         .expect("client builds");
 
-    let response = call(&mut client, chat_request(CHAT_STREAM))
+    let response = call(&mut client, chat_request(&chat_stream()))
         .await
         .expect("headers");
     assert_eq!(response.status(), StatusCode::OK);
@@ -214,23 +187,22 @@ async fn read_timeout_fires_between_stream_chunks() {
         }
     };
     assert!(error.is_timeout() && error.is_body(), "{error:?}");
-    assert_eq!(io_kinds(&error), [io::ErrorKind::TimedOut]);
+    assert_eq!(io_error_kinds(&error), [io::ErrorKind::TimedOut]);
     // After the timeout the body is over.
     assert!(body.frame().await.is_none());
 }
 
 #[tokio::test]
 async fn stream_chunks_reach_the_caller_while_the_upstream_is_still_sending() {
-    let mock = MockServer::start(
+    let mock = start_mock(
         MockConfig::default()
             .stream_chunks(20)
             .stream_gap(Duration::from_millis(100)),
     )
-    .await
-    .expect("mock starts");
-    let mut client = client_for(&mock).build().expect("client builds");
+    .await;
+    let mut client = upstream_builder(&mock).build().expect("client builds");
 
-    let response = call(&mut client, chat_request(CHAT_STREAM))
+    let response = call(&mut client, chat_request(&chat_stream()))
         .await
         .expect("headers");
     assert_eq!(response.status(), StatusCode::OK);
@@ -250,37 +222,27 @@ async fn stream_chunks_reach_the_caller_while_the_upstream_is_still_sending() {
     // The upstream is still streaming: its response is in flight until the last chunk.
     assert_eq!(mock.stats().in_flight(), 1);
 
-    let mut parser = SseParser::new();
-    parser.push(&first);
+    let mut all = first.to_vec();
     let mut frames = 1;
     while let Some(frame) = body.frame().await {
         let data = frame.expect("no error").into_data().expect("data");
-        parser.push(&data);
+        all.extend_from_slice(&data);
         frames += 1;
     }
-    let mut events = Vec::new();
-    while let Some(event) = parser.next_event() {
-        events.push(event);
-    }
-    assert!(
-        events.last().is_some_and(|event| event.is_done()),
-        "{events:?}"
-    );
+    assert!(sse_chunks(&all).1, "the stream ends with [DONE]");
     // 20 chunks 100 ms apart cannot arrive as one buffered block.
     assert!(frames >= 10, "only {frames} frames");
 }
 
 #[tokio::test]
 async fn http2_only_speaks_h2c_to_the_upstream() {
-    let mock = MockServer::start(MockConfig::default())
-        .await
-        .expect("mock starts");
-    let mut client = client_for(&mock)
+    let mock = start_mock(MockConfig::default()).await;
+    let mut client = upstream_builder(&mock)
         .http2_only(true)
         .build()
         .expect("client builds");
     for _ in 0..3 {
-        let response = call(&mut client, chat_request(CHAT))
+        let response = call(&mut client, chat_request(&chat()))
             .await
             .expect("answered");
         assert_eq!(response.status(), StatusCode::OK);
@@ -293,10 +255,8 @@ async fn http2_only_speaks_h2c_to_the_upstream() {
 #[tokio::test]
 async fn concurrent_requests_through_a_service_builder() {
     let mock =
-        MockServer::start(MockConfig::default().latency(Latency::fixed(Duration::from_millis(20))))
-            .await
-            .expect("mock starts");
-    let client = client_for(&mock).build().expect("client builds");
+        start_mock(MockConfig::default().latency(Latency::fixed(Duration::from_millis(20)))).await;
+    let client = upstream_builder(&mock).build().expect("client builds");
     let service = tower::ServiceBuilder::new()
         .concurrency_limit(4)
         .service(client);
@@ -305,7 +265,7 @@ async fn concurrent_requests_through_a_service_builder() {
     for _ in 0..16 {
         let service = service.clone();
         tasks.push(tokio::spawn(async move {
-            let response = service.oneshot(chat_request(CHAT)).await?;
+            let response = service.oneshot(chat_request(&chat())).await?;
             let status = response.status();
             response.into_body().collect().await?;
             Ok::<_, Error>(status)

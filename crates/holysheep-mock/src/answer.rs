@@ -96,29 +96,78 @@ pub fn expected_usage(req: &ChatCompletionRequest) -> Usage {
     }
 }
 
-/// The answer to one chat request, computed once and rendered as JSON or as a stream.
+/// One chat answer in OpenAI's shapes: a whole `chat.completion` object, or the same answer
+/// as `chat.completion.chunk` Server-Sent Events.
+///
+/// The mock answers every chat request with [`ChatAnswer::for_request`]. Tests and benches build
+/// one with any text to stand in for an upstream without starting a server:
+///
+/// ```
+/// use holysheep_mock::ChatAnswer;
+///
+/// let answer = ChatAnswer::new("gpt-4.1", "Keep the pool warm.").id("chatcmpl-1");
+/// let json: serde_json::Value = serde_json::from_slice(&answer.to_json()).unwrap();
+/// assert_eq!(json["choices"][0]["message"]["content"], "Keep the pool warm.");
+///
+/// // Two content chunks, the last with `finish_reason: "stop"`, then a usage chunk.
+/// let events = answer.to_events(2, true);
+/// assert_eq!(events.len(), 3);
+/// assert!(events[0].starts_with(b"data: {"));
+/// ```
 #[derive(Debug, Clone)]
-pub(crate) struct ChatAnswer {
-    pub(crate) id: String,
-    pub(crate) created: u64,
-    pub(crate) model: String,
-    pub(crate) content: String,
-    pub(crate) usage: Usage,
+pub struct ChatAnswer {
+    id: String,
+    created: u64,
+    model: String,
+    content: String,
+    usage: Usage,
 }
 
 impl ChatAnswer {
-    pub(crate) fn new(req: &ChatCompletionRequest, id: String, created: u64) -> Self {
+    /// An answer of `content` from `model`, with the id `chatcmpl-mock`, `created` 0, and usage
+    /// counted the mock's way for the answer alone (no prompt tokens).
+    pub fn new(model: impl Into<String>, content: impl Into<String>) -> Self {
+        let content = content.into();
+        let completion_tokens = tokens_of(&content);
         Self {
-            id,
-            created,
-            model: req.model.clone(),
-            content: expected_content(req),
-            usage: expected_usage(req),
+            id: "chatcmpl-mock".to_owned(),
+            created: 0,
+            model: model.into(),
+            content,
+            usage: Usage {
+                prompt_tokens: 0,
+                completion_tokens,
+                total_tokens: completion_tokens,
+                extra: Map::new(),
+            },
         }
     }
 
+    /// What the mock answers `req` with: [`expected_content`] and [`expected_usage`].
+    pub fn for_request(req: &ChatCompletionRequest) -> Self {
+        Self::new(req.model.clone(), expected_content(req)).usage(expected_usage(req))
+    }
+
+    /// Sets the answer's `id`.
+    pub fn id(mut self, id: impl Into<String>) -> Self {
+        self.id = id.into();
+        self
+    }
+
+    /// Sets the answer's `created` time, in Unix seconds.
+    pub fn created(mut self, created: u64) -> Self {
+        self.created = created;
+        self
+    }
+
+    /// Sets the token counts the answer reports.
+    pub fn usage(mut self, usage: Usage) -> Self {
+        self.usage = usage;
+        self
+    }
+
     /// The whole answer, a `chat.completion` object.
-    pub(crate) fn to_json(&self) -> Bytes {
+    pub fn to_json(&self) -> Bytes {
         let mut extra = Map::new();
         extra.insert("system_fingerprint".into(), FINGERPRINT.into());
         let mut choice_extra = Map::new();
@@ -145,9 +194,9 @@ impl ChatAnswer {
     }
 
     /// The streamed answer as SSE events, without the final `[DONE]`: `chunks` content chunks
-    /// (fewer if the text is shorter), the last with `finish_reason: "stop"`, then a usage-only
-    /// chunk when `include_usage`.
-    pub(crate) fn to_events(&self, chunks: usize, include_usage: bool) -> Vec<Bytes> {
+    /// (fewer if the text is shorter), the first with `role: "assistant"` and the last with
+    /// `finish_reason: "stop"`, then a usage-only chunk when `include_usage`.
+    pub fn to_events(&self, chunks: usize, include_usage: bool) -> Vec<Bytes> {
         let pieces = split_chars(&self.content, chunks.max(1));
         let last = pieces.len().saturating_sub(1);
         let mut events = Vec::with_capacity(pieces.len() + 1);
@@ -512,7 +561,7 @@ mod tests {
     #[test]
     fn stream_pieces_join_to_the_answer() {
         let req = request(json!({"model": "m", "messages": [{"role": "user", "content": "x"}]}));
-        let answer = ChatAnswer::new(&req, "id".into(), 1);
+        let answer = ChatAnswer::for_request(&req);
         for n in [1, 2, 3, 8, 1000] {
             let pieces = split_chars(&answer.content, n);
             assert!(pieces.len() <= n);

@@ -157,7 +157,9 @@ impl Reply<'_> {
         let stream = req.is_stream();
         self.shared.stats.record_chat(stream);
         let seq = self.shared.next_id.fetch_add(1, Ordering::Relaxed) + 1;
-        let answer = ChatAnswer::new(&req, format!("chatcmpl-mock{seq:012x}"), unix_now());
+        let answer = ChatAnswer::for_request(&req)
+            .id(format!("chatcmpl-mock{seq:012x}"))
+            .created(unix_now());
         if !stream {
             return self.json_with_seq(StatusCode::OK, answer.to_json(), in_flight, seq);
         }

@@ -10,7 +10,9 @@
 //! Answers are deterministic: the same model and messages always get the same text and the same
 //! token counts ([`expected_content`], [`expected_usage`]), so a test can compare what came
 //! through a cache or a retry with what the upstream would have said. Each answer still gets a
-//! fresh `id`, so a test can tell a cached answer from a new one.
+//! fresh `id`, so a test can tell a cached answer from a new one. [`ChatAnswer`] renders an
+//! answer (the mock's, or any text) as completion JSON or as stream chunks, for tests and benches
+//! that need the shapes without a server.
 //!
 //! # Example
 //!
@@ -86,7 +88,7 @@ mod handler;
 mod server;
 mod stats;
 
-pub use answer::{expected_content, expected_usage};
+pub use answer::{ChatAnswer, expected_content, expected_usage};
 pub use config::{DEFAULT_MODELS, Latency, MockConfig};
 pub use server::MockServer;
 pub use stats::{RecordedRequest, Stats};

@@ -6,48 +6,18 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use holysheep_core::chat::{ChatCompletion, ChatCompletionChunk, ChatCompletionRequest};
-use holysheep_core::error::ErrorBody;
-use holysheep_core::sse::SseParser;
 use holysheep_mock::{CONNECTION_HEADER, MockConfig, MockServer, expected_content, expected_usage};
-use http::{HeaderMap, Method, Request, StatusCode, header};
+use holysheep_testkit::{
+    Reply, TestClient, UPSTREAM_KEY, chat_body, http_client, json_request, post_json_with,
+    read_sse, sse_chunks, start_mock, stream_body,
+};
+use http::{Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-
-const KEY: &str = "sk-upstream";
-
-type TestClient = Client<HttpConnector, Full<Bytes>>;
-
-fn client() -> TestClient {
-    Client::builder(TokioExecutor::new()).build_http()
-}
-
-struct Reply {
-    status: StatusCode,
-    headers: HeaderMap,
-    body: Bytes,
-}
-
-impl Reply {
-    fn json(&self) -> Value {
-        serde_json::from_slice(&self.body).expect("a JSON body")
-    }
-
-    fn header(&self, name: &str) -> &str {
-        self.headers
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default()
-    }
-
-    fn error(&self) -> ErrorBody {
-        serde_json::from_slice(&self.body).expect("an OpenAI error body")
-    }
-}
 
 async fn send(
     client: &TestClient,
@@ -56,77 +26,44 @@ async fn send(
     key: Option<&str>,
     body: &str,
 ) -> Reply {
-    let mut req = Request::builder()
-        .method(method)
-        .uri(url)
-        .header(header::CONTENT_TYPE, "application/json");
-    if let Some(key) = key {
-        req = req.header(header::AUTHORIZATION, format!("Bearer {key}"));
-    }
-    let res = client
-        .request(req.body(Full::from(body.to_owned())).unwrap())
-        .await
-        .expect("an answer");
-    let (parts, body) = res.into_parts();
-    Reply {
-        status: parts.status,
-        headers: parts.headers,
-        body: body.collect().await.expect("a whole body").to_bytes(),
-    }
+    holysheep_testkit::send(client, json_request(method, url, key, body.to_owned())).await
+}
+
+async fn get(client: &TestClient, mock: &MockServer, path: &str) -> Reply {
+    send(client, Method::GET, &mock.url(path), Some(UPSTREAM_KEY), "").await
+}
+
+/// A chat request to the mock with the key, for tests that read the raw response.
+fn chat_post(mock: &MockServer, body: impl Into<Bytes>) -> Request<Full<Bytes>> {
+    json_request(
+        Method::POST,
+        &mock.url("/chat/completions"),
+        Some(UPSTREAM_KEY),
+        body,
+    )
 }
 
 async fn post(client: &TestClient, mock: &MockServer, path: &str, body: &Value) -> Reply {
-    send(
-        client,
-        Method::POST,
-        &mock.url(path),
-        Some(KEY),
-        &body.to_string(),
-    )
-    .await
+    post_json_with(client, &mock.url(path), Some(UPSTREAM_KEY), body).await
 }
 
 fn chat(prompt: &str) -> Value {
-    json!({"model": "gpt-4.1", "messages": [{"role": "user", "content": prompt}]})
+    chat_body("gpt-4.1", prompt)
 }
 
 fn stream_chat(prompt: &str, include_usage: bool) -> Value {
-    let mut body = chat(prompt);
-    body["stream"] = json!(true);
-    if include_usage {
-        body["stream_options"] = json!({"include_usage": true});
-    }
-    body
+    stream_body("gpt-4.1", prompt, include_usage)
 }
 
 async fn start(cfg: MockConfig) -> MockServer {
-    MockServer::start(cfg.api_key(KEY))
-        .await
-        .expect("mock starts")
-}
-
-/// Parses an SSE body into chunks, and says whether it ended with `[DONE]`.
-fn sse(body: &[u8]) -> (Vec<ChatCompletionChunk>, bool) {
-    let mut parser = SseParser::new();
-    parser.push(body);
-    let mut chunks = Vec::new();
-    let mut done = false;
-    while let Some(event) = parser.next_event() {
-        assert!(!done, "nothing may follow [DONE]");
-        if event.is_done() {
-            done = true;
-        } else {
-            chunks.push(serde_json::from_str(&event.data).expect("a chunk"));
-        }
-    }
-    (chunks, done)
+    start_mock(cfg.api_key(UPSTREAM_KEY)).await
 }
 
 /// Sends a raw HTTP/1.1 request and reads until the server closes the connection.
 async fn raw(addr: SocketAddr, path: &str, body: &str) -> (Vec<u8>, io::Result<usize>) {
     let mut stream = TcpStream::connect(addr).await.unwrap();
     let request = format!(
-        "POST /v1{path} HTTP/1.1\r\nhost: {addr}\r\nauthorization: Bearer {KEY}\r\n\
+        "POST /v1{path} HTTP/1.1\r\nhost: {addr}\r\nauthorization: Bearer {UPSTREAM_KEY}\r\n\
          content-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
         body.len()
     );
@@ -141,12 +78,12 @@ async fn raw(addr: SocketAddr, path: &str, body: &str) -> (Vec<u8>, io::Result<u
 #[tokio::test]
 async fn json_answer_has_openai_shape_and_is_deterministic() {
     let mock = start(MockConfig::default()).await;
-    let c = client();
+    let c = http_client();
     let first = post(&c, &mock, "/chat/completions", &chat("hello")).await;
     let second = post(&c, &mock, "/chat/completions", &chat("hello")).await;
     let other = post(&c, &mock, "/chat/completions", &chat("goodbye")).await;
     assert_eq!(first.status, StatusCode::OK);
-    assert_eq!(first.header("content-type"), "application/json");
+    assert_eq!(first.header("content-type"), Some("application/json"));
 
     let raw = first.json();
     for field in ["id", "object", "created", "model", "choices", "usage"] {
@@ -184,7 +121,7 @@ async fn json_answer_has_openai_shape_and_is_deterministic() {
 #[tokio::test]
 async fn streamed_answer_has_chunks_stop_usage_and_done() {
     let mock = start(MockConfig::default().stream_chunks(5)).await;
-    let c = client();
+    let c = http_client();
     let whole = post(&c, &mock, "/chat/completions", &chat("stream me")).await;
     let whole: ChatCompletion = serde_json::from_slice(&whole.body).unwrap();
 
@@ -196,8 +133,8 @@ async fn streamed_answer_has_chunks_stop_usage_and_done() {
     )
     .await;
     assert_eq!(res.status, StatusCode::OK);
-    assert_eq!(res.header("content-type"), "text/event-stream");
-    let (chunks, done) = sse(&res.body);
+    assert_eq!(res.header("content-type"), Some("text/event-stream"));
+    let (chunks, done) = read_sse::<ChatCompletionChunk>(&res.body);
     assert!(done, "the stream ends with [DONE]");
     assert!(res.body.ends_with(b"data: [DONE]\n\n"));
     assert_eq!(
@@ -236,7 +173,7 @@ async fn streamed_answer_has_chunks_stop_usage_and_done() {
         &stream_chat("stream me", false),
     )
     .await;
-    let (chunks, done) = sse(&res.body);
+    let (chunks, done) = read_sse::<ChatCompletionChunk>(&res.body);
     assert!(done);
     assert_eq!(chunks.len(), 5);
     assert!(chunks.iter().all(|c| c.usage.is_none()));
@@ -251,7 +188,7 @@ async fn stream_gap_paces_the_chunks() {
     let mock = start(MockConfig::default().stream_chunks(3).stream_gap(gap)).await;
     let started = Instant::now();
     let res = post(
-        &client(),
+        &http_client(),
         &mock,
         "/chat/completions",
         &stream_chat("slow", false),
@@ -259,13 +196,13 @@ async fn stream_gap_paces_the_chunks() {
     .await;
     // Three chunks and [DONE]: three gaps.
     assert!(started.elapsed() >= gap * 3);
-    assert!(sse(&res.body).1);
+    assert!(sse_chunks(&res.body).1);
 }
 
 #[tokio::test]
 async fn wrong_or_missing_key_is_401() {
     let mock = start(MockConfig::default()).await;
-    let c = client();
+    let c = http_client();
     let url = mock.url("/chat/completions");
     let body = chat("hi").to_string();
     for key in [None, Some("sk-caller")] {
@@ -295,7 +232,7 @@ async fn wrong_or_missing_key_is_401() {
 async fn cold_penalty_is_paid_once_per_connection() {
     let penalty = Duration::from_millis(150);
     let mock = start(MockConfig::default().cold_penalty(penalty)).await;
-    let pooled = client();
+    let pooled = http_client();
 
     let started = Instant::now();
     let first = post(&pooled, &mock, "/chat/completions", &chat("a")).await;
@@ -313,7 +250,7 @@ async fn cold_penalty_is_paid_once_per_connection() {
 
     // A new client means a new connection, which pays again.
     let started = Instant::now();
-    let third = post(&client(), &mock, "/chat/completions", &chat("c")).await;
+    let third = post(&http_client(), &mock, "/chat/completions", &chat("c")).await;
     assert!(started.elapsed() >= penalty);
     assert_ne!(
         first.header(CONNECTION_HEADER),
@@ -327,7 +264,7 @@ async fn cold_penalty_is_paid_once_per_connection() {
 #[tokio::test]
 async fn fail_next_fails_exactly_n_requests() {
     let mock = start(MockConfig::default()).await;
-    let c = client();
+    let c = http_client();
     mock.fail_next(2, StatusCode::SERVICE_UNAVAILABLE);
     mock.fail_next(1, StatusCode::BAD_GATEWAY);
     let mut statuses = Vec::new();
@@ -335,7 +272,7 @@ async fn fail_next_fails_exactly_n_requests() {
         let res = post(&c, &mock, "/chat/completions", &chat("x")).await;
         if res.status != StatusCode::OK {
             assert_eq!(res.error().error.r#type, "server_error");
-            assert_eq!(res.header("content-type"), "application/json");
+            assert_eq!(res.header("content-type"), Some("application/json"));
         }
         statuses.push(res.status.as_u16());
     }
@@ -364,14 +301,14 @@ async fn fail_next_fails_exactly_n_requests() {
 #[tokio::test]
 async fn rate_limit_has_retry_after_and_can_be_turned_off() {
     let mock = start(MockConfig::default()).await;
-    let c = client();
+    let c = http_client();
     mock.update(|cfg| {
         cfg.rate_limit_rate = 1.0;
         cfg.retry_after_secs = 7;
     });
     let res = post(&c, &mock, "/chat/completions", &chat("x")).await;
     assert_eq!(res.status, StatusCode::TOO_MANY_REQUESTS);
-    assert_eq!(res.header("retry-after"), "7");
+    assert_eq!(res.header("retry-after"), Some("7"));
     assert_eq!(
         res.error().error.code.as_deref(),
         Some("rate_limit_exceeded")
@@ -388,7 +325,7 @@ async fn rate_limit_has_retry_after_and_can_be_turned_off() {
     mock.fail_next(1, StatusCode::TOO_MANY_REQUESTS);
     let res = post(&c, &mock, "/chat/completions", &chat("x")).await;
     assert_eq!(res.status, StatusCode::TOO_MANY_REQUESTS);
-    assert_eq!(res.header("retry-after"), "7");
+    assert_eq!(res.header("retry-after"), Some("7"));
 }
 
 #[tokio::test]
@@ -396,16 +333,11 @@ async fn seeded_faults_repeat() {
     let cfg = MockConfig::default().error_rate(0.5).seed(99);
     let run = |cfg: MockConfig| async move {
         let mock = start(cfg).await;
-        let c = client();
+        let c = http_client();
         let mut statuses = Vec::new();
         for _ in 0..20 {
             statuses.push(post(&c, &mock, "/models", &json!({})).await.status.as_u16());
-            statuses.push(
-                send(&c, Method::GET, &mock.url("/models"), Some(KEY), "")
-                    .await
-                    .status
-                    .as_u16(),
-            );
+            statuses.push(get(&c, &mock, "/models").await.status.as_u16());
         }
         statuses
     };
@@ -435,17 +367,14 @@ async fn truncated_stream_stops_without_done() {
     assert_eq!(mock.stats().truncated_streams(), 1);
 
     // The hyper client sees an incomplete body; the next stream is whole again.
-    let c = client();
+    let c = http_client();
     mock.update(|cfg| cfg.truncate_rate = 1.0);
-    let req = Request::post(mock.url("/chat/completions"))
-        .header(header::AUTHORIZATION, format!("Bearer {KEY}"))
-        .body(Full::from(body.clone()))
-        .unwrap();
+    let req = chat_post(&mock, body.clone());
     let res = c.request(req).await.unwrap();
     assert!(res.into_body().collect().await.is_err());
     mock.update(|cfg| cfg.truncate_rate = 0.0);
     let whole = post(&c, &mock, "/chat/completions", &stream_chat("cut me", true)).await;
-    assert!(sse(&whole.body).1);
+    assert!(sse_chunks(&whole.body).1);
 }
 
 #[tokio::test]
@@ -460,12 +389,9 @@ async fn reset_closes_the_connection_without_a_response() {
     assert!(mock.stats().by_status().is_empty());
 
     // A pooled client sees an error, then a fresh connection works.
-    let c = client();
+    let c = http_client();
     mock.update(|cfg| cfg.reset_rate = 1.0);
-    let req = Request::post(mock.url("/chat/completions"))
-        .header(header::AUTHORIZATION, format!("Bearer {KEY}"))
-        .body(Full::from(chat("x").to_string()))
-        .unwrap();
+    let req = chat_post(&mock, chat("x").to_string());
     assert!(c.request(req).await.is_err());
     mock.update(|cfg| cfg.reset_rate = 0.0);
     assert_eq!(
@@ -483,7 +409,7 @@ async fn max_in_flight_tracks_concurrency() {
         MockConfig::default().latency(holysheep_mock::Latency::fixed(Duration::from_millis(600))),
     )
     .await;
-    let c = client();
+    let c = http_client();
     let calls = (0..10).map(|i| {
         let c = c.clone();
         let url = mock.url("/chat/completions");
@@ -492,7 +418,7 @@ async fn max_in_flight_tracks_concurrency() {
                 &c,
                 Method::POST,
                 &url,
-                Some(KEY),
+                Some(UPSTREAM_KEY),
                 &chat(&i.to_string()).to_string(),
             )
             .await
@@ -520,24 +446,20 @@ async fn streams_count_in_flight_until_their_end() {
             .stream_gap(Duration::from_millis(200)),
     )
     .await;
-    let c = client();
-    let url = mock.url("/chat/completions");
-    let req = Request::post(url)
-        .header(header::AUTHORIZATION, format!("Bearer {KEY}"))
-        .body(Full::from(stream_chat("long", false).to_string()))
-        .unwrap();
+    let c = http_client();
+    let req = chat_post(&mock, stream_chat("long", false).to_string());
     let res = c.request(req).await.unwrap();
     // The head has arrived; the body is still being paced out.
     assert_eq!(mock.stats().in_flight(), 1);
     let body = res.into_body().collect().await.unwrap().to_bytes();
-    assert!(sse(&body).1);
+    assert!(sse_chunks(&body).1);
     assert_eq!(mock.stats().in_flight(), 0);
 }
 
 #[tokio::test]
 async fn embeddings_are_deterministic() {
     let mock = start(MockConfig::default()).await;
-    let c = client();
+    let c = http_client();
     let one = post(
         &c,
         &mock,
@@ -584,8 +506,8 @@ async fn embeddings_are_deterministic() {
 #[tokio::test]
 async fn models_and_errors_of_routing() {
     let mock = start(MockConfig::default()).await;
-    let c = client();
-    let models = send(&c, Method::GET, &mock.url("/models"), Some(KEY), "").await;
+    let c = http_client();
+    let models = get(&c, &mock, "/models").await;
     assert_eq!(models.status, StatusCode::OK);
     let ids: Vec<String> = models.json()["data"]
         .as_array()
@@ -601,16 +523,9 @@ async fn models_and_errors_of_routing() {
     ] {
         assert!(ids.iter().any(|id| id == seed), "{seed} listed");
     }
-    let one = send(
-        &c,
-        Method::GET,
-        &mock.url("/models/deepseek-v3.2"),
-        Some(KEY),
-        "",
-    )
-    .await;
+    let one = get(&c, &mock, "/models/deepseek-v3.2").await;
     assert_eq!(one.json()["id"], "deepseek-v3.2");
-    let missing = send(&c, Method::GET, &mock.url("/models/gpt-2"), Some(KEY), "").await;
+    let missing = get(&c, &mock, "/models/gpt-2").await;
     assert_eq!(missing.status, StatusCode::NOT_FOUND);
     assert_eq!(
         missing.error().error.code.as_deref(),
@@ -621,7 +536,7 @@ async fn models_and_errors_of_routing() {
         &c,
         Method::POST,
         &mock.url("/completions/legacy"),
-        Some(KEY),
+        Some(UPSTREAM_KEY),
         "{}",
     )
     .await;
@@ -630,21 +545,14 @@ async fn models_and_errors_of_routing() {
         unknown.error().error.message,
         "Invalid URL (POST /v1/completions/legacy)"
     );
-    let wrong_method = send(
-        &c,
-        Method::GET,
-        &mock.url("/chat/completions"),
-        Some(KEY),
-        "",
-    )
-    .await;
+    let wrong_method = get(&c, &mock, "/chat/completions").await;
     assert_eq!(wrong_method.status, StatusCode::NOT_FOUND);
 
     let bad_json = send(
         &c,
         Method::POST,
         &mock.url("/chat/completions"),
-        Some(KEY),
+        Some(UPSTREAM_KEY),
         "{nope",
     )
     .await;
@@ -664,12 +572,15 @@ async fn models_and_errors_of_routing() {
 #[tokio::test]
 async fn last_request_is_recorded_and_stats_reset() {
     let mock = start(MockConfig::default()).await;
-    let c = client();
+    let c = http_client();
     post(&c, &mock, "/chat/completions", &chat("remember me")).await;
     let seen = mock.stats().last_request().unwrap();
     assert_eq!(seen.method, Method::POST);
     assert_eq!(seen.uri.path(), "/v1/chat/completions");
-    assert_eq!(seen.authorization(), Some("Bearer sk-upstream"));
+    assert_eq!(
+        seen.authorization(),
+        Some(format!("Bearer {UPSTREAM_KEY}").as_str())
+    );
     assert_eq!(seen.json().unwrap(), chat("remember me"));
 
     mock.stats().reset();
@@ -702,7 +613,7 @@ async fn serves_h2c_on_the_same_port() {
     )
     .await;
     assert_eq!(a.status, StatusCode::OK);
-    assert!(sse(&b.body).1);
+    assert!(sse_chunks(&b.body).1);
     assert_eq!(mock.stats().connections(), 1);
 }
 
@@ -715,18 +626,15 @@ async fn shutdown_lets_a_stream_finish_and_drop_stops_the_server() {
     )
     .await;
     let addr = mock.addr();
-    let c = client();
-    let req = Request::post(mock.url("/chat/completions"))
-        .header(header::AUTHORIZATION, format!("Bearer {KEY}"))
-        .body(Full::from(stream_chat("finish me", false).to_string()))
-        .unwrap();
+    let c = http_client();
+    let req = chat_post(&mock, stream_chat("finish me", false).to_string());
     let res = c.request(req).await.unwrap();
     let body = tokio::spawn(async move { res.into_body().collect().await.map(|b| b.to_bytes()) });
     tokio::time::timeout(Duration::from_secs(10), mock.shutdown())
         .await
         .expect("shutdown completes");
     let body = body.await.unwrap().expect("the stream finished");
-    assert!(sse(&body).1);
+    assert!(sse_chunks(&body).1);
     assert!(
         TcpStream::connect(addr).await.is_err(),
         "no longer listening"

@@ -7,8 +7,10 @@ use std::time::Duration;
 use bytes::Bytes;
 use holysheep_core::BoxError;
 use holysheep_core::signal::{CacheOutcome, Namespace, RequestModel};
-use holysheep_core::sse::{DONE_EVENT, encode_event};
-use http::{Request, Response, StatusCode};
+use holysheep_testkit::{
+    ChatAnswer, chat_body, json_request, stream_body, stream_events, wait_until, with_header,
+};
+use http::{Method, Request, Response, StatusCode};
 use http_body::Frame;
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full, StreamBody};
@@ -25,27 +27,18 @@ type Inner = tower::util::BoxCloneService<Request<Full<Bytes>>, Response<TestBod
 
 const PATH: &str = "/v1/chat/completions";
 
+/// The inner upstream's answer of `text`, as the mock upstream renders answers.
+fn answer(text: &str) -> ChatAnswer {
+    ChatAnswer::new("m", text).id("chatcmpl-1").created(1)
+}
+
 fn completion(text: &str) -> Value {
-    json!({"id": "chatcmpl-1", "object": "chat.completion", "created": 1, "model": "m",
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
-        "usage": {"prompt_tokens": 2, "completion_tokens": 3, "total_tokens": 5}})
+    serde_json::from_slice(&answer(text).to_json()).expect("completion JSON")
 }
 
-fn chunk(delta: Value, finish: Value) -> Bytes {
-    encode_event(
-        &json!({"id": "c", "object": "chat.completion.chunk", "created": 1, "model": "m",
-            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
-        .to_string(),
-    )
-}
-
+/// `text` streamed in up to three content chunks, then `[DONE]`.
 fn stream_chunks(text: &str) -> Vec<Bytes> {
-    vec![
-        chunk(json!({"role": "assistant", "content": ""}), Value::Null),
-        chunk(json!({"content": text}), Value::Null),
-        chunk(json!({}), json!("stop")),
-        Bytes::from_static(DONE_EVENT),
-    ]
+    stream_events(&answer(text), 3, false)
 }
 
 fn full(body: Bytes) -> TestBody {
@@ -102,29 +95,15 @@ where
 }
 
 fn request(body: &Value) -> Request<Full<Bytes>> {
-    Request::post(PATH)
-        .header("content-type", "application/json")
-        .body(Full::new(Bytes::from(body.to_string())))
-        .unwrap()
-}
-
-fn with_header(
-    mut req: Request<Full<Bytes>>,
-    name: &'static str,
-    value: &'static str,
-) -> Request<Full<Bytes>> {
-    req.headers_mut()
-        .insert(name, http::HeaderValue::from_static(value));
-    req
+    json_request(Method::POST, PATH, None, body.to_string())
 }
 
 fn chat(prompt: &str) -> Value {
-    json!({"model": "m", "messages": [{"role": "user", "content": prompt}]})
+    chat_body("m", prompt)
 }
 
 fn chat_stream(prompt: &str, include_usage: bool) -> Value {
-    json!({"model": "m", "messages": [{"role": "user", "content": prompt}], "stream": true,
-        "stream_options": {"include_usage": include_usage}})
+    stream_body("m", prompt, include_usage)
 }
 
 struct Reply {
@@ -135,13 +114,6 @@ struct Reply {
     outcome: Option<CacheOutcome>,
     model: Option<RequestModel>,
     body: Bytes,
-}
-
-fn header<B>(res: &Response<B>, name: &str) -> String {
-    res.headers()
-        .get(name)
-        .map(|v| v.to_str().unwrap().to_owned())
-        .unwrap_or_default()
 }
 
 /// Calls the cache in a task of its own. Spawning the call itself (not an `async` block that
@@ -163,43 +135,30 @@ fn send(
     let call = call(cache, req);
     async move {
         let res = call.await.expect("answered");
-        let (x_cache, cache_status, content_type) = (
-            header(&res, "x-cache"),
-            header(&res, "cache-status"),
-            header(&res, "content-type"),
-        );
-        let outcome = res.extensions().get::<CacheOutcome>().copied();
-        let model = res.extensions().get::<RequestModel>().cloned();
-        let status = res.status();
-        let body = res
-            .into_body()
-            .collect()
-            .await
-            .expect("whole body")
-            .to_bytes();
+        let reply = holysheep_testkit::Reply::from_response(res).await;
+        let header = |name| reply.header(name).unwrap_or_default().to_owned();
         Reply {
-            status,
-            x_cache,
-            cache_status,
-            content_type,
-            outcome,
-            model,
-            body,
+            status: reply.status,
+            x_cache: header("x-cache"),
+            cache_status: header("cache-status"),
+            content_type: header("content-type"),
+            outcome: reply.extensions.get::<CacheOutcome>().copied(),
+            model: reply.extensions.get::<RequestModel>().cloned(),
+            body: reply.body,
         }
     }
 }
 
 /// Waits until every flight is gone (entries are written before their flight leaves).
 async fn settle(cache: &Cache<Inner>) {
-    for _ in 0..2000 {
-        if cache.in_flight() == 0 {
-            // One more turn for a put without a registration.
-            tokio::time::sleep(Duration::from_millis(2)).await;
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
-    panic!("a flight never ended: {} in flight", cache.in_flight());
+    let settled = wait_until(Duration::from_secs(2), || cache.in_flight() == 0).await;
+    assert!(
+        settled,
+        "a flight never ended: {} in flight",
+        cache.in_flight()
+    );
+    // One more turn for a put without a registration.
+    tokio::time::sleep(Duration::from_millis(2)).await;
 }
 
 fn layer() -> CacheLayer {
@@ -297,8 +256,9 @@ async fn json_entry_served_as_stream() {
     let text = String::from_utf8(hit.body.to_vec()).unwrap();
     assert!(text.ends_with("data: [DONE]\n\n"), "{text}");
     assert!(text.contains("\"content\":\"Hi there\""));
+    let total = &completion("Hi there")["usage"]["total_tokens"];
     assert!(
-        text.contains("\"total_tokens\":5"),
+        text.contains(&format!("\"total_tokens\":{total}")),
         "usage chunk when asked: {text}"
     );
     assert_eq!(calls.load(Ordering::SeqCst), 1);
@@ -309,7 +269,7 @@ async fn incomplete_streams_and_errors_are_not_cached() {
     let calls = Arc::new(AtomicUsize::new(0));
     let cache = layer().layer(counting(&calls, |n, _| match n {
         // Cut: no finish chunk, no [DONE].
-        0 => sse_response(stream_chunks("a")[..2].to_vec()),
+        0 => sse_response(stream_chunks("cut short")[..2].to_vec()),
         // Upstream body error mid-stream.
         1 => {
             let (tx, res) = channel_response();
