@@ -1,5 +1,6 @@
-//! The whole stack — `MetricsLayer → CacheLayer → RetryLayer → PoolLimitLayer →
-//! HolySheepClient` — against an in-process mock with zero latency, next to the bare client.
+//! The whole stack (`holysheep::Stack`: `MetricsLayer → CacheLayer → RetryLayer →
+//! PoolLimitLayer → HolySheepClient`) against an in-process mock with zero latency, next to the
+//! bare client the stack wraps.
 //!
 //! `miss` uses a new prompt per request (a unique counter in the message), so it measures what
 //! the four layers add to a real upstream call; `hit` repeats one prompt, so it measures a cache
@@ -12,21 +13,18 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
 use criterion::{Criterion, criterion_group, criterion_main};
-use holysheep::cache::{CacheLayer, MemoryStore};
-use holysheep::metrics::MetricsLayer;
-use holysheep::pool_limit::PoolLimitLayer;
-use holysheep::retry::RetryLayer;
+use holysheep::Stack;
 use holysheep_core::BoxError;
 use holysheep_testkit::{
-    MockConfig, UPSTREAM_KEY, chat_body, json_request, start_mock, upstream_client,
+    MockConfig, UPSTREAM_KEY, chat_body, json_request, start_mock, upstream_builder,
 };
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use tokio::runtime::Runtime;
 use tower::util::BoxCloneSyncService;
-use tower::{Service, ServiceBuilder, ServiceExt};
+use tower::{Service, ServiceExt};
 
-type Stack = BoxCloneSyncService<Request<Full<Bytes>>, Response<Bytes>, BoxError>;
+type Boxed = BoxCloneSyncService<Request<Full<Bytes>>, Response<Bytes>, BoxError>;
 
 fn chat(prompt: &str) -> String {
     chat_body("gpt-4.1", prompt).to_string()
@@ -34,7 +32,7 @@ fn chat(prompt: &str) -> String {
 
 /// Boxes a service whose answer body is read whole, so both sides of the comparison pay the
 /// same collection cost.
-fn boxed<S, B>(svc: S) -> Stack
+fn boxed<S, B>(svc: S) -> Boxed
 where
     S: Service<Request<Full<Bytes>>, Response = Response<B>> + Clone + Send + Sync + 'static,
     S::Error: Into<BoxError>,
@@ -53,7 +51,7 @@ where
     )
 }
 
-async fn call(svc: &Stack, body: String) {
+async fn call(svc: &Boxed, body: String) {
     let request = json_request(Method::POST, "/chat/completions", None, body);
     let res = svc.clone().oneshot(request).await.expect("answer");
     assert_eq!(res.status(), StatusCode::OK);
@@ -63,17 +61,13 @@ async fn call(svc: &Stack, body: String) {
 fn stack(c: &mut Criterion) {
     let runtime = Runtime::new().expect("tokio runtime");
     let mock = runtime.block_on(start_mock(MockConfig::default().api_key(UPSTREAM_KEY)));
-    let client = upstream_client(&mock);
+    let stack = Stack::builder()
+        .client(upstream_builder(&mock))
+        .build()
+        .expect("the stack builds");
 
-    let bare = boxed(client.clone());
-    let full = boxed(
-        ServiceBuilder::new()
-            .layer(MetricsLayer::new())
-            .layer(CacheLayer::new(MemoryStore::new(256 << 20)))
-            .layer(RetryLayer::new())
-            .layer(PoolLimitLayer::new(100, 30))
-            .service(client),
-    );
+    let bare = boxed(stack.client().clone());
+    let full = boxed(stack);
 
     let counter = AtomicU64::new(0);
     let unique = || {

@@ -1,8 +1,8 @@
 //! Your own axum app, with the HolySheep layers mounted on its own route.
 //!
 //! The gateway binary is one way to use the layers; this is the other: an application builds
-//! the stack with `tower::ServiceBuilder` around `HolySheepClient` and calls it from a handler of
-//! its own. Here `GET /ask?q=...` turns a question into a chat completion request and answers
+//! the recommended stack (`holysheep::Stack`) around `HolySheepClient` and calls it from a
+//! handler of its own. Here `GET /ask?q=...` turns a question into a chat completion request and answers
 //! with plain text.
 //!
 //! ```text
@@ -25,20 +25,20 @@ use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::routing::get;
 use bytes::Bytes;
+use holysheep::Stack;
 use holysheep::cache::{CacheLayer, MemoryStore};
 use holysheep::client::HolySheepClient;
-use holysheep::metrics::MetricsLayer;
-use holysheep::pool_limit::PoolLimitLayer;
 use holysheep::retry::RetryLayer;
 use holysheep_core::BoxError;
 use holysheep_core::chat::ChatCompletion;
+use holysheep_core::error::error_response;
 use holysheep_core::signal::{CacheOutcome, RequestModel};
 use holysheep_mock::{MockConfig, MockServer};
 use http_body_util::{BodyExt, Full};
 use serde::Deserialize;
 use serde_json::json;
+use tower::ServiceExt;
 use tower::util::BoxCloneSyncService;
-use tower::{ServiceBuilder, ServiceExt};
 
 /// The model `/ask` uses.
 const MODEL: &str = "gpt-4.1";
@@ -76,20 +76,16 @@ async fn main() -> Result<(), BoxError> {
     // The metrics go to a Prometheus recorder this app serves at /metrics.
     let prometheus = holysheep::metrics::prometheus::install()?;
 
-    let client = HolySheepClient::builder()
-        .base_url(base_url.clone())
-        .api_key(key)
-        .build()?;
-    let stack = ServiceBuilder::new()
-        .layer(MetricsLayer::new())
-        .layer(
-            CacheLayer::new(MemoryStore::new(64 << 20))
-                .ttl(Duration::from_secs(600))
-                .upstream(&base_url),
+    // The recommended stack, with this app's own cache size and TTL and fewer retries.
+    let stack = Stack::builder()
+        .client(
+            HolySheepClient::builder()
+                .base_url(base_url.clone())
+                .api_key(key),
         )
-        .layer(RetryLayer::new().max_retries(2))
-        .layer(PoolLimitLayer::new(100, 30).queue_timeout(Duration::from_secs(5)))
-        .service(client);
+        .cache(CacheLayer::new(MemoryStore::new(64 << 20)).ttl(Duration::from_secs(600)))
+        .retry(RetryLayer::new().max_retries(2))
+        .build()?;
     let llm: Llm = BoxCloneSyncService::new(ServiceExt::<http::Request<Full<Bytes>>>::and_then(
         stack,
         buffer_answer,
@@ -150,7 +146,12 @@ async fn ask(State(llm): State<Llm>, Query(Ask { q }): Query<Ask>) -> (StatusCod
 
     let response = match llm.oneshot(request).await {
         Ok(response) => response,
-        Err(error) => return (StatusCode::BAD_GATEWAY, format!("upstream failed: {error}")),
+        // The same status and OpenAI-style body the gateway answers a failed call with.
+        Err(error) => {
+            let answer = error_response(&*error);
+            let body = String::from_utf8_lossy(answer.body()).into_owned();
+            return (answer.status(), body);
+        }
     };
     if !response.status().is_success() {
         return (

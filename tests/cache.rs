@@ -5,8 +5,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use holysheep_cache::{
-    BoxFuture, Cache, CacheLayer, CacheStore, CoalesceError, DefaultKeyPolicy, KeyPolicy,
-    KeyRequest, MemoryStore, ParsedBody, StoreError,
+    Cache, CacheLayer, CacheStore, CoalesceError, DefaultKeyPolicy, KeyPolicy, KeyRequest,
+    MemoryStore, ParsedBody,
 };
 use holysheep_client::HolySheepClient;
 use holysheep_core::signal::{CacheOutcome, Namespace};
@@ -455,11 +455,12 @@ async fn oversize_answers_are_not_cached() {
     mock.shutdown().await;
 }
 
+#[cfg(feature = "redis")]
 #[tokio::test]
 async fn a_store_that_always_fails_costs_nothing_visible() {
     let mock = mock_with(MockConfig::default()).await;
     // Port 1 on loopback: nothing listens, so every store call is refused.
-    let down = RedisStore::connect("redis://127.0.0.1:1")
+    let down = holysheep_cache::RedisStore::connect("redis://127.0.0.1:1")
         .await
         .expect("a valid URL");
     assert!(down.ping().await.is_err());

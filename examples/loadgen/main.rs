@@ -1,42 +1,19 @@
-//! `loadgen`: the load harness behind `BENCHMARKS.md`. It reproduces the seed article's
+//! `loadgen`: the load harness behind `BENCHMARKS.md`. It reproduces the HolySheep article's
 //! before/after table against the mock upstream, measures what the gateway itself costs, and
 //! times cache hits; it prints every table it computes and draws its own SVG plots.
 //!
 //! ```text
-//! cargo run --release --example loadgen -- seed-table [--duration 30s]
+//! cargo run --release --example loadgen -- article-table [--duration 30s]
 //! cargo run --release --example loadgen -- overhead [--segment 2s --rounds 3]
 //! cargo run --release --example loadgen -- hits
 //! cargo run --release --example loadgen -- all --out bench-results/
 //! ```
 //!
 //! Everything runs in this one process, on loopback: the mock upstream (`holysheep-mock`), the
-//! in-process stack (`MetricsLayer → CacheLayer → RetryLayer → PoolLimitLayer →
-//! HolySheepClient` composed with `tower::ServiceBuilder`), the example gateway (its own modules,
-//! started in-process as `tests/gateway.rs` does) and a hyper client. A progress line goes to
+//! in-process stack (`holysheep::Stack`: `MetricsLayer → CacheLayer → RetryLayer →
+//! PoolLimitLayer → HolySheepClient`), the gateway (the `holysheep-gateway` crate, started
+//! in-process) and a hyper client. A progress line goes to
 //! stderr once a second; results go to stdout (and `--out DIR/loadgen-output.txt`).
-
-// The gateway's own modules, shared with its `main.rs`; the harness uses only part of them.
-#[allow(dead_code)]
-#[path = "../gateway/auth.rs"]
-mod auth;
-#[allow(dead_code)]
-#[path = "../gateway/config.rs"]
-mod config;
-#[allow(dead_code)]
-#[path = "../gateway/errors.rs"]
-mod errors;
-#[allow(dead_code)]
-#[path = "../gateway/logging.rs"]
-mod logging;
-#[allow(dead_code)]
-#[path = "../gateway/routes.rs"]
-mod routes;
-#[allow(dead_code)]
-#[path = "../gateway/server.rs"]
-mod server;
-#[allow(dead_code)]
-#[path = "../gateway/stack.rs"]
-mod stack;
 
 mod driver;
 mod proxy;
@@ -52,8 +29,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
+use holysheep::retry::RetryLayer;
 use holysheep_core::BoxError;
 use holysheep_core::price::PriceTable;
+use holysheep_gateway::{Config, Gateway, GatewayHandle, Secret};
 use holysheep_mock::{Latency, MockConfig, MockServer};
 use holysheep_testkit::redis::RedisServer;
 
@@ -62,14 +41,14 @@ use report::{Table, change, delta_us, dur, median, pct, sig3, times};
 use targets::{HttpTarget, Shared, StackSettings, StackTarget, UPSTREAM_KEY};
 use workload::{Prompts, Workload, Zipf};
 
-/// Requests per month at the seed's 50k requests/hour (30 days).
-const SEED_REQUESTS_PER_MONTH: f64 = 50_000.0 * 24.0 * 30.0;
+/// Requests per month at the article's 50k requests/hour (30 days).
+const ARTICLE_REQUESTS_PER_MONTH: f64 = 50_000.0 * 24.0 * 30.0;
 
 /// The bound of the in-memory cache in both the in-process stack and the gateway.
 const MEMORY_CACHE_BYTES: u64 = 32 * 1024 * 1024;
 
 #[derive(Parser)]
-#[command(about = "Load harness: the seed's before/after table, gateway overhead, cache hits")]
+#[command(about = "Load harness: the article's before/after table, gateway overhead, cache hits")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -79,8 +58,8 @@ struct Cli {
 
 #[derive(Subcommand, Clone, PartialEq, Eq)]
 enum Command {
-    /// The seed's table: naive client vs the full stack (in-process and through the gateway).
-    SeedTable,
+    /// The article's table: naive client vs the full stack (in-process and through the gateway).
+    ArticleTable,
     /// The gateway's own cost: direct to the mock vs through the gateway (and the in-process
     /// stack), zero upstream latency, unique prompts.
     Overhead,
@@ -103,17 +82,17 @@ enum Command {
 
 #[derive(Args, Clone)]
 struct Opts {
-    /// Length of each seed-table phase (open loop and closed loop, per client).
+    /// Length of each article-table phase (open loop and closed loop, per client).
     #[arg(long, global = true, default_value = "30s", value_parser = report::parse_duration)]
     duration: Duration,
     /// Time compression of the world: upstream latencies and backoffs are divided by it and
     /// the request rate multiplied by it. Ratios are unchanged; absolute times are compressed.
     #[arg(long, global = true, default_value_t = 10.0)]
     time_scale: f64,
-    /// Open-loop request rate in real-world requests per second (the seed's 50k/hour).
+    /// Open-loop request rate in real-world requests per second (the article's 50k/hour).
     #[arg(long, global = true, default_value_t = 50_000.0 / 3600.0)]
     rate: f64,
-    /// Closed-loop concurrency of the seed-table throughput runs.
+    /// Closed-loop concurrency of the article-table throughput runs.
     #[arg(long, global = true, default_value_t = 64)]
     concurrency: usize,
     /// The repeat share the Zipf prompt set is sized for (the repeat share itself is measured).
@@ -202,8 +181,8 @@ async fn main() -> Result<(), BoxError> {
 
     let prices = PriceTable::default();
     let mut sections_run = 0;
-    if matches!(command, Command::SeedTable | Command::All) {
-        seed_table(&opts, &prices, &mut out).await?;
+    if matches!(command, Command::ArticleTable | Command::All) {
+        article_table(&opts, &prices, &mut out).await?;
         sections_run += 1;
     }
     if matches!(command, Command::Overhead | Command::All) {
@@ -217,7 +196,7 @@ async fn main() -> Result<(), BoxError> {
     debug_assert!(sections_run > 0);
     let name = match command {
         Command::All | Command::ServeGateway { .. } => "loadgen-output.txt".to_owned(),
-        Command::SeedTable => "loadgen-seed-table.txt".to_owned(),
+        Command::ArticleTable => "loadgen-article-table.txt".to_owned(),
         Command::Overhead => "loadgen-overhead.txt".to_owned(),
         Command::Hits => "loadgen-hits.txt".to_owned(),
     };
@@ -234,24 +213,22 @@ fn scaled(opts: &Opts, real: Duration) -> Duration {
     real.div_f64(opts.time_scale)
 }
 
-/// The in-process stack's settings: the gateway's defaults, backoffs and deadline time-scaled.
+/// The in-process stack's settings: every layer's defaults, with the backoffs and the deadline
+/// time-scaled like the rest of the world.
 fn stack_settings(opts: &Opts) -> StackSettings {
     StackSettings {
-        max_retries: 3,
         backoff: (
-            scaled(opts, Duration::from_millis(100)),
-            scaled(opts, Duration::from_secs(5)),
+            scaled(opts, RetryLayer::DEFAULT_BACKOFF_BASE),
+            scaled(opts, RetryLayer::DEFAULT_BACKOFF_MAX),
         ),
-        deadline: scaled(opts, Duration::from_secs(60)),
-        pool: (100, 30),
-        queue_timeout: Duration::from_secs(5),
+        deadline: scaled(opts, RetryLayer::DEFAULT_DEADLINE),
         memory_max_bytes: MEMORY_CACHE_BYTES,
     }
 }
 
 /// Starts the example gateway in-process in front of `mock`, with the same knobs as the
 /// in-process stack.
-async fn start_gateway(opts: &Opts, mock: &MockServer) -> Result<server::GatewayHandle, BoxError> {
+async fn start_gateway(opts: &Opts, mock: &MockServer) -> Result<GatewayHandle, BoxError> {
     start_gateway_for(opts, &mock.base_url(), MEMORY_CACHE_BYTES).await
 }
 
@@ -273,39 +250,42 @@ async fn start_gateway_for(
     opts: &Opts,
     upstream: &str,
     cache_bytes: u64,
-) -> Result<server::GatewayHandle, BoxError> {
-    let mut config = config::Config {
-        listen: SocketAddr::from(([127, 0, 0, 1], 0)),
-        upstream: upstream.to_owned(),
-        api_key: Some(config::Secret::new(UPSTREAM_KEY)),
-        ..config::Config::default()
-    };
+) -> Result<GatewayHandle, BoxError> {
     let settings = stack_settings(opts);
-    config.retry.max_retries = settings.max_retries;
-    config.retry.base = settings.backoff.0;
-    config.retry.cap = settings.backoff.1;
-    config.retry.deadline = settings.deadline;
-    config.cache.memory_max_bytes = cache_bytes;
-    config.server.shutdown_grace = Duration::from_secs(2);
-    Ok(server::Gateway::start(config).await?)
+    let mut config = Config {
+        api_key: Some(Secret::new(UPSTREAM_KEY)),
+        ..Config::default()
+    };
+    let s = &mut config.settings;
+    s.server.listen = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
+    s.server.shutdown_grace_secs = Some(2);
+    s.client.base_url = Some(upstream.to_owned());
+    s.retry.base_ms = Some(millis(settings.backoff.0));
+    s.retry.cap_ms = Some(millis(settings.backoff.1));
+    s.retry.deadline_secs = Some(settings.deadline.as_secs().max(1));
+    s.cache.memory_max_bytes = Some(cache_bytes);
+    Ok(Gateway::start(config).await?)
 }
 
-/// The bare proxy's client: the gateway's client with the gateway's default settings, and
-/// no layers around it.
+/// Whole milliseconds, at least 1 (the gateway's settings are in ms).
+fn millis(duration: Duration) -> u64 {
+    (duration.as_millis() as u64).max(1)
+}
+
+/// The bare proxy's client: the very client the stack builds with its defaults, and no layers
+/// around it.
 fn proxy_client(upstream: &str) -> Result<holysheep::client::HolySheepClient, BoxError> {
-    let config = config::Config::default();
-    Ok(holysheep::client::HolySheepClient::builder()
-        .base_url(upstream)
-        .api_key(UPSTREAM_KEY)
-        .connect_timeout(config.client.connect_timeout)
-        .timeout(config.client.timeout)
-        .read_timeout(config.client.read_timeout)
-        .pool_idle_timeout(config.client.pool_idle_timeout)
-        .pool_max_idle_per_host(config.pool.per_host)
-        .build()?)
+    let stack = holysheep::Stack::builder()
+        .client(
+            holysheep::client::HolySheepClient::builder()
+                .base_url(upstream)
+                .api_key(UPSTREAM_KEY),
+        )
+        .build()?;
+    Ok(stack.client().clone())
 }
 
-fn gateway_url(gateway: &server::GatewayHandle) -> String {
+fn gateway_url(gateway: &GatewayHandle) -> String {
     format!("http://{}/v1/chat/completions", gateway.addr())
 }
 
@@ -317,7 +297,7 @@ struct Phase {
     upstream_connections: u64,
 }
 
-/// Which client a seed-table phase uses.
+/// Which client a article-table phase uses.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Client {
     Naive,
@@ -335,7 +315,7 @@ impl Client {
     }
 }
 
-/// The seed's world, time-compressed.
+/// The article's world, time-compressed.
 fn world(opts: &Opts) -> MockConfig {
     MockConfig::default()
         .api_key(UPSTREAM_KEY)
@@ -348,8 +328,8 @@ fn world(opts: &Opts) -> MockConfig {
         .seed(opts.seed)
 }
 
-/// Runs one seed-table phase on a fresh mock (and a fresh cache).
-async fn seed_phase(
+/// Runs one article-table phase on a fresh mock (and a fresh cache).
+async fn article_phase(
     opts: &Opts,
     prices: &PriceTable,
     client: Client,
@@ -400,7 +380,7 @@ async fn seed_phase(
     Ok(phase)
 }
 
-async fn seed_table(opts: &Opts, prices: &PriceTable, out: &mut Output) -> Result<(), BoxError> {
+async fn article_table(opts: &Opts, prices: &PriceTable, out: &mut Output) -> Result<(), BoxError> {
     let rate = opts.rate * opts.time_scale;
     let planned = (opts.duration.as_secs_f64() * rate).floor() as u64;
     let zipf = Zipf::new(opts.prompts, opts.zipf_s);
@@ -414,7 +394,7 @@ async fn seed_table(opts: &Opts, prices: &PriceTable, out: &mut Output) -> Resul
     };
     let workload = Workload::new(Prompts::Mixed { zipf, hot }, opts.seed);
 
-    out.say("## Seed table: before vs after");
+    out.say("## The article's table: before vs after");
     out.say("");
     out.say("World (real-world terms; the run divides every time by the time scale):");
     out.say(format!(
@@ -429,7 +409,7 @@ async fn seed_table(opts: &Opts, prices: &PriceTable, out: &mut Output) -> Resul
     ));
     out.say("- transient upstream errors: 2.3% of requests answered 500/502/503 at random");
     out.say(format!(
-        "- workload: {:.1}% of requests draw from {} popular prompts by Zipf(s={}) across the seed's \
+        "- workload: {:.1}% of requests draw from {} popular prompts by Zipf(s={}) across the article's \
          four models, the rest are prompts never seen before; the share is set so that {}% of the \
          {planned} open-loop requests are expected to repeat an earlier prompt. The measured \
          share is in the table (a longer run repeats a little more, up to {:.1}%).",
@@ -440,7 +420,7 @@ async fn seed_table(opts: &Opts, prices: &PriceTable, out: &mut Output) -> Resul
         hot * 100.0
     ));
     out.say(format!(
-        "- open loop at {:.1} req/s real-world (the seed's 50k/hour) x time scale {} = {rate:.0} req/s \
+        "- open loop at {:.1} req/s real-world (the article's 50k/hour) x time scale {} = {rate:.0} req/s \
          for {}; latency from each request's scheduled send time",
         opts.rate,
         opts.time_scale,
@@ -466,18 +446,18 @@ async fn seed_table(opts: &Opts, prices: &PriceTable, out: &mut Output) -> Resul
     }
     let mut open = Vec::new();
     for client in &clients {
-        open.push(seed_phase(opts, prices, *client, &workload, Some(rate)).await?);
+        open.push(article_phase(opts, prices, *client, &workload, Some(rate)).await?);
     }
     let mut closed = Vec::new();
     for client in &clients {
-        closed.push(seed_phase(opts, prices, *client, &workload, None).await?);
+        closed.push(article_phase(opts, prices, *client, &workload, None).await?);
     }
 
     let mut header = vec![
         "metric".to_owned(),
-        "seed before".to_owned(),
-        "seed after".to_owned(),
-        "seed change".to_owned(),
+        "article before".to_owned(),
+        "article after".to_owned(),
+        "article change".to_owned(),
         "before (naive)".to_owned(),
     ];
     for p in &open[1..] {
@@ -547,7 +527,7 @@ async fn seed_table(opts: &Opts, prices: &PriceTable, out: &mut Output) -> Resul
         &|o, _| {
             format!(
                 "${:.0}",
-                o.rec.dollars / o.rec.total().max(1) as f64 * SEED_REQUESTS_PER_MONTH
+                o.rec.dollars / o.rec.total().max(1) as f64 * ARTICLE_REQUESTS_PER_MONTH
             )
         },
         &|b, _, o, _| change(b.rec.dollars, o.rec.dollars),
@@ -612,7 +592,7 @@ async fn seed_table(opts: &Opts, prices: &PriceTable, out: &mut Output) -> Resul
     }
     out.say(detail.render());
 
-    // Where the seed's bar is out of reach of this world, say why, with the measured numbers.
+    // Where the article's bar is out of reach of this world, say why, with the measured numbers.
     let after = &open[1];
     let hit = after.rec.hit_rate();
     let before_mean = closed[0].rec.latency.mean() / 1e9;
@@ -623,13 +603,13 @@ async fn seed_table(opts: &Opts, prices: &PriceTable, out: &mut Output) -> Resul
         scaled(opts, Duration::from_millis(1000)).as_secs_f64() * (sigma * sigma / 2.0).exp();
     let slots = opts.concurrency.min(30) as f64;
     let after_bound = slots / (miss_share.max(1e-9) * upstream_mean);
-    out.say("Bounds of this world (why a number may miss the seed's bar):");
+    out.say("Bounds of this world (why a number may miss the article's bar):");
     out.say(format!(
         "- throughput in a closed loop is concurrency / mean latency. Before: {} / {:.3} s = {} req/s. \
          After, a hit costs next to nothing but every miss holds one of the pool limit's 30 upstream \
          slots for the upstream's mean latency ({:.3} s), so throughput is at most \
          min(concurrency, 30) / (miss share x mean latency) = {slots} / ({:.2} x {:.3} s) = {} req/s, \
-         {} the naive client's. The seed's 31x needs a miss share near 3%: a workload of almost only \
+         {} the naive client's. The article's 31x needs a miss share near 3%: a workload of almost only \
          repeats, not one with {} of its requests new.",
         opts.concurrency,
         before_mean,
@@ -643,12 +623,12 @@ async fn seed_table(opts: &Opts, prices: &PriceTable, out: &mut Output) -> Resul
     ));
     out.say(format!(
         "- cost can only fall by the share of requests that never reach the upstream: hits {} \
-         (plus before's failed calls, which cost nothing). The seed's -72% matches a ~70% repeat share.",
+         (plus before's failed calls, which cost nothing). The article's -72% matches a ~70% repeat share.",
         pct(hit)
     ));
     out.say(format!(
         "- P99 after stays at the upstream's own tail: the slowest 1% are misses that wait for \
-         generation (p99 {}), so the seed's 180 ms P99 is out of reach unless ~99% of requests hit.",
+         generation (p99 {}), so the article's 180 ms P99 is out of reach unless ~99% of requests hit.",
         dur(scaled(opts, Duration::from_millis(4500)))
     ));
     out.say(format!(
@@ -664,7 +644,7 @@ async fn seed_table(opts: &Opts, prices: &PriceTable, out: &mut Output) -> Resul
         .collect();
     out.write_file(
         opts,
-        "seed-latency.svg",
+        "article-latency.svg",
         &svg::percentile_chart(
             &format!(
                 "Open loop {rate:.0} req/s, latency from scheduled send (time scale 1/{})",

@@ -1,6 +1,6 @@
 //! The things a run calls: a naive client (a new connection per request, no cache, no retry),
-//! a pooled HTTP client (to the mock directly, or to the gateway), and the full stack composed
-//! in-process with `tower::ServiceBuilder`.
+//! a pooled HTTP client (to the mock directly, or to the gateway), and the full stack
+//! (`holysheep::Stack`) in-process.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -10,8 +10,6 @@ use std::time::Duration;
 use bytes::Bytes;
 use holysheep::cache::{CacheLayer, CacheStore, MemoryStore, RedisStore};
 use holysheep::client::HolySheepClient;
-use holysheep::metrics::MetricsLayer;
-use holysheep::pool_limit::PoolLimitLayer;
 use holysheep::retry::RetryLayer;
 use holysheep_core::BoxError;
 use http::{Request, Response, header};
@@ -20,8 +18,8 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
+use tower::ServiceExt;
 use tower::util::BoxCloneSyncService;
-use tower::{ServiceBuilder, ServiceExt};
 
 use crate::driver::{Answer, Outcome, Target};
 
@@ -77,7 +75,7 @@ impl HttpTarget {
     }
 
     /// No idle connection is ever kept, so every request opens a new TCP connection (and pays
-    /// the mock's cold-connection penalty): the seed's "before".
+    /// the mock's cold-connection penalty): the article's "before".
     pub(crate) fn naive(url: &str) -> Result<Self, BoxError> {
         let connector = HttpConnector::new();
         let client = Client::builder(TokioExecutor::new())
@@ -118,16 +116,10 @@ type Stack = BoxCloneSyncService<Request<Full<Bytes>>, Response<StackBody>, BoxE
 /// Knobs of the in-process stack (the gateway's defaults, with backoffs time-scaled).
 #[derive(Debug, Clone)]
 pub(crate) struct StackSettings {
-    /// Retries per request.
-    pub(crate) max_retries: u32,
     /// First backoff and cap.
     pub(crate) backoff: (Duration, Duration),
     /// Bound on the whole call.
     pub(crate) deadline: Duration,
-    /// Pool limit: total and per host.
-    pub(crate) pool: (usize, usize),
-    /// How long a request may wait for a pool slot.
-    pub(crate) queue_timeout: Duration,
     /// Bound of the in-memory cache.
     pub(crate) memory_max_bytes: u64,
 }
@@ -163,29 +155,22 @@ impl StackTarget {
         settings: &StackSettings,
         store: impl CacheStore,
     ) -> Result<Self, BoxError> {
-        let client = HolySheepClient::builder()
-            .base_url(base_url)
-            .api_key(UPSTREAM_KEY)
-            .pool_max_idle_per_host(settings.pool.1)
-            .build()?;
-        let service = ServiceBuilder::new()
-            .layer(MetricsLayer::new())
-            .layer(CacheLayer::new(store).ttl(Duration::from_secs(3600)))
-            .layer(
+        let stack = holysheep::Stack::builder()
+            .client(
+                HolySheepClient::builder()
+                    .base_url(base_url)
+                    .api_key(UPSTREAM_KEY),
+            )
+            .cache(CacheLayer::new(store))
+            .retry(
                 RetryLayer::new()
-                    .max_retries(settings.max_retries)
-                    .backoff(settings.backoff.0, settings.backoff.1)
-                    .deadline(settings.deadline)
-                    .budget(10, 0.2),
+                    .backoff_base(settings.backoff.0)
+                    .backoff_max(settings.backoff.1)
+                    .deadline(settings.deadline),
             )
-            .layer(
-                PoolLimitLayer::new(settings.pool.0, settings.pool.1)
-                    .queue_timeout(settings.queue_timeout)
-                    .max_queue(1000),
-            )
-            .service(client);
-        // Named request type: every layer is generic over the body.
-        let service = ServiceExt::<Request<Full<Bytes>>>::map_response(service, |response| {
+            .build()?;
+        // Named request type: the stack takes any body the cache can read.
+        let service = ServiceExt::<Request<Full<Bytes>>>::map_response(stack, |response| {
             response.map(|body| body.map_err(Into::into).boxed_unsync())
         });
         let service = ServiceExt::<Request<Full<Bytes>>>::map_err(service, Into::<BoxError>::into);

@@ -6,7 +6,7 @@
 
 use bytes::Bytes;
 
-/// The seed's four models; prompt `k` goes to `MODELS[k % 4]`.
+/// The article's four models; prompt `k` goes to `MODELS[k % 4]`.
 pub(crate) const MODELS: [&str; 4] = [
     "gpt-4.1",
     "claude-sonnet-4.5",
@@ -159,7 +159,7 @@ impl Workload {
     }
 }
 
-/// The chat request for prompt `prompt`: a short user question to one of the seed's models.
+/// The chat request for prompt `prompt`: a short user question to one of the article's models.
 pub(crate) fn body_for(prompt: u64, seed: u64) -> Bytes {
     let model = MODELS[(prompt % MODELS.len() as u64) as usize];
     Bytes::from(format!(

@@ -67,19 +67,34 @@ impl Default for Builder {
 }
 
 impl Builder {
+    /// Default of [`connect_timeout`](Self::connect_timeout): 10 s.
+    pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+    /// Default of [`timeout`](Self::timeout): 60 s.
+    pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
+    /// Default of [`read_timeout`](Self::read_timeout): 50 s.
+    pub const DEFAULT_READ_TIMEOUT: Duration = Duration::from_secs(50);
+    /// Default of [`pool_idle_timeout`](Self::pool_idle_timeout): 120 s.
+    pub const DEFAULT_POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(120);
+    /// Default of [`pool_max_idle_per_host`](Self::pool_max_idle_per_host): 32.
+    pub const DEFAULT_POOL_MAX_IDLE_PER_HOST: usize = 32;
+    /// Default of [`tcp_keepalive`](Self::tcp_keepalive): 60 s.
+    pub const DEFAULT_TCP_KEEPALIVE: Duration = Duration::from_secs(60);
+    /// Default of [`dns_ttl`](Self::dns_ttl): 300 s.
+    pub const DEFAULT_DNS_TTL: Duration = Duration::from_secs(300);
+
     /// A builder with the defaults above and no API key.
     pub fn new() -> Self {
         Self {
             base_url: DEFAULT_BASE_URL.to_owned(),
             api_key: None,
-            connect_timeout: Duration::from_secs(10),
-            timeout: Duration::from_secs(60),
-            read_timeout: Duration::from_secs(50),
-            pool_idle_timeout: Duration::from_secs(120),
-            pool_max_idle_per_host: 32,
-            tcp_keepalive: Some(Duration::from_secs(60)),
+            connect_timeout: Self::DEFAULT_CONNECT_TIMEOUT,
+            timeout: Self::DEFAULT_TIMEOUT,
+            read_timeout: Self::DEFAULT_READ_TIMEOUT,
+            pool_idle_timeout: Self::DEFAULT_POOL_IDLE_TIMEOUT,
+            pool_max_idle_per_host: Self::DEFAULT_POOL_MAX_IDLE_PER_HOST,
+            tcp_keepalive: Some(Self::DEFAULT_TCP_KEEPALIVE),
             tcp_nodelay: true,
-            dns_ttl: Duration::from_secs(300),
+            dns_ttl: Self::DEFAULT_DNS_TTL,
             http2_only: false,
             resolver: None,
         }
@@ -179,9 +194,10 @@ impl Builder {
     /// The longest a positive DNS answer is cached (records with a shorter TTL expire
     /// sooner). Default 300 s. Negative answers are cached for at most 30 s (or this, if less).
     ///
-    /// Names are resolved by hickory-resolver using the system configuration
-    /// (`/etc/resolv.conf` and the hosts file); if that cannot be read, the system's
-    /// `getaddrinfo` is used instead, without this cache. IP literals are never looked up.
+    /// With the `dns-cache` feature (on by default), names are resolved by hickory-resolver
+    /// using the system configuration (`/etc/resolv.conf` and the hosts file); if that cannot
+    /// be read, or without the feature, the system's `getaddrinfo` is used instead, without
+    /// this cache. IP literals are never looked up.
     pub fn dns_ttl(mut self, ttl: Duration) -> Self {
         self.dns_ttl = ttl;
         self

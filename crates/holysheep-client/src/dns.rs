@@ -1,4 +1,5 @@
-//! A caching DNS resolver for hyper-util's `HttpConnector`, backed by hickory-resolver.
+//! The DNS resolver of hyper-util's `HttpConnector`: a caching one backed by hickory-resolver
+//! (cargo feature `dns-cache`, on by default), else the system's `getaddrinfo`.
 
 use std::fmt;
 use std::future::Future;
@@ -9,22 +10,26 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+#[cfg(feature = "dns-cache")]
 use hickory_resolver::TokioResolver;
+#[cfg(feature = "dns-cache")]
 use hickory_resolver::config::ResolverOpts;
 use holysheep_core::BoxError;
 use hyper_util::client::legacy::connect::dns::{GaiResolver, Name};
 use tower::Service;
 
+#[cfg(feature = "dns-cache")]
 /// Negative answers (NXDOMAIN, no records) are kept at most this long, so a name that
 /// appears shortly after a failed lookup is not hidden for the whole positive TTL.
 const NEGATIVE_MAX_TTL: Duration = Duration::from_secs(30);
 
 /// Resolves host names for the connector.
 ///
-/// Normally hickory's resolver, configured from the system (`/etc/resolv.conf` and the hosts
+/// With the `dns-cache` feature, hickory's resolver, configured from the system (`/etc/resolv.conf` and the hosts
 /// file), whose cache keeps positive answers for at most `dns_ttl` (shorter record TTLs are
 /// honoured). If the system configuration cannot be read, hyper-util's `GaiResolver`
-/// (`getaddrinfo` on a blocking thread, no cache of ours) takes over.
+/// (`getaddrinfo` on a blocking thread, no cache of ours) takes over. Without the feature,
+/// always `getaddrinfo`.
 ///
 /// IP literals never get here: `HttpConnector` connects to them directly.
 #[derive(Clone)]
@@ -35,6 +40,7 @@ pub(crate) struct DnsResolver {
 
 #[derive(Clone)]
 enum Backend {
+    #[cfg(feature = "dns-cache")]
     Hickory(Arc<TokioResolver>),
     System(GaiResolver),
 }
@@ -42,6 +48,7 @@ enum Backend {
 impl DnsResolver {
     /// The system configuration with a cache capped at `ttl`, or `getaddrinfo` if the
     /// system configuration is unreadable.
+    #[cfg(feature = "dns-cache")]
     pub(crate) fn system(ttl: Duration) -> Self {
         let backend = match TokioResolver::builder_tokio() {
             Ok(mut builder) => {
@@ -62,9 +69,15 @@ impl DnsResolver {
         Self::from_backend(backend)
     }
 
+    /// The system's `getaddrinfo`; without the `dns-cache` feature there is no cache to cap.
+    #[cfg(not(feature = "dns-cache"))]
+    pub(crate) fn system(_ttl: Duration) -> Self {
+        Self::from_backend(Backend::System(GaiResolver::new()))
+    }
+
     /// A hickory resolver with an explicit configuration (tests use one without name
     /// servers, so nothing leaves the machine).
-    #[cfg(test)]
+    #[cfg(all(test, feature = "dns-cache"))]
     pub(crate) fn with_config(
         config: hickory_resolver::config::ResolverConfig,
         ttl: Duration,
@@ -92,6 +105,7 @@ impl DnsResolver {
     }
 }
 
+#[cfg(feature = "dns-cache")]
 fn cap_ttls(options: &mut ResolverOpts, ttl: Duration) {
     options.positive_max_ttl = Some(ttl);
     options.negative_max_ttl = Some(ttl.min(NEGATIVE_MAX_TTL));
@@ -100,6 +114,7 @@ fn cap_ttls(options: &mut ResolverOpts, ttl: Duration) {
 impl fmt::Debug for DnsResolver {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let backend = match self.backend {
+            #[cfg(feature = "dns-cache")]
             Backend::Hickory(_) => "hickory",
             Backend::System(_) => "getaddrinfo",
         };
@@ -135,6 +150,7 @@ impl Service<Name> for DnsResolver {
         self.lookups.fetch_add(1, Ordering::Relaxed);
         tracing::debug!(host = name.as_str(), "resolving");
         match &self.backend {
+            #[cfg(feature = "dns-cache")]
             Backend::Hickory(resolver) => {
                 let resolver = Arc::clone(resolver);
                 Box::pin(async move {
@@ -155,7 +171,7 @@ impl Service<Name> for DnsResolver {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "dns-cache"))]
 mod tests {
     use std::str::FromStr;
 

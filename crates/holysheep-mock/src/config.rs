@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use rand::Rng;
 
-/// The models the mock lists by default: the seed's four plus one embedding model.
+/// The models the mock lists by default: the article's four plus one embedding model.
 pub const DEFAULT_MODELS: &[&str] = &[
     "gpt-4.1",
     "claude-sonnet-4.5",

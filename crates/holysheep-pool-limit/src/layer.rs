@@ -50,12 +50,25 @@ impl std::fmt::Debug for PoolLimitLayer {
 }
 
 impl Default for PoolLimitLayer {
+    /// [`DEFAULT_TOTAL`](Self::DEFAULT_TOTAL) in total, [`DEFAULT_PER_HOST`](Self::DEFAULT_PER_HOST)
+    /// per host.
     fn default() -> Self {
-        Self::new(100, 30)
+        Self::new(Self::DEFAULT_TOTAL, Self::DEFAULT_PER_HOST)
     }
 }
 
 impl PoolLimitLayer {
+    /// Default cap on requests in flight in total: 100, as the reference Python client's pool.
+    pub const DEFAULT_TOTAL: usize = 100;
+    /// Default cap on requests in flight to one host: 30, as the reference Python client's pool.
+    pub const DEFAULT_PER_HOST: usize = 30;
+    /// Default of [`queue_timeout`](Self::queue_timeout): 5 s.
+    pub const DEFAULT_QUEUE_TIMEOUT: Duration = Duration::from_secs(5);
+    /// Default of [`max_queue`](Self::max_queue): 1000.
+    pub const DEFAULT_MAX_QUEUE: usize = 1000;
+    /// Default of [`shed_retry_after`](Self::shed_retry_after): 1 s.
+    pub const DEFAULT_SHED_RETRY_AFTER: Duration = Duration::from_secs(1);
+
     /// At most `total` requests in flight, and `per_host` to any one host.
     ///
     /// The host is the request URI's authority, else its `Host` header, else one shared default
@@ -86,6 +99,21 @@ impl PoolLimitLayer {
             .pool
             .get_or_init(|| Arc::new(Shared::new(self.config.clone())));
         Arc::clone(pool)
+    }
+
+    /// The cap on requests in flight in total (default 100); 0 is raised to 1.
+    pub fn total(self, total: usize) -> Self {
+        self.with(|c| c.total = total)
+    }
+
+    /// The cap on requests in flight to one host (default 30); 0 is raised to 1.
+    pub fn per_host(self, per_host: usize) -> Self {
+        self.with(|c| c.per_host = per_host)
+    }
+
+    /// The two caps in force, `(total, per_host)` (a configured 0 reads as 1).
+    pub fn limits(&self) -> (usize, usize) {
+        (self.config.total.max(1), self.config.per_host.max(1))
     }
 
     /// How long a request may wait for a slot before it is shed (default 5 s). Zero sheds at

@@ -46,12 +46,13 @@ impl fmt::Debug for Config {
 
 impl Config {
     pub(crate) fn new(total: usize, per_host: usize) -> Self {
+        use crate::PoolLimitLayer as L;
         Self {
             total,
             per_host,
-            queue_timeout: Duration::from_secs(5),
-            max_queue: 1000,
-            shed_retry_after: Duration::from_secs(1),
+            queue_timeout: L::DEFAULT_QUEUE_TIMEOUT,
+            max_queue: L::DEFAULT_MAX_QUEUE,
+            shed_retry_after: L::DEFAULT_SHED_RETRY_AFTER,
             key: None,
             adaptive: None,
         }

@@ -46,14 +46,29 @@ struct BudgetConfig {
 }
 
 impl RetryLayer {
+    /// Default of [`max_retries`](Self::max_retries): 3.
+    pub const DEFAULT_MAX_RETRIES: u32 = 3;
+    /// Default of [`backoff_base`](Self::backoff_base): 100 ms.
+    pub const DEFAULT_BACKOFF_BASE: Duration = Duration::from_millis(100);
+    /// Default of [`backoff_max`](Self::backoff_max): 5 s.
+    pub const DEFAULT_BACKOFF_MAX: Duration = Duration::from_secs(5);
+    /// Default of [`deadline`](Self::deadline): 60 s.
+    pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(60);
+    /// Default of [`retry_after_cap`](Self::retry_after_cap): 30 s.
+    pub const DEFAULT_RETRY_AFTER_CAP: Duration = Duration::from_secs(30);
+    /// Default retries a second the [`budget`](Self::budget) always allows: 10.
+    pub const DEFAULT_BUDGET_MIN_PER_SEC: u32 = 10;
+    /// Default share of recent requests the [`budget`](Self::budget) lets retries add: 0.2.
+    pub const DEFAULT_BUDGET_RATIO: f32 = 0.2;
+
     /// A layer with the default configuration and [`DefaultClassify`].
     pub fn new() -> Self {
         Self {
             config: Config::default(),
             classify: DefaultClassify,
             budget: BudgetConfig {
-                min_per_sec: 10,
-                retry_ratio: 0.2,
+                min_per_sec: Self::DEFAULT_BUDGET_MIN_PER_SEC,
+                retry_ratio: Self::DEFAULT_BUDGET_RATIO,
             },
             live_budget: Arc::default(),
         }
@@ -88,10 +103,21 @@ impl<C> RetryLayer<C> {
     }
 
     /// The backoff before the first retry grows from `base` and doubles each retry up to `max`
-    /// (defaults 100 ms and 5 s); the actual sleep is drawn uniformly below that ceiling.
-    pub fn backoff(mut self, base: Duration, max: Duration) -> Self {
+    /// (defaults 100 ms and 5 s); the actual sleep is drawn uniformly below that ceiling. A
+    /// `max` below `base` counts as `base`.
+    pub fn backoff(self, base: Duration, max: Duration) -> Self {
+        self.backoff_base(base).backoff_max(max)
+    }
+
+    /// The first backoff ceiling, alone (default 100 ms); see [`backoff`](Self::backoff).
+    pub fn backoff_base(mut self, base: Duration) -> Self {
         self.config.base_delay = base;
-        self.config.max_delay = max.max(base);
+        self
+    }
+
+    /// The largest backoff ceiling, alone (default 5 s); see [`backoff`](Self::backoff).
+    pub fn backoff_max(mut self, max: Duration) -> Self {
+        self.config.max_delay = max;
         self
     }
 
@@ -141,6 +167,14 @@ impl<C> RetryLayer<C> {
             retry_ratio,
         };
         self
+    }
+
+    /// The budget's retry ratio alone, keeping its
+    /// [`DEFAULT_BUDGET_MIN_PER_SEC`](RetryLayer::DEFAULT_BUDGET_MIN_PER_SEC) (or whatever
+    /// [`budget`](Self::budget) set); see [`budget`](Self::budget).
+    pub fn budget_ratio(self, retry_ratio: f32) -> Self {
+        let min_per_sec = self.budget.min_per_sec;
+        self.budget(min_per_sec, retry_ratio)
     }
 
     /// Spends `budget`, shared with other layers (e.g. all routes to the same upstream),

@@ -31,12 +31,13 @@ pub(crate) struct Config {
 
 impl Default for Config {
     fn default() -> Self {
+        use crate::RetryLayer as L;
         Self {
-            max_retries: 3,
-            base_delay: Duration::from_millis(100),
-            max_delay: Duration::from_secs(5),
-            deadline: Duration::from_secs(60),
-            retry_after_cap: Duration::from_secs(30),
+            max_retries: L::DEFAULT_MAX_RETRIES,
+            base_delay: L::DEFAULT_BACKOFF_BASE,
+            max_delay: L::DEFAULT_BACKOFF_MAX,
+            deadline: L::DEFAULT_DEADLINE,
+            retry_after_cap: L::DEFAULT_RETRY_AFTER_CAP,
             attempts_header: false,
         }
     }
@@ -89,7 +90,7 @@ impl<C> RetryPolicy<C> {
         let ceiling = config
             .base_delay
             .saturating_mul(1u32 << exp)
-            .min(config.max_delay);
+            .min(config.max_delay.max(config.base_delay));
         let nanos = u64::try_from(ceiling.as_nanos()).unwrap_or(u64::MAX);
         if nanos == 0 {
             return Duration::ZERO;

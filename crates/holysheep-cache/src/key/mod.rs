@@ -23,6 +23,7 @@ use std::fmt;
 use std::str::FromStr;
 
 use serde::de::{self, Deserialize, Deserializer};
+use serde::{Serialize, Serializer};
 
 mod canonical;
 mod parsed;
@@ -132,6 +133,12 @@ impl FromStr for KeyScheme {
             .into_iter()
             .find(|scheme| scheme.as_str().eq_ignore_ascii_case(s))
             .ok_or_else(|| ParseKeySchemeError { input: s.into() })
+    }
+}
+
+impl Serialize for KeyScheme {
+    fn serialize<S: Serializer>(&self, ser: S) -> Result<S::Ok, S::Error> {
+        ser.serialize_str(self.as_str())
     }
 }
 

@@ -13,12 +13,6 @@ use redis::{Cmd, FromRedisValue, RedisError};
 
 use super::{BoxFuture, CacheStore, StoreError};
 
-/// Default bound of every operation.
-const DEFAULT_TIMEOUT: Duration = Duration::from_millis(50);
-
-/// Default pause after a connection failure during which operations fail at once.
-const DEFAULT_RETRY_INTERVAL: Duration = Duration::from_millis(250);
-
 /// Bound of one TCP connect (and handshake) attempt, in the background.
 const CONNECTION_TIMEOUT: Duration = Duration::from_secs(1);
 
@@ -70,6 +64,12 @@ pub struct RedisStore {
 }
 
 impl RedisStore {
+    /// Default of [`timeout`](Self::timeout), the bound of every operation: 50 ms.
+    pub const DEFAULT_TIMEOUT: Duration = Duration::from_millis(50);
+    /// Default of [`retry_interval`](Self::retry_interval), the pause after a connection
+    /// failure during which operations fail at once: 250 ms.
+    pub const DEFAULT_RETRY_INTERVAL: Duration = Duration::from_millis(250);
+
     /// A store on the single Redis node at `url` (`redis://[user:pass@]host:port[/db]`).
     ///
     /// Succeeds while Redis is down; fails only on a malformed URL.
@@ -114,8 +114,8 @@ impl RedisStore {
     fn from_conn(conn: Conn) -> Self {
         let store = RedisStore {
             conn,
-            timeout: DEFAULT_TIMEOUT,
-            health: Arc::new(Health::new(DEFAULT_RETRY_INTERVAL)),
+            timeout: Self::DEFAULT_TIMEOUT,
+            health: Arc::new(Health::new(Self::DEFAULT_RETRY_INTERVAL)),
         };
         store.warm_up();
         store

@@ -10,29 +10,6 @@
 //! made from (default `python3`); `HOLYSHEEP_SDK_PYTHON` may name an interpreter that already
 //! has `openai` installed, to skip the virtualenv altogether (for offline machines).
 
-// The gateway's own modules, shared with its `main.rs`; a test uses only part of them.
-#[allow(dead_code)]
-#[path = "../examples/gateway/auth.rs"]
-mod auth;
-#[allow(dead_code)]
-#[path = "../examples/gateway/config.rs"]
-mod config;
-#[allow(dead_code)]
-#[path = "../examples/gateway/errors.rs"]
-mod errors;
-#[allow(dead_code)]
-#[path = "../examples/gateway/logging.rs"]
-mod logging;
-#[allow(dead_code)]
-#[path = "../examples/gateway/routes.rs"]
-mod routes;
-#[allow(dead_code)]
-#[path = "../examples/gateway/server.rs"]
-mod server;
-#[allow(dead_code)]
-#[path = "../examples/gateway/stack.rs"]
-mod stack;
-
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -45,8 +22,7 @@ use holysheep_testkit::{
 use serde_json::Value;
 use tokio::process::Command;
 
-use config::{Config, Secret};
-use server::Gateway;
+use holysheep_gateway::{Config, Gateway, Secret};
 
 /// The SDK versions the test is written against: the 1.x API from 1.50 on, and 2.x, which
 /// keeps it.
@@ -369,15 +345,16 @@ async fn official_python_sdk_works_unmodified() {
 
     let mock = start_mock(MockConfig::default().api_key(UPSTREAM_KEY)).await;
     let mut config = Config {
-        listen: SocketAddr::from(([127, 0, 0, 1], 0)),
-        upstream: mock.base_url(),
         api_key: Some(Secret::new(UPSTREAM_KEY)),
         gateway_keys: vec![Secret::new(GATEWAY_KEY)],
         ..Config::default()
     };
-    config.retry.base = Duration::from_millis(1);
-    config.retry.cap = Duration::from_millis(10);
-    config.server.shutdown_grace = Duration::from_secs(10);
+    let s = &mut config.settings;
+    s.server.listen = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
+    s.server.shutdown_grace_secs = Some(10);
+    s.client.base_url = Some(mock.base_url());
+    s.retry.base_ms = Some(1);
+    s.retry.cap_ms = Some(10);
     let gateway = Gateway::start(config).await.expect("the gateway starts");
     let base_url = format!("http://{}/v1", gateway.addr());
 

@@ -1,4 +1,5 @@
-//! Starting and stopping the gateway, in-process: `main` and the integration tests share it.
+//! Starting and stopping the gateway, in-process: the binary, the tests and the load harness
+//! share it.
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -11,19 +12,21 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-use super::auth::Auth;
-use super::config::Config;
-use super::routes::{AppState, router};
-use super::stack;
+use crate::auth::Auth;
+use crate::config::Config;
+use crate::routes::{AppState, router};
+use crate::stack;
 
 /// The upstream key the demo mock expects and the gateway sends when no key is configured.
-pub(crate) const DEMO_API_KEY: &str = "sk-holysheep-demo";
+pub const DEMO_API_KEY: &str = "sk-holysheep-demo";
 
 /// The gateway server.
-pub(crate) struct Gateway;
+#[derive(Debug)]
+pub struct Gateway;
 
-/// A running gateway.
-pub(crate) struct GatewayHandle {
+/// A running gateway; [`shutdown`](Self::shutdown) stops it.
+#[derive(Debug)]
+pub struct GatewayHandle {
     addr: SocketAddr,
     upstream: String,
     grace: Duration,
@@ -34,7 +37,7 @@ pub(crate) struct GatewayHandle {
 
 /// Why the gateway did not start.
 #[derive(Debug)]
-pub(crate) struct StartError(String);
+pub struct StartError(String);
 
 impl fmt::Display for StartError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -54,12 +57,12 @@ impl Gateway {
     /// Validates the configuration, builds the stack, binds the listener and starts serving.
     ///
     /// In demo mode the mock upstream is started first, in-process, and used as the upstream.
-    pub(crate) async fn start(config: Config) -> Result<GatewayHandle, StartError> {
+    pub async fn start(config: Config) -> Result<GatewayHandle, StartError> {
         config
             .validate()
             .map_err(|e| StartError::new("invalid configuration", e))?;
 
-        let (demo, upstream, api_key) = if config.demo {
+        let (demo, demo_url, api_key) = if config.demo {
             let api_key = config
                 .api_key
                 .as_ref()
@@ -69,26 +72,28 @@ impl Gateway {
                 .await
                 .map_err(|e| StartError::new("cannot start the demo upstream", e))?;
             let url = mock.base_url();
-            (Some(mock), url, Some(api_key))
+            (Some(mock), Some(url), Some(api_key))
         } else {
             let key = config.api_key.as_ref().map(|k| k.expose().to_owned());
-            (None, config.upstream.clone(), key)
+            (None, None, key)
         };
 
-        let built = stack::build(&config, &upstream, api_key.as_deref())
+        let built = stack::build(&config, demo_url.as_deref(), api_key.as_deref())
             .await
             .map_err(|e: BoxError| StartError::new("cannot build the upstream stack", e))?;
+        let upstream = built.stack.client().base_url().to_string();
 
-        let listener = TcpListener::bind(config.listen)
+        let listen = config.listen();
+        let listener = TcpListener::bind(listen)
             .await
-            .map_err(|e| StartError::new(&format!("cannot listen on {}", config.listen), e))?;
+            .map_err(|e| StartError::new(&format!("cannot listen on {listen}"), e))?;
         let addr = listener
             .local_addr()
             .map_err(|e| StartError::new("cannot read the listen address", e))?;
 
         let state = AppState {
-            upstream: built.upstream,
-            body_limit: config.server.body_limit_bytes,
+            stack: built.stack,
+            body_limit: config.body_limit(),
             readiness: built.readiness,
             render_metrics: built.render_metrics,
         };
@@ -118,7 +123,7 @@ impl Gateway {
         Ok(GatewayHandle {
             addr,
             upstream,
-            grace: config.server.shutdown_grace,
+            grace: config.shutdown_grace(),
             stop: Some(stop),
             task,
             demo,
@@ -128,17 +133,17 @@ impl Gateway {
 
 impl GatewayHandle {
     /// The address the gateway listens on (the real port when the configuration said `:0`).
-    pub(crate) fn addr(&self) -> SocketAddr {
+    pub fn addr(&self) -> SocketAddr {
         self.addr
     }
 
     /// The upstream base URL in use (the mock's in demo mode).
-    pub(crate) fn upstream(&self) -> &str {
+    pub fn upstream(&self) -> &str {
         &self.upstream
     }
 
     /// A ready-to-paste curl line that asks the gateway for a chat completion.
-    pub(crate) fn curl_example(&self) -> String {
+    pub fn curl_example(&self) -> String {
         format!(
             "curl -s http://{}/v1/chat/completions -H 'content-type: application/json' \
              -d '{{\"model\":\"gpt-4.1\",\"messages\":[{{\"role\":\"user\",\"content\":\"Hello, HolySheep!\"}}]}}'",
@@ -149,7 +154,7 @@ impl GatewayHandle {
     /// Stops accepting connections, lets in-flight requests and streams finish for at most the
     /// configured grace period, then cuts what is left. Returns whether everything finished
     /// within the grace period.
-    pub(crate) async fn shutdown(mut self) -> bool {
+    pub async fn shutdown(mut self) -> bool {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }

@@ -10,7 +10,7 @@ use holysheep_core::error::ErrorClass;
 use holysheep_core::signal::{Attempts, CacheOutcome, RequestModel};
 use tracing_subscriber::EnvFilter;
 
-use super::config::LogFormat;
+use crate::config::LogFormat;
 
 /// Installs the global subscriber: level from `RUST_LOG` (default `info`), text or JSON lines.
 /// A second call (tests start many gateways in one process) leaves the first in place.

@@ -1,106 +1,131 @@
-//! The layer stack the gateway forwards through, and the readiness probes.
+//! The layer stack the gateway forwards through ([`holysheep::Stack`]), built from the
+//! configuration, and the readiness probes.
 //!
-//! `MetricsLayer → CacheLayer → RetryLayer → PoolLimitLayer → HolySheepClient`, outermost first:
-//! metrics see cache hits; a hit costs nothing below the cache; a retried miss fills the cache
-//! once; each retry attempt takes its own pool slot and a backoff sleep holds none.
+//! Only settings the configuration sets are passed on; the rest keep their crate's default.
 
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use axum::body::Body;
 use bytes::Bytes;
-use holysheep_core::BoxError;
-use http::{Request, Response};
-use http_body_util::Full;
-use tower::ServiceBuilder;
-use tower::ServiceExt;
-use tower::util::BoxCloneSyncService;
-
 use holysheep::cache::{
     CacheLayer, CacheStore, DefaultKeyPolicy, MemoryStore, RedisStore, TieredStore,
 };
-use holysheep::client::HolySheepClient;
-use holysheep::metrics::MetricsLayer;
-use holysheep::metrics::prometheus::{self, PrometheusHandle};
+use holysheep::client::{self, HolySheepClient};
 use holysheep::pool_limit::PoolLimitLayer;
 use holysheep::retry::RetryLayer;
+use holysheep::{Stack, StackBuilder};
+use holysheep_core::BoxError;
+use holysheep_metrics::prometheus::{self, PrometheusHandle};
+use http::Request;
+use http_body_util::Full;
+use tower::ServiceExt;
 
-use super::config::{CacheSettings, Config};
+use crate::config::{CacheSettings, Config};
 
 /// What the routes send through the stack: a buffered JSON body, cloneable for retries.
 pub(crate) type UpstreamRequest = Request<Full<Bytes>>;
 
-/// The assembled stack, boxed once so handlers need not name its type.
-pub(crate) type Upstream = BoxCloneSyncService<UpstreamRequest, Response<Body>, BoxError>;
-
 /// The built stack and what the operator routes need beside it.
-pub(crate) struct Stack {
+pub(crate) struct Built {
     /// The layers around the client.
-    pub(crate) upstream: Upstream,
+    pub(crate) stack: Stack,
     /// Probes for `/readyz`.
     pub(crate) readiness: Readiness,
     /// Renders `/metrics`.
     pub(crate) render_metrics: Arc<dyn Fn() -> String + Send + Sync>,
 }
 
-/// Builds the stack for `upstream_url` with the upstream key.
+/// `set(target, value)` when the configuration has a value, else `target` unchanged, so an
+/// unset setting keeps its crate's default.
+fn set<T, V>(target: T, value: Option<V>, setter: impl FnOnce(T, V) -> T) -> T {
+    match value {
+        Some(value) => setter(target, value),
+        None => target,
+    }
+}
+
+/// Builds the stack for the upstream at `base_url` (the configured one when `None`) with the
+/// upstream key.
 pub(crate) async fn build(
     config: &Config,
-    upstream_url: &str,
+    base_url: Option<&str>,
     api_key: Option<&str>,
-) -> Result<Stack, BoxError> {
-    let mut builder = HolySheepClient::builder()
-        .base_url(upstream_url)
-        .connect_timeout(config.client.connect_timeout)
-        .timeout(config.client.timeout)
-        .read_timeout(config.client.read_timeout)
-        .pool_idle_timeout(config.client.pool_idle_timeout)
-        .pool_max_idle_per_host(config.pool.per_host);
-    if let Some(key) = api_key {
-        builder = builder.api_key(key);
-    }
-    let client = builder.build()?;
+) -> Result<Built, BoxError> {
+    let s = &config.settings;
+    let secs = |v: Option<u64>| v.map(Duration::from_secs);
+    let millis = |v: Option<u64>| v.map(Duration::from_millis);
 
-    let retry = RetryLayer::new()
-        .max_retries(config.retry.max_retries)
-        .backoff(config.retry.base, config.retry.cap)
-        .deadline(config.retry.deadline)
-        .budget(10, config.retry.budget_percent as f32 / 100.0);
+    let mut client = HolySheepClient::builder();
+    client = set(
+        client,
+        base_url.or(s.client.base_url.as_deref()),
+        client::Builder::base_url,
+    );
+    client = set(client, api_key, client::Builder::api_key);
+    client = set(
+        client,
+        secs(s.client.connect_timeout_secs),
+        client::Builder::connect_timeout,
+    );
+    client = set(
+        client,
+        secs(s.client.timeout_secs),
+        client::Builder::timeout,
+    );
+    client = set(
+        client,
+        secs(s.client.read_timeout_secs),
+        client::Builder::read_timeout,
+    );
+    client = set(
+        client,
+        secs(s.client.pool_idle_timeout_secs),
+        client::Builder::pool_idle_timeout,
+    );
 
-    // All requests go to one upstream host, so the effective cap is the smaller of the two
-    // limits, as with the seed's connection pool.
-    let pool = PoolLimitLayer::new(config.pool.max_in_flight, config.pool.per_host)
-        .queue_timeout(config.pool.queue_timeout)
-        .max_queue(config.pool.queue_depth);
+    let mut retry = RetryLayer::new();
+    retry = set(retry, s.retry.max_retries, RetryLayer::max_retries);
+    retry = set(retry, millis(s.retry.base_ms), RetryLayer::backoff_base);
+    retry = set(retry, millis(s.retry.cap_ms), RetryLayer::backoff_max);
+    retry = set(retry, secs(s.retry.deadline_secs), RetryLayer::deadline);
+    retry = set(
+        retry,
+        s.retry.budget_percent.map(|p| p as f32 / 100.0),
+        RetryLayer::budget_ratio,
+    );
 
-    let (store, shared_store) = cache_store(&config.cache).await?;
-    let cache = CacheLayer::with_store(store)
-        .ttl(config.cache.ttl)
-        .max_entry_bytes(config.cache.max_entry_bytes)
-        .max_body_bytes(config.server.body_limit_bytes)
-        .key_policy(DefaultKeyPolicy::new().scheme(config.cache.key_scheme))
-        .upstream(upstream_url);
+    let mut pool = PoolLimitLayer::default();
+    pool = set(pool, s.pool.max_in_flight, PoolLimitLayer::total);
+    pool = set(pool, s.pool.per_host, PoolLimitLayer::per_host);
+    pool = set(
+        pool,
+        millis(s.pool.queue_timeout_ms),
+        PoolLimitLayer::queue_timeout,
+    );
+    pool = set(pool, s.pool.queue_depth, PoolLimitLayer::max_queue);
 
-    let render_metrics = metrics_renderer();
+    let (store, shared_store) = cache_store(&s.cache, &config.redis_urls()).await?;
+    let mut cache = CacheLayer::with_store(store).max_body_bytes(config.body_limit());
+    cache = set(cache, secs(s.cache.ttl_secs), CacheLayer::ttl);
+    cache = set(cache, s.cache.max_entry_bytes, CacheLayer::max_entry_bytes);
+    cache = set(cache, s.cache.key_scheme, |cache, scheme| {
+        cache.key_policy(DefaultKeyPolicy::new().scheme(scheme))
+    });
 
-    let service = ServiceBuilder::new()
-        .layer(MetricsLayer::new())
-        .layer(cache)
-        .layer(retry)
-        .layer(pool)
-        .service(client.clone());
-    // Named request type: every layer is generic over the body, so inference needs the anchor.
-    let service = ServiceExt::<UpstreamRequest>::map_response(service, into_axum);
-    let service = ServiceExt::<UpstreamRequest>::map_err(service, Into::<BoxError>::into);
-
-    Ok(Stack {
-        upstream: BoxCloneSyncService::new(service),
+    let stack = Stack::builder()
+        .client(client)
+        .retry(retry)
+        .pool_limit(pool)
+        .cache(cache)
+        .build()?;
+    Ok(Built {
         readiness: Readiness {
-            client,
+            client: stack.client().clone(),
             store: shared_store,
-            timeout: config.server.ready_timeout,
+            timeout: config.ready_timeout(),
         },
-        render_metrics,
+        stack,
+        render_metrics: metrics_renderer(),
     })
 }
 
@@ -111,9 +136,14 @@ pub(crate) async fn build(
 /// failed start, and the store reconnects on its own.
 async fn cache_store(
     settings: &CacheSettings,
+    urls: &[String],
 ) -> Result<(Arc<dyn CacheStore>, Option<Arc<dyn CacheStore>>), BoxError> {
-    let memory = MemoryStore::new(settings.memory_max_bytes);
-    let redis = match settings.redis.as_slice() {
+    let memory = MemoryStore::new(
+        settings
+            .memory_max_bytes
+            .unwrap_or(StackBuilder::DEFAULT_MEMORY_CACHE_BYTES),
+    );
+    let redis = match urls {
         [] => return Ok((Arc::new(memory), None)),
         [url] => RedisStore::connect(url).await,
         urls => {
@@ -122,10 +152,12 @@ async fn cache_store(
         }
     }
     .map_err(|error| format!("redis: {error}"))?;
-    let store: Arc<dyn CacheStore> = Arc::new(TieredStore::new(
-        memory,
-        redis.timeout(settings.redis_timeout),
-    ));
+    let redis = set(
+        redis,
+        settings.redis_timeout_ms.map(Duration::from_millis),
+        RedisStore::timeout,
+    );
+    let store: Arc<dyn CacheStore> = Arc::new(TieredStore::new(memory, redis));
     Ok((Arc::clone(&store), Some(store)))
 }
 
@@ -147,15 +179,6 @@ fn metrics_renderer() -> Arc<dyn Fn() -> String + Send + Sync> {
         }
         None => Arc::new(String::new),
     }
-}
-
-/// Gives the stack's response body the one type the routes return.
-fn into_axum<B>(response: Response<B>) -> Response<Body>
-where
-    B: http_body::Body<Data = Bytes> + Send + 'static,
-    B::Error: Into<BoxError>,
-{
-    response.map(Body::new)
 }
 
 /// The probes behind `/readyz`.

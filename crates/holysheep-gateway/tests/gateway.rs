@@ -1,29 +1,6 @@
-//! The example gateway (`examples/gateway/`), started in-process on loopback in front of the mock
+//! The gateway (`holysheep-gateway`), started in-process on loopback in front of the mock
 //! upstream, tested the way a caller sees it: statuses, bodies, headers, and what the upstream
 //! received.
-
-// The gateway's own modules, shared with its `main.rs`; a test uses only part of them.
-#[allow(dead_code)]
-#[path = "../examples/gateway/auth.rs"]
-mod auth;
-#[allow(dead_code)]
-#[path = "../examples/gateway/config.rs"]
-mod config;
-#[allow(dead_code)]
-#[path = "../examples/gateway/errors.rs"]
-mod errors;
-#[allow(dead_code)]
-#[path = "../examples/gateway/logging.rs"]
-mod logging;
-#[allow(dead_code)]
-#[path = "../examples/gateway/routes.rs"]
-mod routes;
-#[allow(dead_code)]
-#[path = "../examples/gateway/server.rs"]
-mod server;
-#[allow(dead_code)]
-#[path = "../examples/gateway/stack.rs"]
-mod stack;
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -38,21 +15,21 @@ use http::{Method, Request, StatusCode, header};
 use http_body_util::BodyExt;
 use serde_json::{Value, json};
 
-use config::{Config, Secret};
-use server::{Gateway, GatewayHandle};
+use holysheep_gateway::{Config, Gateway, GatewayHandle, Secret};
 
 /// A gateway configuration for tests: an ephemeral loopback port, the mock as upstream with its
 /// key, quick retries.
 fn test_config(mock: &MockServer) -> Config {
     let mut config = Config {
-        listen: SocketAddr::from(([127, 0, 0, 1], 0)),
-        upstream: mock.base_url(),
         api_key: Some(Secret::new(UPSTREAM_KEY)),
         ..Config::default()
     };
-    config.retry.base = Duration::from_millis(1);
-    config.retry.cap = Duration::from_millis(10);
-    config.server.shutdown_grace = Duration::from_secs(10);
+    let s = &mut config.settings;
+    s.server.listen = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
+    s.server.shutdown_grace_secs = Some(10);
+    s.client.base_url = Some(mock.base_url());
+    s.retry.base_ms = Some(1);
+    s.retry.cap_ms = Some(10);
     config
 }
 
@@ -274,7 +251,8 @@ async fn bad_input_gets_400_and_nothing_is_forwarded() {
 
 #[tokio::test]
 async fn oversized_bodies_get_413() {
-    let (mock, gateway) = mock_and_gateway(|c| c.server.body_limit_bytes = 1024).await;
+    let (mock, gateway) =
+        mock_and_gateway(|c| c.settings.server.body_limit_bytes = Some(1024)).await;
     let big = chat_body("gpt-4.1", &"x".repeat(2048)).to_string();
     let reply = send(&gateway, "POST", "/v1/chat/completions", &big).await;
     assert_eq!(reply.status, StatusCode::PAYLOAD_TOO_LARGE);
@@ -428,8 +406,8 @@ async fn an_unreachable_upstream_is_a_502_and_not_ready() {
     drop(closed);
     let mock = start_mock(MockConfig::default()).await;
     let mut config = test_config(&mock);
-    config.upstream = format!("http://127.0.0.1:{port}/v1");
-    config.retry.max_retries = 0;
+    config.settings.client.base_url = Some(format!("http://127.0.0.1:{port}/v1"));
+    config.settings.retry.max_retries = Some(0);
     let gateway = start(config).await;
 
     let reply = post_json(
@@ -498,10 +476,10 @@ async fn a_full_pool_sheds_with_503_and_retry_after() {
     )
     .await;
     let mut config = test_config(&mock);
-    config.pool.max_in_flight = 1;
-    config.pool.per_host = 1;
-    config.pool.queue_depth = 0;
-    config.pool.queue_timeout = Duration::ZERO;
+    config.settings.pool.max_in_flight = Some(1);
+    config.settings.pool.per_host = Some(1);
+    config.settings.pool.queue_depth = Some(0);
+    config.settings.pool.queue_timeout_ms = Some(0);
     let gateway = start(config).await;
 
     // A stream holds the only slot until it ends.
@@ -548,7 +526,7 @@ async fn a_full_pool_sheds_with_503_and_retry_after() {
 async fn a_public_address_without_keys_is_refused() {
     let mock = start_mock(MockConfig::default()).await;
     let mut config = test_config(&mock);
-    config.listen = SocketAddr::from(([0, 0, 0, 0], 0));
+    config.settings.server.listen = Some(SocketAddr::from(([0, 0, 0, 0], 0)));
     let error = match Gateway::start(config).await {
         Ok(_) => panic!("the gateway must refuse to start"),
         Err(error) => error.to_string(),
@@ -627,11 +605,11 @@ async fn graceful_shutdown_finishes_an_open_stream() {
 
 #[tokio::test]
 async fn demo_mode_answers_from_the_in_process_mock() {
-    let config = Config {
-        listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+    let mut config = Config {
         demo: true,
         ..Config::default()
     };
+    config.settings.server.listen = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
     let gateway = start(config).await;
     assert!(gateway.upstream().starts_with("http://127.0.0.1:"));
     let curl = gateway.curl_example();
@@ -651,11 +629,11 @@ async fn a_slow_upstream_past_the_deadline_is_a_504() {
     let mock = start_mock(
         MockConfig::default()
             .api_key(UPSTREAM_KEY)
-            .latency(holysheep_mock::Latency::fixed(Duration::from_secs(2))),
+            .latency(holysheep_mock::Latency::fixed(Duration::from_secs(3))),
     )
     .await;
     let mut config = test_config(&mock);
-    config.retry.deadline = Duration::from_millis(200);
+    config.settings.retry.deadline_secs = Some(1);
     let gateway = start(config).await;
     let reply = post_json(
         &url(&gateway, "/v1/chat/completions"),
@@ -680,12 +658,12 @@ async fn an_upstream_that_sends_no_headers_in_time_is_a_504() {
     let mock = start_mock(
         MockConfig::default()
             .api_key(UPSTREAM_KEY)
-            .latency(holysheep_mock::Latency::fixed(Duration::from_secs(2))),
+            .latency(holysheep_mock::Latency::fixed(Duration::from_secs(3))),
     )
     .await;
     let mut config = test_config(&mock);
-    config.client.timeout = Duration::from_millis(100);
-    config.retry.max_retries = 0;
+    config.settings.client.timeout_secs = Some(1);
+    config.settings.retry.max_retries = Some(0);
     let gateway = start(config).await;
     let reply = post_json(
         &url(&gateway, "/v1/chat/completions"),
@@ -722,8 +700,8 @@ async fn redis_mode_shares_answers_between_gateways() {
     let mock = start_mock(MockConfig::default().api_key(UPSTREAM_KEY)).await;
     let with_redis = |mock: &MockServer| {
         let mut config = test_config(mock);
-        config.cache.redis = vec![redis.url().to_owned()];
-        config.cache.redis_timeout = Duration::from_millis(200);
+        config.settings.cache.redis = Some(vec![redis.url().to_owned()]);
+        config.settings.cache.redis_timeout_ms = Some(200);
         config
     };
     let first = start(with_redis(&mock)).await;

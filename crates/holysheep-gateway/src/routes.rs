@@ -18,16 +18,17 @@ use http_body_util::Full;
 use serde_json::{Map, Value};
 use tower::ServiceExt;
 
-use super::auth::{Auth, require_caller};
-use super::errors::{self, ApiError, error_response, invalid_request};
-use super::logging::log_requests;
-use super::stack::{Readiness, Upstream};
+use crate::auth::{Auth, require_caller};
+use crate::errors::{self, ApiError, error_response, invalid_request};
+use crate::logging::log_requests;
+use crate::stack::{Readiness, UpstreamRequest};
+use holysheep::Stack;
 
 /// What every handler shares.
 #[derive(Clone)]
 pub(crate) struct AppState {
     /// The layer stack around the upstream client.
-    pub(crate) upstream: Upstream,
+    pub(crate) stack: Stack,
     /// Largest accepted request body.
     pub(crate) body_limit: usize,
     /// Probes for `/readyz`.
@@ -103,7 +104,7 @@ async fn chat_completions(State(state): State<AppState>, request: Request) -> Re
         Ok(model) => model,
         Err(error) => return error.into_response(),
     };
-    forward(state.upstream, parts, bytes, Some(model)).await
+    forward(state.stack, parts, bytes, Some(model)).await
 }
 
 async fn embeddings(State(state): State<AppState>, request: Request) -> Response {
@@ -116,12 +117,12 @@ async fn embeddings(State(state): State<AppState>, request: Request) -> Response
         Ok(model) => model,
         Err(error) => return error.into_response(),
     };
-    forward(state.upstream, parts, bytes, Some(model)).await
+    forward(state.stack, parts, bytes, Some(model)).await
 }
 
 async fn models(State(state): State<AppState>, request: Request) -> Response {
     let (parts, _body) = request.into_parts();
-    forward(state.upstream, parts, Bytes::new(), None).await
+    forward(state.stack, parts, Bytes::new(), None).await
 }
 
 /// Buffers the request body up to `limit`; over it, a JSON 413 (early from `Content-Length`
@@ -303,18 +304,15 @@ const DROPPED_RESPONSE_HEADERS: [&str; 6] = [
     "proxy-connection",
 ];
 
-/// Sends the request through the stack with the gateway's `/v1` stripped (the client joins the
-/// rest onto its base URL, which carries the upstream's own `/v1`), and turns the outcome into
-/// the caller's answer.
-///
-/// Takes the handler's own copy of the stack: calling it needs an owned service, and cloning
-/// the boxed stack a second time per request would copy every layer again.
-async fn forward(
-    upstream: Upstream,
-    parts: Parts,
+/// The request the stack gets for a caller's request: the gateway's `/v1` stripped (the client
+/// joins the rest onto its base URL, which carries the upstream's own `/v1`), the hop-by-hop and
+/// credential headers dropped, the buffered body with its length, and the tenant and model as
+/// extensions for the layers.
+fn upstream_request(
+    parts: &Parts,
     body: Bytes,
-    model: Option<Arc<str>>,
-) -> Response {
+    model: Option<&Arc<str>>,
+) -> Result<UpstreamRequest, ApiError> {
     let path = parts.uri.path();
     let upstream_path = path.strip_prefix("/v1").unwrap_or(path);
     let target = match parts.uri.query() {
@@ -324,10 +322,9 @@ async fn forward(
     let body_len = body.len();
     let mut request = http::Request::new(Full::new(body));
     *request.method_mut() = parts.method.clone();
-    *request.uri_mut() = match target.parse() {
-        Ok(uri) => uri,
-        Err(_) => return invalid_request("The request URL is not valid.", None).into_response(),
-    };
+    *request.uri_mut() = target
+        .parse()
+        .map_err(|_| invalid_request("The request URL is not valid.", None))?;
     let headers = request.headers_mut();
     for (name, value) in &parts.headers {
         if !dropped_request_header(name) {
@@ -342,14 +339,24 @@ async fn forward(
     if let Some(namespace) = parts.extensions.get::<Namespace>() {
         request.extensions_mut().insert(namespace.clone());
     }
-    if let Some(model) = &model {
+    if let Some(model) = model {
         request
             .extensions_mut()
             .insert(RequestModel(Arc::clone(model)));
     }
+    Ok(request)
+}
 
-    let mut response = match upstream.oneshot(request).await {
-        Ok(response) => response,
+/// Sends the request through the stack and turns the outcome into the caller's answer.
+///
+/// Takes the handler's own copy of the stack: calling it needs an owned service.
+async fn forward(stack: Stack, parts: Parts, body: Bytes, model: Option<Arc<str>>) -> Response {
+    let request = match upstream_request(&parts, body, model.as_ref()) {
+        Ok(request) => request,
+        Err(error) => return error.into_response(),
+    };
+    let mut response = match stack.oneshot(request).await {
+        Ok(response) => response.map(Body::new),
         Err(error) => {
             tracing::warn!(error = %error, "upstream call failed");
             errors::stack_error(&*error)
@@ -441,31 +448,28 @@ mod tests {
         assert_eq!(&*validate_chat(extra).unwrap(), "m");
     }
 
-    #[tokio::test]
-    async fn forward_sends_a_sized_body_and_strips_v1() {
-        let upstream: Upstream = tower::util::BoxCloneSyncService::new(tower::service_fn(
-            |request: super::super::stack::UpstreamRequest| async move {
-                let seen = format!(
-                    "{} {} {:?} {:?}",
-                    request.method(),
-                    request.uri(),
-                    request.headers().get(header::CONTENT_LENGTH),
-                    request.headers().get(header::AUTHORIZATION),
-                );
-                Ok::<_, holysheep_core::BoxError>(Response::new(Body::from(seen)))
-            },
-        ));
+    #[test]
+    fn upstream_requests_are_sized_and_lose_v1_and_credentials() {
         let request = http::Request::post("/v1/chat/completions?x=1")
             .header(header::AUTHORIZATION, "Bearer caller")
             .header(header::CONTENT_LENGTH, "999")
             .body(())
             .unwrap();
         let (parts, ()) = request.into_parts();
-        let response = forward(upstream, parts, Bytes::from_static(b"{\"a\":1}"), None).await;
-        let body = axum::body::to_bytes(response.into_body(), 1024)
-            .await
-            .unwrap();
-        assert_eq!(&body[..], b"POST /chat/completions?x=1 Some(\"7\") None");
+        let model: Arc<str> = Arc::from("gpt-4.1");
+        let request =
+            upstream_request(&parts, Bytes::from_static(b"{\"a\":1}"), Some(&model)).unwrap();
+        assert_eq!(request.method(), http::Method::POST);
+        assert_eq!(request.uri(), "/chat/completions?x=1");
+        assert_eq!(request.headers()[header::CONTENT_LENGTH], "7");
+        assert!(request.headers().get(header::AUTHORIZATION).is_none());
+        assert_eq!(
+            request
+                .extensions()
+                .get::<RequestModel>()
+                .map(RequestModel::as_str),
+            Some("gpt-4.1")
+        );
     }
 
     #[test]

@@ -15,8 +15,8 @@ use holysheep_core::signal::Namespace;
 use http::{HeaderMap, StatusCode, header};
 use sha2::{Digest, Sha256};
 
-use super::config::Secret;
-use super::errors::ApiError;
+use crate::config::Secret;
+use crate::errors::ApiError;
 
 /// The access rule, built once from the configuration.
 #[derive(Clone)]

@@ -1,0 +1,202 @@
+//! [`Stack`]: the recommended composition of the layers, built in one place.
+
+use std::fmt;
+use std::task::{Context, Poll};
+
+use http::Request;
+use tower::{Layer, Service};
+
+use crate::cache::{Cache, CacheLayer, MemoryStore};
+use crate::client::{self, HolySheepClient};
+use crate::metrics::{Metrics, MetricsLayer};
+use crate::pool_limit::{PoolLimit, PoolLimitHandle, PoolLimitLayer};
+use crate::retry::{Retry, RetryLayer};
+
+type Inner = Metrics<Cache<Retry<PoolLimit<HolySheepClient>>>>;
+
+/// The recommended stack, outermost first:
+/// `MetricsLayer → CacheLayer → RetryLayer → PoolLimitLayer → HolySheepClient`.
+///
+/// Metrics see every request, hits too; a hit costs nothing below the cache; a retried miss
+/// fills the cache once; each attempt takes its own pool slot and a backoff sleep holds none.
+///
+/// Build it with [`Stack::builder`]. The builder wires the settings that span layers, so no
+/// composition has to repeat them:
+/// - the cache hashes the client's base URL into its keys ([`CacheLayer::upstream`]), so two
+///   upstreams never share answers;
+/// - the client keeps as many idle connections per host as the pool limit lets run per host;
+/// - the metrics count the pool limit's sheds as `holysheep_shed_total` (the error vocabulary
+///   of `holysheep-core` is shared by every layer, so nothing needs registering).
+///
+/// Each layer still works alone: [`Stack`] is only the composition the gateway, the examples,
+/// the load harness and the benches share. It is a `tower::Service` over `http::Request<B>` for
+/// any body the cache can read, and cheap to clone (every layer shares its state).
+///
+/// ```
+/// use bytes::Bytes;
+/// use http::Request;
+/// use http_body_util::{BodyExt, Full};
+/// use tower::ServiceExt;
+///
+/// use holysheep::Stack;
+/// use holysheep::client::HolySheepClient;
+/// use holysheep::retry::RetryLayer;
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), holysheep::core::BoxError> {
+/// # let mock = holysheep_mock::MockServer::start(holysheep_mock::MockConfig::new().api_key("sk-test")).await?;
+/// # let base_url = mock.base_url();
+/// let stack = Stack::builder()
+///     .client(HolySheepClient::builder().base_url(base_url).api_key("sk-test"))
+///     .retry(RetryLayer::new().max_retries(2))
+///     .build()?;
+///
+/// let body = r#"{"model":"gpt-4.1","messages":[{"role":"user","content":"Hello"}]}"#;
+/// let request = Request::post("/chat/completions")
+///     .header("content-type", "application/json")
+///     .body(Full::new(Bytes::from(body)))?;
+/// let response = stack.oneshot(request).await?;
+/// assert_eq!(response.headers()["x-cache"], "MISS");
+/// let answer = response.into_body().collect().await?.to_bytes();
+/// assert!(answer.starts_with(b"{"));
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct Stack {
+    inner: Inner,
+    client: HolySheepClient,
+    pool: PoolLimitHandle,
+}
+
+impl Stack {
+    /// A builder with every layer at its defaults: the HolySheep base URL and no key, an
+    /// in-memory cache of [`StackBuilder::DEFAULT_MEMORY_CACHE_BYTES`].
+    pub fn builder() -> StackBuilder {
+        StackBuilder::new()
+    }
+
+    /// The client at the bottom of the stack, for probes that must bypass the layers.
+    pub fn client(&self) -> &HolySheepClient {
+        &self.client
+    }
+
+    /// The pool limit's counters (in flight, queued, shed).
+    pub fn pool_limit(&self) -> &PoolLimitHandle {
+        &self.pool
+    }
+}
+
+impl fmt::Debug for Stack {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Stack")
+            .field("client", &self.client)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<B> Service<Request<B>> for Stack
+where
+    Inner: Service<Request<B>>,
+{
+    type Response = <Inner as Service<Request<B>>>::Response;
+    type Error = <Inner as Service<Request<B>>>::Error;
+    type Future = <Inner as Service<Request<B>>>::Future;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<B>) -> Self::Future {
+        self.inner.call(request)
+    }
+}
+
+/// Configures a [`Stack`]: each layer as you would configure it alone, handed over whole.
+#[derive(Debug, Clone)]
+#[must_use]
+pub struct StackBuilder {
+    client: client::Builder,
+    cache: Option<CacheLayer>,
+    retry: RetryLayer,
+    pool_limit: PoolLimitLayer,
+    metrics: MetricsLayer,
+}
+
+impl Default for StackBuilder {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl StackBuilder {
+    /// The bound of the in-memory cache used when no [`cache`](Self::cache) layer is given:
+    /// 256 MiB.
+    pub const DEFAULT_MEMORY_CACHE_BYTES: u64 = 256 << 20;
+
+    /// Every layer at its defaults.
+    pub fn new() -> Self {
+        Self {
+            client: HolySheepClient::builder(),
+            cache: None,
+            retry: RetryLayer::new(),
+            pool_limit: PoolLimitLayer::default(),
+            metrics: MetricsLayer::new(),
+        }
+    }
+
+    /// The upstream client: base URL, key, timeouts. Its idle connections per host are set
+    /// from the pool limit at [`build`](Self::build).
+    pub fn client(mut self, client: client::Builder) -> Self {
+        self.client = client;
+        self
+    }
+
+    /// The cache layer (default: [`CacheLayer::new`] over a [`MemoryStore`] of
+    /// [`DEFAULT_MEMORY_CACHE_BYTES`](Self::DEFAULT_MEMORY_CACHE_BYTES)). Its upstream is set
+    /// from the client's base URL at [`build`](Self::build).
+    pub fn cache(mut self, cache: CacheLayer) -> Self {
+        self.cache = Some(cache);
+        self
+    }
+
+    /// The retry layer (default: [`RetryLayer::new`]).
+    pub fn retry(mut self, retry: RetryLayer) -> Self {
+        self.retry = retry;
+        self
+    }
+
+    /// The pool limit (default: [`PoolLimitLayer::default`], 100 in total, 30 per host).
+    pub fn pool_limit(mut self, pool_limit: PoolLimitLayer) -> Self {
+        self.pool_limit = pool_limit;
+        self
+    }
+
+    /// The metrics layer (default: [`MetricsLayer::new`]).
+    pub fn metrics(mut self, metrics: MetricsLayer) -> Self {
+        self.metrics = metrics;
+        self
+    }
+
+    /// Builds the client and wraps it in the layers. Fails only if the client's configuration
+    /// is invalid (a bad base URL or key).
+    pub fn build(self) -> Result<Stack, client::Error> {
+        let client = self
+            .client
+            .pool_max_idle_per_host(self.pool_limit.limits().1)
+            .build()?;
+        let cache = self
+            .cache
+            .unwrap_or_else(|| CacheLayer::new(MemoryStore::new(Self::DEFAULT_MEMORY_CACHE_BYTES)))
+            .upstream(client.base_url().to_string());
+        let pool = self.pool_limit.handle();
+        let inner = self
+            .metrics
+            .layer(cache.layer(self.retry.layer(self.pool_limit.layer(client.clone()))));
+        Ok(Stack {
+            inner,
+            client,
+            pool,
+        })
+    }
+}
