@@ -2,8 +2,6 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
-
 use crate::config::{Cli, Config};
 use crate::logging;
 use crate::server::Gateway;
@@ -14,7 +12,7 @@ use crate::server::Gateway;
 /// Exit codes: 0 after a clean shutdown (or a passed `--check-config`), 2 for a configuration
 /// or start-up error (printed to stderr), 1 when the runtime cannot start.
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = Cli::from_process();
     let check_only = cli.check_config;
     let config = match Config::from_cli(cli) {
         Ok(config) => config,

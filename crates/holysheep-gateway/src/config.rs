@@ -63,6 +63,9 @@ macro_rules! section {
         }
 
         impl $name {
+            /// The section's keys, in declaration order.
+            pub const KEYS: &'static [&'static str] = &[$(stringify!($field)),*];
+
             /// These values, and `lower`'s where these are unset.
             pub fn or(self, lower: Self) -> Self {
                 Self { $( $field: self.$field.or(lower.$field), )* }
@@ -244,9 +247,33 @@ impl Settings {
         Self::from_toml(&text, &path.display().to_string())
     }
 
-    /// The settings as TOML, only what is set (secrets are never part of them).
+    /// Every setting as TOML: what is set as a value, what is not as a comment with its
+    /// default. Secrets are never part of the settings.
     pub fn to_toml(&self) -> String {
-        toml::to_string(self).unwrap_or_else(|e| format!("# cannot render the settings: {e}\n"))
+        let set: toml::Table = toml::Table::try_from(self).unwrap_or_default();
+        let sections: [(&str, &[&str]); 5] = [
+            ("server", ServerSettings::KEYS),
+            ("client", ClientSettings::KEYS),
+            ("pool", PoolSettings::KEYS),
+            ("retry", RetrySettings::KEYS),
+            ("cache", CacheSettings::KEYS),
+        ];
+        let mut out = String::new();
+        for (section, keys) in sections {
+            out.push_str(&format!("[{section}]\n"));
+            let values = set.get(section).and_then(toml::Value::as_table);
+            for key in keys {
+                match values.and_then(|table| table.get(*key)) {
+                    Some(value) => out.push_str(&format!("{key} = {value}\n")),
+                    None => {
+                        let default = default_of(&format!("{section}.{key}")).unwrap_or_default();
+                        out.push_str(&format!("# {key}: default, {default}\n"));
+                    }
+                }
+            }
+            out.push('\n');
+        }
+        out
     }
 }
 
@@ -284,6 +311,22 @@ pub struct Cli {
     /// Check the configuration, print the settings in effect (as TOML) and exit
     #[arg(long)]
     pub check_config: bool,
+}
+
+impl Cli {
+    /// The command line and environment of this process. An environment variable set to the
+    /// empty string counts as unset, as shells and container files make them easily.
+    pub fn from_process() -> Self {
+        use clap::{CommandFactory, FromArgMatches};
+        let command = Self::command().mut_args(|arg| {
+            let empty = arg
+                .get_env()
+                .is_some_and(|name| std::env::var_os(name).is_some_and(|v| v.is_empty()));
+            if empty { arg.env(None::<&str>) } else { arg }
+        });
+        let matches = command.get_matches();
+        Self::from_arg_matches(&matches).unwrap_or_else(|error| error.exit())
+    }
 }
 
 /// A secret string: its `Debug` never shows the value, so it cannot leak through a log of the
