@@ -23,7 +23,6 @@ mod system;
 mod targets;
 mod workload;
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -32,7 +31,7 @@ use clap::{Args, Parser, Subcommand};
 use holysheep::retry::RetryLayer;
 use holysheep_core::BoxError;
 use holysheep_core::price::PriceTable;
-use holysheep_gateway::{Config, Gateway, GatewayHandle, Secret};
+use holysheep_gateway::{Config, Gateway, GatewayHandle};
 use holysheep_mock::{Latency, MockConfig, MockServer};
 use holysheep_testkit::redis::RedisServer;
 
@@ -226,7 +225,7 @@ fn stack_settings(opts: &Opts) -> StackSettings {
     }
 }
 
-/// Starts the example gateway in-process in front of `mock`, with the same knobs as the
+/// Starts the gateway in-process in front of `mock`, with the same knobs as the
 /// in-process stack.
 async fn start_gateway(opts: &Opts, mock: &MockServer) -> Result<GatewayHandle, BoxError> {
     start_gateway_for(opts, &mock.base_url(), MEMORY_CACHE_BYTES).await
@@ -252,14 +251,9 @@ async fn start_gateway_for(
     cache_bytes: u64,
 ) -> Result<GatewayHandle, BoxError> {
     let settings = stack_settings(opts);
-    let mut config = Config {
-        api_key: Some(Secret::new(UPSTREAM_KEY)),
-        ..Config::default()
-    };
+    let mut config = Config::in_process(upstream, UPSTREAM_KEY);
     let s = &mut config.settings;
-    s.server.listen = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
     s.server.shutdown_grace_secs = Some(2);
-    s.client.base_url = Some(upstream.to_owned());
     s.retry.base_ms = Some(millis(settings.backoff.0));
     s.retry.cap_ms = Some(millis(settings.backoff.1));
     s.retry.deadline_secs = Some(settings.deadline.as_secs().max(1));
@@ -434,7 +428,7 @@ async fn article_table(opts: &Opts, prices: &PriceTable, out: &mut Output) -> Re
     out.say("- before: hyper-util client with pool_max_idle_per_host(0) (a new connection per request), no cache, no retry");
     out.say(format!(
         "- after: MetricsLayer -> CacheLayer(memory, {} MiB) -> RetryLayer(3 retries, budget 20%) -> \
-         PoolLimitLayer(100, 30) -> HolySheepClient, in-process (library) and through the example gateway",
+         PoolLimitLayer(100, 30) -> HolySheepClient, in-process (library) and through the gateway",
         MEMORY_CACHE_BYTES >> 20
     ));
     out.say("- cost: tokens x the HolySheep price table, counting each upstream answer once (a completion id seen again came from the cache)");
@@ -717,7 +711,7 @@ async fn overhead(opts: &Opts, prices: &PriceTable, out: &mut Output) -> Result<
          the same client to a bare hyper proxy (hyper-util auto server, `TCP_NODELAY`, each \
          request handed unparsed to a `HolySheepClient` with no layers, `/v1` stripped, the \
          answer streamed back): the floor of any HTTP gateway in front of the mock; `gateway` = \
-         the same client to the example gateway (in-process, axum over loopback HTTP) which \
+         the same client to the gateway (in-process, axum over loopback HTTP) which \
          forwards through its stack to the mock; `library` = the same stack called in-process \
          (no HTTP hop in front). The harness, the proxy, the gateway and the mock share this \
          process and its 2 cores.",

@@ -378,6 +378,18 @@ impl fmt::Display for ConfigError {
 impl std::error::Error for ConfigError {}
 
 impl Config {
+    /// A gateway in front of `base_url` with the upstream key `api_key`, listening on a free
+    /// loopback port: what tests, benchmarks and in-process embeddings start from.
+    pub fn in_process(base_url: impl Into<String>, api_key: impl Into<String>) -> Self {
+        let mut config = Self {
+            api_key: Some(Secret::new(api_key)),
+            ..Self::default()
+        };
+        config.settings.server.listen = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
+        config.settings.client.base_url = Some(base_url.into());
+        config
+    }
+
     /// The configuration from the command line, its `--config` file and the secrets in the
     /// process environment, validated.
     pub fn from_cli(cli: Cli) -> Result<Self, ConfigError> {

@@ -51,7 +51,11 @@ fn flags_beat_environment_beat_file_beat_defaults() {
     assert_eq!(value("cache", "ttl_secs"), Some(20.into()), "{text}");
     assert_eq!(value("retry", "deadline_secs"), Some(30.into()), "{text}");
     // The file beats the default.
-    assert_eq!(value("cache", "max_entry_bytes"), Some(2048.into()), "{text}");
+    assert_eq!(
+        value("cache", "max_entry_bytes"),
+        Some(2048.into()),
+        "{text}"
+    );
     // What nothing sets is shown with its crate's default.
     assert_eq!(value("pool", "max_in_flight"), None, "{text}");
     assert!(text.contains("# max_in_flight: default, 100"), "{text}");

@@ -20,14 +20,9 @@ use holysheep_gateway::{Config, Gateway, GatewayHandle, Secret};
 /// A gateway configuration for tests: an ephemeral loopback port, the mock as upstream with its
 /// key, quick retries.
 fn test_config(mock: &MockServer) -> Config {
-    let mut config = Config {
-        api_key: Some(Secret::new(UPSTREAM_KEY)),
-        ..Config::default()
-    };
+    let mut config = Config::in_process(mock.base_url(), UPSTREAM_KEY);
     let s = &mut config.settings;
-    s.server.listen = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
     s.server.shutdown_grace_secs = Some(10);
-    s.client.base_url = Some(mock.base_url());
     s.retry.base_ms = Some(1);
     s.retry.cap_ms = Some(10);
     config

@@ -1,4 +1,4 @@
-//! The official OpenAI Python SDK, unmodified, talks to the example gateway (`examples/gateway/`)
+//! The official OpenAI Python SDK, unmodified, talks to the gateway (`holysheep-gateway`)
 //! started in-process on loopback in front of the mock upstream: a completion, the same
 //! completion again served from the cache, a streamed completion, a cached answer replayed as a
 //! stream, embeddings in both encodings, the model list, and a wrong client key.
@@ -11,7 +11,6 @@
 //! has `openai` installed, to skip the virtualenv altogether (for offline machines).
 
 use std::io::Write;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Output, Stdio};
 use std::time::Duration;
@@ -344,15 +343,10 @@ async fn official_python_sdk_works_unmodified() {
     let python = sdk_python().await;
 
     let mock = start_mock(MockConfig::default().api_key(UPSTREAM_KEY)).await;
-    let mut config = Config {
-        api_key: Some(Secret::new(UPSTREAM_KEY)),
-        gateway_keys: vec![Secret::new(GATEWAY_KEY)],
-        ..Config::default()
-    };
+    let mut config = Config::in_process(mock.base_url(), UPSTREAM_KEY);
+    config.gateway_keys = vec![Secret::new(GATEWAY_KEY)];
     let s = &mut config.settings;
-    s.server.listen = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
     s.server.shutdown_grace_secs = Some(10);
-    s.client.base_url = Some(mock.base_url());
     s.retry.base_ms = Some(1);
     s.retry.cap_ms = Some(10);
     let gateway = Gateway::start(config).await.expect("the gateway starts");
