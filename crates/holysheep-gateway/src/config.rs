@@ -98,8 +98,13 @@ section! {
 section! {
     /// `[client]`: the pooled upstream client.
     pub struct ClientSettings {
-        /// Upstream base URL [default: https://api.holysheep.ai/v1]
-        #[arg(long = "upstream", env = "HOLYSHEEP_BASE_URL", value_name = "URL")]
+        /// Upstream base URL (default: HolySheep's).
+        #[arg(
+            long = "upstream",
+            env = "HOLYSHEEP_BASE_URL",
+            value_name = "URL",
+            help = "Upstream base URL [default: https://api.holysheep.ai/v1]"
+        )]
         base_url: String,
         /// TCP + TLS connect bound in seconds [default: 10]
         #[arg(long = "client-connect-timeout-secs", env = "HOLYSHEEP_CLIENT_CONNECT_TIMEOUT_SECS", value_name = "SECONDS")]
