@@ -40,7 +40,8 @@ const WARN_EVERY: Duration = Duration::from_secs(10);
 #[derive(Clone)]
 enum Target {
     Node(redis::Client),
-    Cluster(ClusterClient),
+    // Boxed: a cluster client is large next to a node's.
+    Cluster(Box<ClusterClient>),
 }
 
 #[derive(Clone)]
@@ -116,7 +117,7 @@ impl RedisFleet {
             .retries(1)
             .connection_timeout(CONNECT_TIMEOUT)
             .build()?;
-        Ok(Self::new(Target::Cluster(client)))
+        Ok(Self::new(Target::Cluster(Box::new(client))))
     }
 
     fn new(target: Target) -> Self {
@@ -248,7 +249,10 @@ impl FleetHandle {
         let mut conn = conn.clone();
         let _: Value = conn.query(&cmd).await?;
         if let Some(ttl) = self.ttl
-            && self.appended.fetch_add(1, Ordering::Relaxed) % TRIM_EVERY == 0
+            && self
+                .appended
+                .fetch_add(1, Ordering::Relaxed)
+                .is_multiple_of(TRIM_EVERY)
         {
             // Stream ids are append times in ms: an entry older than the TTL has expired.
             let oldest = now_millis().saturating_sub(ttl.as_millis() as u64);

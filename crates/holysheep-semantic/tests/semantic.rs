@@ -53,6 +53,9 @@ async fn post(stack: &Stack, body: &Value) -> Reply {
     send(stack, chat_request(body)).await
 }
 
+/// A change made to a request body.
+type Change = dyn Fn(&mut Value);
+
 fn is_semantic_hit(reply: &Reply) -> bool {
     reply.header("cache-status") == Some("holysheep; hit; detail=semantic")
 }
@@ -149,7 +152,7 @@ async fn another_context_misses() {
     };
     // The paraphrase in the same context hits.
     assert!(is_semantic_hit(&post(&stack, &paraphrase(&|_| {})).await));
-    let others: [(&str, &dyn Fn(&mut Value)); 6] = [
+    let others: [(&str, &Change); 6] = [
         ("system prompt", &|b| {
             b["messages"][0]["content"] = "Be thorough.".into()
         }),
