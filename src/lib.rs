@@ -8,6 +8,7 @@
 //! |---|---|---|
 //! | [`client`] | `holysheep-client` | `HolySheepClient`, the pooled upstream service |
 //! | [`cache`] | `holysheep-cache` | `CacheLayer`: exact, streaming-native, coalescing cache |
+//! | [`semantic`] | `holysheep-semantic` | `SemanticCacheLayer`: paraphrases, same context only (feature `semantic`) |
 //! | [`retry`] | `holysheep-retry` | `RetryLayer`: backoff, `Retry-After`, deadline, budget |
 //! | [`pool_limit`] | `holysheep-pool-limit` | `PoolLimitLayer`: bounded in-flight calls, shedding |
 //! | [`metrics`] | `holysheep-metrics` | `MetricsLayer`: latency, tokens, dollars, savings |
@@ -69,6 +70,10 @@ pub use holysheep_client as client;
 #[cfg(feature = "cache")]
 #[cfg_attr(docsrs, doc(cfg(feature = "cache")))]
 pub use holysheep_cache as cache;
+
+#[cfg(feature = "semantic")]
+#[cfg_attr(docsrs, doc(cfg(feature = "semantic")))]
+pub use holysheep_semantic as semantic;
 
 #[cfg(feature = "pool-limit")]
 #[cfg_attr(docsrs, doc(cfg(feature = "pool-limit")))]

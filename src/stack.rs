@@ -11,11 +11,18 @@ use crate::client::{self, HolySheepClient};
 use crate::metrics::{Metrics, MetricsLayer};
 use crate::pool_limit::{PoolLimit, PoolLimitHandle, PoolLimitLayer};
 use crate::retry::{Retry, RetryLayer};
+#[cfg(feature = "semantic")]
+use crate::semantic::{SemanticCache, SemanticCacheLayer};
 
+#[cfg(not(feature = "semantic"))]
 type Inner = Metrics<Cache<Retry<PoolLimit<HolySheepClient>>>>;
+#[cfg(feature = "semantic")]
+type Inner = Metrics<Cache<SemanticCache<Retry<PoolLimit<HolySheepClient>>>>>;
 
 /// The recommended stack, outermost first:
-/// `MetricsLayer → CacheLayer → RetryLayer → PoolLimitLayer → HolySheepClient`.
+/// `MetricsLayer → CacheLayer → RetryLayer → PoolLimitLayer → HolySheepClient`, with the
+/// `SemanticCacheLayer` between the cache and the retries when one is configured (feature
+/// `semantic`, [`StackBuilder::semantic_cache`]).
 ///
 /// Metrics see every request, hits too; a hit costs nothing below the cache; a retried miss
 /// fills the cache once; each attempt takes its own pool slot and a backoff sleep holds none.
@@ -121,6 +128,8 @@ pub struct StackBuilder {
     retry: RetryLayer,
     pool_limit: PoolLimitLayer,
     metrics: MetricsLayer,
+    #[cfg(feature = "semantic")]
+    semantic: Option<SemanticCacheLayer>,
 }
 
 impl Default for StackBuilder {
@@ -142,6 +151,8 @@ impl StackBuilder {
             retry: RetryLayer::new(),
             pool_limit: PoolLimitLayer::default(),
             metrics: MetricsLayer::new(),
+            #[cfg(feature = "semantic")]
+            semantic: None,
         }
     }
 
@@ -157,6 +168,17 @@ impl StackBuilder {
     /// from the client's base URL at [`build`](Self::build).
     pub fn cache(mut self, cache: CacheLayer) -> Self {
         self.cache = Some(cache);
+        self
+    }
+
+    /// A semantic cache inside the exact cache (default: none, every request passes it
+    /// untouched). It answers from the exact cache's entries, so it shares the cache layer's
+    /// store, TTL and upstream with nothing to repeat; its embeddings go through the same retry,
+    /// pool limit and client as the chat requests.
+    #[cfg(feature = "semantic")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "semantic")))]
+    pub fn semantic_cache(mut self, semantic: SemanticCacheLayer) -> Self {
+        self.semantic = Some(semantic);
         self
     }
 
@@ -190,9 +212,13 @@ impl StackBuilder {
             .unwrap_or_else(|| CacheLayer::new(MemoryStore::new(Self::DEFAULT_MEMORY_CACHE_BYTES)))
             .upstream(client.base_url().to_string());
         let pool = self.pool_limit.handle();
-        let inner = self
-            .metrics
-            .layer(cache.layer(self.retry.layer(self.pool_limit.layer(client.clone()))));
+        let below = self.retry.layer(self.pool_limit.layer(client.clone()));
+        #[cfg(feature = "semantic")]
+        let below = self
+            .semantic
+            .unwrap_or_else(SemanticCacheLayer::disabled)
+            .layer(below);
+        let inner = self.metrics.layer(cache.layer(below));
         Ok(Stack {
             inner,
             client,

@@ -113,6 +113,7 @@
 //! | case | `Cache-Status` | `x-cache` | [`CacheOutcome`] |
 //! |---|---|---|---|
 //! | hit | `holysheep; hit` (and `Age`) | `HIT` | `Hit` |
+//! | answered by a layer inside from an entry ([`CacheAccess`]) | `holysheep; hit; detail=semantic` (and `Age`) | `HIT` | `Hit` |
 //! | coalesced follower | `holysheep; fwd=miss; collapsed` | `HIT` | `Coalesced` |
 //! | miss, JSON answer stored | `holysheep; fwd=miss; stored` | `MISS` | `Miss` |
 //! | miss, streamed answer (stored or not is known only at its end) | `holysheep; fwd=miss` | `MISS` | `Miss` |
@@ -125,6 +126,14 @@
 //! A follower reports `HIT` in `x-cache` because it made no upstream call of its own.
 //! [`CacheOutcome`] and the request's [`RequestModel`] are put into the response extensions for
 //! `MetricsLayer`.
+//!
+//! # Layers inside the cache
+//!
+//! After a miss, every request the cache sends to its inner service carries a [`CacheAccess`]
+//! extension: the key its answer will be stored under, and a way to answer it from another
+//! entry of the same store, rendered as the cache renders its own hits. The semantic cache
+//! (`holysheep-semantic`) is built on it. An answer made that way carries
+//! [`CacheOutcome::Hit`]; the cache passes it on as it is and does not store it again.
 //!
 //! # Stores
 //!
@@ -151,6 +160,7 @@
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+mod access;
 mod body;
 mod control;
 mod convert;
@@ -164,6 +174,7 @@ mod service;
 mod shared;
 mod store;
 
+pub use self::access::{CacheAccess, EntryLookup};
 pub use self::body::ResponseBody;
 pub use self::control::RequestControl;
 pub use self::error::CoalesceError;

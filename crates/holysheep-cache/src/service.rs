@@ -14,6 +14,7 @@ use http_body::Body;
 use http_body_util::{BodyExt, Full};
 use tower::Service;
 
+use crate::access::CacheAccess;
 use crate::body::{Plan, Recorder, Recording, ResponseBody};
 use crate::control::RequestControl;
 use crate::convert::{Endpoint, json_to_sse, sse_to_json, strip_usage};
@@ -39,7 +40,7 @@ const HIT: HeaderValue = HeaderValue::from_static("HIT");
 const MISS: HeaderValue = HeaderValue::from_static("MISS");
 const BYPASS: HeaderValue = HeaderValue::from_static("BYPASS");
 
-const STATUS_HIT: HeaderValue = HeaderValue::from_static("holysheep; hit");
+pub(crate) const STATUS_HIT: HeaderValue = HeaderValue::from_static("holysheep; hit");
 const STATUS_COLLAPSED: HeaderValue = HeaderValue::from_static("holysheep; fwd=miss; collapsed");
 const STATUS_BYPASS: HeaderValue = HeaderValue::from_static("holysheep; fwd=bypass");
 const STATUS_METHOD: HeaderValue = HeaderValue::from_static("holysheep; fwd=method");
@@ -155,11 +156,12 @@ where
 }
 
 /// What a cacheable request is, once parsed.
-struct Ctx {
-    key: CacheKey,
+#[derive(Clone)]
+pub(crate) struct Ctx {
+    pub(crate) key: CacheKey,
     endpoint: Endpoint,
     shape: Shape,
-    control: RequestControl,
+    pub(crate) control: RequestControl,
     model: Option<RequestModel>,
 }
 
@@ -309,7 +311,7 @@ where
 async fn lead_call<S, ResBody>(
     shared: Arc<Shared>,
     inner: S,
-    parts: Parts,
+    mut parts: Parts,
     bytes: Bytes,
     ctx: Ctx,
     mut lead: Lead,
@@ -323,6 +325,8 @@ where
     ResBody::Data: Send,
     ResBody::Error: Into<BoxError>,
 {
+    let access = CacheAccess::new(Arc::clone(&shared), ctx.clone());
+    parts.extensions.insert(access);
     let req = Request::from_parts(parts, Full::new(bytes));
     let res = match call_upstream(inner, req).await {
         Ok(res) => res,
@@ -356,7 +360,9 @@ where
         ..
     } = ctx;
 
-    if head.status != StatusCode::OK {
+    // A layer inside answered from this cache's entries (`CacheAccess`): passed on as it is.
+    let inner_hit = head.extensions.get::<CacheOutcome>() == Some(&CacheOutcome::Hit);
+    if head.status != StatusCode::OK || inner_hit {
         // Never stored. Kept only for followers that already joined; nobody new may join.
         lead.unregister();
         let followers = lead.flight().state().followers;
@@ -382,12 +388,14 @@ where
             head.status.as_u16()
         );
         let mut res = Response::from_parts(head, body);
-        mark(
-            &mut res,
-            CacheOutcome::Miss,
-            HeaderValue::from_str(&status).unwrap_or(STATUS_BYPASS),
-            model,
-        );
+        if !inner_hit {
+            mark(
+                &mut res,
+                CacheOutcome::Miss,
+                HeaderValue::from_str(&status).unwrap_or(STATUS_BYPASS),
+                model,
+            );
+        }
         return Ok(res);
     }
 
@@ -456,7 +464,7 @@ fn live(head: &Head, follower: Follower, ctx: &Ctx) -> Response<ResponseBody> {
 
 /// An answer from an entry, in the shape the request asked for. `None` when the entry cannot be
 /// rendered in that shape (the request then goes upstream).
-fn from_entry(
+pub(crate) fn from_entry(
     entry: &Entry,
     ctx: &Ctx,
     outcome: CacheOutcome,

@@ -2,8 +2,8 @@
 //!
 //! The layers do not depend on one another; they meet here. The gateway (or your app) puts
 //! [`RequestModel`] and [`Namespace`] on requests; `CacheLayer` puts [`CacheOutcome`] (and a copy
-//! of [`RequestModel`]) on responses; `RetryLayer` puts [`Attempts`] on responses; `MetricsLayer`
-//! reads them all.
+//! of [`RequestModel`]) on responses, `SemanticCacheLayer` adds [`SemanticHit`] to its hits;
+//! `RetryLayer` puts [`Attempts`] on responses; `MetricsLayer` reads them all.
 
 use std::sync::Arc;
 
@@ -77,4 +77,13 @@ impl Namespace {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+}
+
+/// An answer the semantic cache served for a paraphrase of a stored question: the cosine
+/// similarity of the two questions. A response extension set by `SemanticCacheLayer`, next to
+/// [`CacheOutcome::Hit`]; `MetricsLayer` counts what such hits saved apart from exact hits.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SemanticHit {
+    /// The cosine similarity of the request's last user message to the stored one.
+    pub similarity: f32,
 }

@@ -188,6 +188,35 @@ section! {
     }
 }
 
+section! {
+    /// `[semantic]`: the semantic cache (paraphrases answered from the cache, same context only).
+    pub struct SemanticSettings {
+        /// Answer paraphrases of stored questions for every request (a request may still send
+        /// x-holysheep-semantic-cache: off) [default: false]
+        #[arg(long = "semantic-cache", env = "HOLYSHEEP_SEMANTIC_CACHE", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+        enabled: bool,
+        /// Tenants (client keys' namespaces) opted in even when the semantic cache is not on for
+        /// all; a comma list [default: none]
+        #[arg(long = "semantic-cache-tenants", env = "HOLYSHEEP_SEMANTIC_CACHE_TENANTS", value_name = "TENANTS", value_delimiter = ',')]
+        tenants: Vec<String>,
+        /// Cosine similarity a paraphrase needs [default: 0.95]
+        #[arg(long = "semantic-threshold", env = "HOLYSHEEP_SEMANTIC_THRESHOLD", value_name = "COSINE")]
+        threshold: f32,
+        /// Embedding model asked at the upstream's /embeddings [default: text-embedding-3-small]
+        #[arg(long = "semantic-embedding-model", env = "HOLYSHEEP_SEMANTIC_EMBEDDING_MODEL", value_name = "MODEL")]
+        embedding_model: String,
+        /// Embedding dimensions asked for [default: 1536]
+        #[arg(long = "semantic-embedding-dimensions", env = "HOLYSHEEP_SEMANTIC_EMBEDDING_DIMENSIONS", value_name = "N")]
+        embedding_dimensions: u32,
+        /// Bound of one embedding call in ms; slower is a miss [default: 300]
+        #[arg(long = "semantic-embedding-timeout-ms", env = "HOLYSHEEP_SEMANTIC_EMBEDDING_TIMEOUT_MS", value_name = "MS")]
+        embedding_timeout_ms: u64,
+        /// Bound of the in-process vector index in bytes [default: 268435456]
+        #[arg(long = "semantic-index-max-bytes", env = "HOLYSHEEP_SEMANTIC_INDEX_MAX_BYTES", value_name = "BYTES")]
+        index_max_bytes: usize,
+    }
+}
+
 /// Every setting, by TOML section. Flags and environment variables fill the same structure.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize, Args)]
 #[serde(deny_unknown_fields)]
@@ -212,6 +241,10 @@ pub struct Settings {
     #[command(flatten, next_help_heading = "Cache")]
     #[serde(default)]
     pub cache: CacheSettings,
+    /// `[semantic]`.
+    #[command(flatten, next_help_heading = "Semantic cache")]
+    #[serde(default)]
+    pub semantic: SemanticSettings,
 }
 
 impl Settings {
@@ -223,6 +256,7 @@ impl Settings {
             pool: self.pool.or(lower.pool),
             retry: self.retry.or(lower.retry),
             cache: self.cache.or(lower.cache),
+            semantic: self.semantic.or(lower.semantic),
         }
     }
 
@@ -256,12 +290,13 @@ impl Settings {
     /// default. Secrets are never part of the settings.
     pub fn to_toml(&self) -> String {
         let set: toml::Table = toml::Table::try_from(self).unwrap_or_default();
-        let sections: [(&str, &[&str]); 5] = [
+        let sections: [(&str, &[&str]); 6] = [
             ("server", ServerSettings::KEYS),
             ("client", ClientSettings::KEYS),
             ("pool", PoolSettings::KEYS),
             ("retry", RetrySettings::KEYS),
             ("cache", CacheSettings::KEYS),
+            ("semantic", SemanticSettings::KEYS),
         ];
         let mut out = String::new();
         for (section, keys) in sections {
@@ -484,12 +519,27 @@ impl Config {
             ("cache.max_entry_bytes", zero_usize(s.cache.max_entry_bytes)),
             ("cache.memory_max_bytes", zero(s.cache.memory_max_bytes)),
             ("cache.redis_timeout_ms", zero(s.cache.redis_timeout_ms)),
+            (
+                "semantic.embedding_dimensions",
+                s.semantic.embedding_dimensions == Some(0),
+            ),
+            (
+                "semantic.embedding_timeout_ms",
+                zero(s.semantic.embedding_timeout_ms),
+            ),
         ];
         if let Some((name, _)) = must_be_positive.iter().find(|(_, zero)| *zero) {
             return Err(ConfigError(format!(
                 "{name} must be greater than 0 ({})",
                 flag_of(name)
             )));
+        }
+        if s.semantic.threshold.is_some_and(|t| !(t > 0.0 && t <= 1.0)) {
+            return Err(ConfigError(
+                "semantic.threshold must be a cosine similarity above 0 and at most 1 \
+                 (--semantic-threshold)"
+                    .into(),
+            ));
         }
         if s.retry.budget_percent.is_some_and(|p| p > 1000) {
             return Err(ConfigError(
@@ -537,6 +587,7 @@ pub fn default_of(key: &str) -> Option<String> {
     use holysheep::client::Builder as Client;
     use holysheep::pool_limit::PoolLimitLayer as Pool;
     use holysheep::retry::RetryLayer as Retry;
+    use holysheep::semantic::SemanticCacheLayer as Semantic;
 
     let secs = |d: Duration| d.as_secs().to_string();
     let millis = |d: Duration| d.as_millis().to_string();
@@ -568,6 +619,13 @@ pub fn default_of(key: &str) -> Option<String> {
         "cache.redis" => "none".to_owned(),
         "cache.redis_timeout_ms" => millis(RedisStore::DEFAULT_TIMEOUT),
         "cache.key_scheme" => Scheme::default().to_string(),
+        "semantic.enabled" => "false".to_owned(),
+        "semantic.tenants" => "none".to_owned(),
+        "semantic.threshold" => Semantic::DEFAULT_THRESHOLD.to_string(),
+        "semantic.embedding_model" => Semantic::DEFAULT_EMBEDDING_MODEL.to_owned(),
+        "semantic.embedding_dimensions" => Semantic::DEFAULT_EMBEDDING_DIMENSIONS.to_string(),
+        "semantic.embedding_timeout_ms" => millis(Semantic::DEFAULT_EMBEDDING_TIMEOUT),
+        "semantic.index_max_bytes" => Semantic::DEFAULT_MAX_BYTES.to_string(),
         _ => return None,
     })
 }

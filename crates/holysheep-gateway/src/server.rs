@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use axum::serve::ListenerExt;
 use holysheep_core::BoxError;
-use holysheep_mock::{MockConfig, MockServer};
+use holysheep_mock::{EmbeddingMode, MockConfig, MockServer};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -68,9 +68,14 @@ impl Gateway {
                 .as_ref()
                 .map_or(DEMO_API_KEY, |k| k.expose())
                 .to_owned();
-            let mock = MockServer::start(MockConfig::default().api_key(api_key.clone()))
-                .await
-                .map_err(|e| StartError::new("cannot start the demo upstream", e))?;
+            let mock = MockServer::start(
+                MockConfig::default()
+                    .api_key(api_key.clone())
+                    // Stand-in embeddings for the semantic cache (`--semantic-cache`).
+                    .embedding_mode(EmbeddingMode::WordOverlap),
+            )
+            .await
+            .map_err(|e| StartError::new("cannot start the demo upstream", e))?;
             let url = mock.base_url();
             (Some(mock), Some(url), Some(api_key))
         } else {

@@ -13,6 +13,7 @@ use holysheep::cache::{
 use holysheep::client::{self, HolySheepClient};
 use holysheep::pool_limit::PoolLimitLayer;
 use holysheep::retry::RetryLayer;
+use holysheep::semantic::{RedisFleet, SemanticCacheLayer};
 use holysheep::{Stack, StackBuilder};
 use holysheep_core::BoxError;
 use holysheep_metrics::prometheus::{self, PrometheusHandle};
@@ -20,7 +21,7 @@ use http::Request;
 use http_body_util::Full;
 use tower::ServiceExt;
 
-use crate::config::{CacheSettings, Config};
+use crate::config::{CacheSettings, Config, SemanticSettings};
 
 /// What the routes send through the stack: a buffered JSON body, cloneable for retries.
 pub(crate) type UpstreamRequest = Request<Full<Bytes>>;
@@ -112,12 +113,15 @@ pub(crate) async fn build(
         cache.key_policy(DefaultKeyPolicy::new().scheme(scheme))
     });
 
-    let stack = Stack::builder()
+    let mut builder = Stack::builder()
         .client(client)
         .retry(retry)
         .pool_limit(pool)
-        .cache(cache)
-        .build()?;
+        .cache(cache);
+    if let Some(semantic) = semantic_cache(&s.semantic, &config.redis_urls(), s.cache.ttl_secs)? {
+        builder = builder.semantic_cache(semantic);
+    }
+    let stack = builder.build()?;
     Ok(Built {
         readiness: Readiness {
             client: stack.client().clone(),
@@ -161,12 +165,64 @@ async fn cache_store(
     Ok((Arc::clone(&store), Some(store)))
 }
 
+/// The semantic cache, when it is on for all or for some tenants; its vectors are shared through
+/// the cache's Redis when there is one.
+fn semantic_cache(
+    s: &SemanticSettings,
+    urls: &[String],
+    cache_ttl_secs: Option<u64>,
+) -> Result<Option<SemanticCacheLayer>, BoxError> {
+    let tenants = s.tenants.as_deref().unwrap_or_default();
+    let enabled = s.enabled.unwrap_or(false);
+    if !enabled && tenants.is_empty() {
+        return Ok(None);
+    }
+    let mut layer = SemanticCacheLayer::new().enabled(enabled);
+    for tenant in tenants.iter().flat_map(|t| t.split(',')).map(str::trim) {
+        if !tenant.is_empty() {
+            layer = layer.tenant(tenant, true);
+        }
+    }
+    layer = set(layer, s.threshold, SemanticCacheLayer::threshold);
+    layer = set(
+        layer,
+        s.embedding_model.as_deref(),
+        SemanticCacheLayer::embedding_model,
+    );
+    layer = set(layer, s.embedding_dimensions, |l, d| {
+        l.embedding_dimensions(Some(d))
+    });
+    layer = set(
+        layer,
+        s.embedding_timeout_ms.map(Duration::from_millis),
+        SemanticCacheLayer::embedding_timeout,
+    );
+    layer = set(layer, s.index_max_bytes, SemanticCacheLayer::max_bytes);
+    // Vectors live as long as their entries; the bound also trims the shared stream by age.
+    layer = layer.ttl(cache_ttl_secs.map_or(CacheLayer::DEFAULT_TTL, Duration::from_secs));
+    let fleet = match urls {
+        [] => None,
+        [url] => Some(RedisFleet::connect(url)),
+        urls => {
+            let urls: Vec<&str> = urls.iter().map(String::as_str).collect();
+            Some(RedisFleet::cluster(&urls))
+        }
+    };
+    if let Some(fleet) = fleet {
+        layer = layer.fleet(fleet.map_err(|error| format!("redis: {error}"))?);
+    }
+    Ok(Some(layer))
+}
+
 /// The Prometheus text renderer. The recorder is process-global and can be installed once, so
 /// every gateway in the process (tests start several) shares it.
 fn metrics_renderer() -> Arc<dyn Fn() -> String + Send + Sync> {
     static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
     let handle = HANDLE.get_or_init(|| match prometheus::install() {
-        Ok(handle) => Some(handle),
+        Ok(handle) => {
+            holysheep::semantic::describe();
+            Some(handle)
+        }
         Err(error) => {
             tracing::warn!(error = %error, "cannot install the Prometheus recorder; /metrics is empty");
             None

@@ -63,6 +63,7 @@
 //! | `holysheep_tokens_total` | counter | `model`, `kind`, `cache` | `gen_ai.client.token.usage` |
 //! | `holysheep_cost_microusd_total` | counter | `model` | — |
 //! | `holysheep_cost_saved_microusd_total` | counter | `model` | — |
+//! | `holysheep_semantic_cost_saved_microusd_total` | counter | `model` | — |
 //!
 //! Labels:
 //! - `model` (`gen_ai.request.model`): the [`RequestModel`] request extension, else the
@@ -123,7 +124,10 @@
 //! HolySheep article by default, see [`price_table`](MetricsLayer::price_table)); models without a price have
 //! tokens but no cost. An answer that went upstream adds to `holysheep_cost_microusd_total`;
 //! a cache hit or coalesced follower adds what it *would* have cost to
-//! `holysheep_cost_saved_microusd_total`. The article's "$1,000 → $280" is
+//! `holysheep_cost_saved_microusd_total`. A semantic cache hit (an answer to a paraphrase, with the
+//! [`SemanticHit`](holysheep_core::signal::SemanticHit) extension) adds the same amount to
+//! `holysheep_semantic_cost_saved_microusd_total` too, so exact and semantic savings can be told
+//! apart. The article's "$1,000 → $280" is
 //! `cost / (cost + cost_saved)`.
 //!
 //! The `metrics` facade has integer counters only (`Counter::increment(u64)`), and a gauge

@@ -32,6 +32,9 @@ pub const COST: &str = "holysheep_cost_microusd_total";
 /// Counter: what cache hits and coalesced followers would have cost upstream, in micro-USD,
 /// by `model`.
 pub const COST_SAVED: &str = "holysheep_cost_saved_microusd_total";
+/// Counter: the part of [`COST_SAVED`] saved by semantic cache hits (answers to a paraphrase,
+/// with the `SemanticHit` response extension), in micro-USD, by `model`.
+pub const SEMANTIC_COST_SAVED: &str = "holysheep_semantic_cost_saved_microusd_total";
 
 /// Registers help text and units of every metric with the current recorder (also at
 /// [`holysheep_metrics::describe`](crate::describe)).
@@ -92,6 +95,10 @@ pub fn describe() {
     describe_counter!(
         COST_SAVED,
         "What cache hits and coalesced requests would have cost upstream, in micro-USD."
+    );
+    describe_counter!(
+        SEMANTIC_COST_SAVED,
+        "The part of the cost saved that semantic cache hits saved, in micro-USD."
     );
 }
 

@@ -7,7 +7,7 @@ use std::sync::{Arc, PoisonError, RwLock};
 
 use bytes::Buf;
 use holysheep_core::price::PriceTable;
-use holysheep_core::signal::{Attempts, CacheOutcome, RequestModel};
+use holysheep_core::signal::{Attempts, CacheOutcome, RequestModel, SemanticHit};
 use http::response::Parts;
 use http::{HeaderMap, StatusCode};
 use metrics::{SharedString, counter, gauge, histogram};
@@ -216,6 +216,8 @@ pub(crate) struct Tracker {
     model: Option<Arc<str>>,
     status: &'static str,
     cache: Option<CacheOutcome>,
+    /// A semantic cache hit: its savings are also counted apart.
+    semantic: bool,
     attempts: Option<u32>,
     capture: Capture,
     finished: bool,
@@ -233,6 +235,7 @@ impl Tracker {
             // Until an answer arrives: a request dropped before it has no status.
             status: "none",
             cache: None,
+            semantic: false,
             attempts: None,
             capture: Capture::Off,
             finished: false,
@@ -244,6 +247,7 @@ impl Tracker {
         self.status = status_class(head.status);
         let ext = &head.extensions;
         self.cache = ext.get::<CacheOutcome>().copied();
+        self.semantic = ext.get::<SemanticHit>().is_some();
         self.attempts = ext.get::<Attempts>().map(|a| a.0);
         if self.model.is_none() {
             self.model = ext.get::<RequestModel>().map(|m| m.0.clone());
@@ -337,6 +341,10 @@ impl Tracker {
                         names::COST
                     };
                     counter!(name, "model" => model.clone()).increment(micro);
+                    if saved && self.semantic {
+                        counter!(names::SEMANTIC_COST_SAVED, "model" => model.clone())
+                            .increment(micro);
+                    }
                 }
             }
         }

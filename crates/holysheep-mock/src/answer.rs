@@ -11,6 +11,8 @@ use holysheep_core::chat::{
 use holysheep_core::sse;
 use serde_json::{Map, Value, json};
 
+use crate::embedding::{EmbeddingMode, word_overlap_embedding};
+
 /// The words answers are made of.
 const WORDS: &[&str] = &[
     "pool",
@@ -283,7 +285,11 @@ const MAX_EMBEDDING_DIMENSIONS: u64 = 8192;
 
 /// `POST /v1/embeddings`: one deterministic unit vector per input, seeded from the model and
 /// the input text.
-pub(crate) fn embeddings_json(body: &Value, default_dimensions: usize) -> Result<Bytes, BadParam> {
+pub(crate) fn embeddings_json(
+    body: &Value,
+    default_dimensions: usize,
+    mode: EmbeddingMode,
+) -> Result<Bytes, BadParam> {
     let obj = body
         .as_object()
         .ok_or_else(|| BadParam::new("The request body must be a JSON object.", "body"))?;
@@ -320,7 +326,10 @@ pub(crate) fn embeddings_json(body: &Value, default_dimensions: usize) -> Result
         .enumerate()
         .map(|(index, input)| {
             prompt_tokens += input.tokens;
-            let vector = embedding_vector(model, &input.text, dimensions);
+            let vector = match mode {
+                EmbeddingMode::Random => embedding_vector(model, &input.text, dimensions),
+                EmbeddingMode::WordOverlap => word_overlap_embedding(&input.text, dimensions),
+            };
             let embedding = if base64 {
                 let bytes: Vec<u8> = vector.iter().flat_map(|f| f.to_le_bytes()).collect();
                 Value::String(base64_encode(&bytes))
@@ -476,7 +485,7 @@ fn canonical_json(v: &Value, out: &mut String) {
 }
 
 /// 64-bit FNV-1a: stable across runs and Rust versions, unlike `DefaultHasher`.
-fn fnv1a(parts: &[&[u8]]) -> u64 {
+pub(crate) fn fnv1a(parts: &[&[u8]]) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for part in parts {
         for b in *part {
@@ -488,10 +497,10 @@ fn fnv1a(parts: &[&[u8]]) -> u64 {
 }
 
 /// A tiny deterministic generator for answer text and vectors (not the fault generator).
-struct SplitMix64(u64);
+pub(crate) struct SplitMix64(pub(crate) u64);
 
 impl SplitMix64 {
-    fn next_u64(&mut self) -> u64 {
+    pub(crate) fn next_u64(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
@@ -573,9 +582,18 @@ mod tests {
 
     #[test]
     fn embeddings_are_deterministic_unit_vectors() {
-        let one = embeddings_json(&json!({"model": "e", "input": "hello"}), 16).unwrap();
-        let again =
-            embeddings_json(&json!({"model": "e", "input": ["hello", "world"]}), 16).unwrap();
+        let one = embeddings_json(
+            &json!({"model": "e", "input": "hello"}),
+            16,
+            EmbeddingMode::Random,
+        )
+        .unwrap();
+        let again = embeddings_json(
+            &json!({"model": "e", "input": ["hello", "world"]}),
+            16,
+            EmbeddingMode::Random,
+        )
+        .unwrap();
         let one: Value = serde_json::from_slice(&one).unwrap();
         let again: Value = serde_json::from_slice(&again).unwrap();
         assert_eq!(one["data"][0]["embedding"], again["data"][0]["embedding"]);
@@ -598,9 +616,17 @@ mod tests {
             json!({"model": "e", "input": "a", "encoding_format": "hex"}),
             json!([1, 2]),
         ] {
-            assert!(embeddings_json(&body, 8).is_err(), "{body}");
+            assert!(
+                embeddings_json(&body, 8, EmbeddingMode::Random).is_err(),
+                "{body}"
+            );
         }
-        let tokens = embeddings_json(&json!({"model": "e", "input": [[1, 2], [3]]}), 8).unwrap();
+        let tokens = embeddings_json(
+            &json!({"model": "e", "input": [[1, 2], [3]]}),
+            8,
+            EmbeddingMode::Random,
+        )
+        .unwrap();
         let tokens: Value = serde_json::from_slice(&tokens).unwrap();
         assert_eq!(tokens["usage"]["prompt_tokens"], 3);
     }

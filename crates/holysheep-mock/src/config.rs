@@ -4,6 +4,8 @@ use std::time::Duration;
 
 use rand::Rng;
 
+use crate::embedding::EmbeddingMode;
+
 /// The models the mock lists by default: the article's four plus one embedding model.
 pub const DEFAULT_MODELS: &[&str] = &[
     "gpt-4.1",
@@ -151,6 +153,8 @@ pub struct MockConfig {
     pub models: Vec<String>,
     /// The dimension of embedding vectors when the request does not ask for one.
     pub embedding_dimensions: usize,
+    /// How embedding vectors are computed (default [`EmbeddingMode::Random`]).
+    pub embedding_mode: EmbeddingMode,
 }
 
 impl Default for MockConfig {
@@ -169,6 +173,7 @@ impl Default for MockConfig {
             seed: None,
             models: DEFAULT_MODELS.iter().map(|m| (*m).to_owned()).collect(),
             embedding_dimensions: 64,
+            embedding_mode: EmbeddingMode::Random,
         }
     }
 }
@@ -258,6 +263,13 @@ impl MockConfig {
     /// Sets the default embedding dimension.
     pub fn embedding_dimensions(mut self, dimensions: usize) -> Self {
         self.embedding_dimensions = dimensions;
+        self
+    }
+
+    /// Sets how embedding vectors are computed: [`EmbeddingMode::WordOverlap`] for a semantic
+    /// cache's tests and demo.
+    pub fn embedding_mode(mut self, mode: EmbeddingMode) -> Self {
+        self.embedding_mode = mode;
         self
     }
 }

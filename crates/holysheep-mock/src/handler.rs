@@ -100,17 +100,19 @@ pub(crate) async fn handle(
     let res = match (&parts.method, path) {
         (&Method::POST, "/v1/chat/completions") => reply.chat(&body, in_flight),
         (&Method::POST, "/v1/embeddings") => match serde_json::from_slice::<Value>(&body) {
-            Ok(json) => match answer::embeddings_json(&json, cfg.embedding_dimensions) {
-                Ok(bytes) => {
-                    shared.stats.record_embedding();
-                    reply.json(StatusCode::OK, bytes, in_flight)
+            Ok(json) => {
+                match answer::embeddings_json(&json, cfg.embedding_dimensions, cfg.embedding_mode) {
+                    Ok(bytes) => {
+                        shared.stats.record_embedding();
+                        reply.json(StatusCode::OK, bytes, in_flight)
+                    }
+                    Err(bad) => reply.error(
+                        bad_request(bad.message).with_param(bad.param),
+                        StatusCode::BAD_REQUEST,
+                        in_flight,
+                    ),
                 }
-                Err(bad) => reply.error(
-                    bad_request(bad.message).with_param(bad.param),
-                    StatusCode::BAD_REQUEST,
-                    in_flight,
-                ),
-            },
+            }
             Err(_) => reply.error(invalid_json(), StatusCode::BAD_REQUEST, in_flight),
         },
         (&Method::GET, "/v1/models") => {

@@ -83,6 +83,7 @@ mod answer;
 mod body;
 mod config;
 mod conn;
+mod embedding;
 mod faults;
 mod handler;
 mod server;
@@ -90,6 +91,7 @@ mod stats;
 
 pub use answer::{ChatAnswer, expected_content, expected_usage};
 pub use config::{DEFAULT_MODELS, Latency, MockConfig};
+pub use embedding::{EmbeddingMode, word_overlap_embedding};
 pub use server::MockServer;
 pub use stats::{RecordedRequest, Stats};
 

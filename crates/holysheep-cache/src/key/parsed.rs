@@ -134,8 +134,9 @@ impl<'a> ParsedBody<'a> {
     }
 
     /// A body held as a `Value`, as [`ParsedBody::parse`] keeps the few texts `Value` reads
-    /// specially: the keys of such a body are written from the `Value`.
-    pub(crate) fn from_value(value: Value) -> ParsedBody<'static> {
+    /// specially: the keys of such a body are written from the `Value`. Also how a layer keys a
+    /// body it changed (the semantic cache keys a request without its last message).
+    pub fn from_value(value: Value) -> ParsedBody<'static> {
         ParsedBody {
             repr: Repr::Value(value),
         }
