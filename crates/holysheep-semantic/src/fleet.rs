@@ -86,7 +86,9 @@ impl Target {
 }
 
 /// Shares semantic vectors between the instances of a fleet through a Redis Stream, on one node
-/// or a Redis Cluster (see the [module docs](self)). Give it to
+/// or a Redis Cluster: each instance appends the vectors it records (`XADD`, trimmed by length
+/// and by the entry lifetime) and tails the stream into its own index (`XREAD BLOCK`), from the
+/// beginning, so a new instance bootstraps from what the stream holds. Give it to
 /// [`SemanticCacheLayer::fleet`](crate::SemanticCacheLayer::fleet).
 ///
 /// The stream's key is one key with a hash tag, `{holysheep:semantic}:vectors` by default, so it
