@@ -35,6 +35,7 @@
 mod auth;
 pub mod cli;
 pub mod config;
+mod conn;
 mod errors;
 mod logging;
 mod routes;
