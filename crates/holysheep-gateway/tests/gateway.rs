@@ -17,6 +17,9 @@ use serde_json::{Value, json};
 
 use holysheep_gateway::{Config, Gateway, GatewayHandle, Secret};
 
+mod support;
+use support::LogSink;
+
 /// A gateway configuration for tests: an ephemeral loopback port, the mock as upstream with its
 /// key, quick retries.
 fn test_config(mock: &MockServer) -> Config {
@@ -749,34 +752,6 @@ async fn redis_mode_shares_answers_between_gateways() {
     }
     first.shutdown().await;
     second.shutdown().await;
-}
-
-/// A log sink for one test: every line the gateway writes while the guard lives.
-#[derive(Clone, Default)]
-struct LogSink(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
-
-impl std::io::Write for LogSink {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .extend_from_slice(buf);
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl LogSink {
-    fn lines(&self) -> Vec<Value> {
-        let bytes = self.0.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        String::from_utf8_lossy(&bytes)
-            .lines()
-            .map(|l| serde_json::from_str(l).expect("a JSON log line"))
-            .collect()
-    }
 }
 
 // The default (current-thread) runtime runs the server's tasks on this thread, so the

@@ -18,10 +18,13 @@ use holysheep_testkit::{
 use http::{Method, Request, StatusCode};
 use http_body_util::{BodyExt, StreamBody};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 use holysheep_gateway::{Config, Gateway, GatewayHandle};
+
+mod support;
+use support::LogSink;
 
 /// Long enough for any answer on loopback, short enough that a gateway that never closes fails
 /// the test quickly.
@@ -47,42 +50,41 @@ fn url(gateway: &GatewayHandle, path: &str) -> String {
     format!("http://{}{path}", gateway.addr())
 }
 
-/// Reads until the peer closes (or fails); `None` if it is still open after `bound`.
-async fn read_until_closed(stream: &mut TcpStream, bound: Duration) -> Option<Vec<u8>> {
+/// What a caller reads within [`BOUND`]: until `enough` holds for what arrived, or the gateway
+/// closes the connection; `None` if neither happened in time.
+async fn read_from(
+    stream: &mut (impl AsyncRead + Unpin),
+    enough: impl Fn(&str) -> bool,
+) -> Option<String> {
     let mut received = Vec::new();
     let read = async {
         let mut buf = [0u8; 8192];
-        loop {
+        while !enough(&String::from_utf8_lossy(&received)) {
             match stream.read(&mut buf).await {
                 Ok(0) | Err(_) => break,
                 Ok(n) => received.extend_from_slice(&buf[..n]),
             }
         }
     };
-    tokio::time::timeout(bound, read).await.ok()?;
-    Some(received)
+    tokio::time::timeout(BOUND, read).await.ok()?;
+    Some(String::from_utf8_lossy(&received).into_owned())
 }
 
-/// Reads until `needle` has arrived; panics if the connection closes first or `BOUND` passes.
-async fn read_until(stream: &mut TcpStream, needle: &str) -> String {
-    let mut received = Vec::new();
-    let read = async {
-        let mut buf = [0u8; 8192];
-        while !String::from_utf8_lossy(&received).contains(needle) {
-            match stream.read(&mut buf).await {
-                Ok(0) => panic!(
-                    "closed before {needle:?}: {}",
-                    String::from_utf8_lossy(&received)
-                ),
-                Ok(n) => received.extend_from_slice(&buf[..n]),
-                Err(error) => panic!("read failed before {needle:?}: {error}"),
-            }
-        }
-    };
-    tokio::time::timeout(BOUND, read)
+/// Reads until the gateway closes the connection; `None` if it is still open after [`BOUND`].
+async fn read_until_closed(stream: &mut TcpStream) -> Option<String> {
+    read_from(stream, |_| false).await
+}
+
+/// Reads an answer that ends with `needle`, on a connection that stays open.
+async fn read_answer(stream: &mut TcpStream, needle: &str) -> String {
+    let answer = read_from(stream, |text| text.contains(needle))
         .await
-        .unwrap_or_else(|_| panic!("no {needle:?} within {BOUND:?}"));
-    String::from_utf8_lossy(&received).into_owned()
+        .unwrap_or_else(|| panic!("no {needle:?} within {BOUND:?}"));
+    assert!(
+        answer.contains(needle),
+        "closed before {needle:?}: {answer}"
+    );
+    answer
 }
 
 const HEALTHZ: &[u8] = b"GET /healthz HTTP/1.1\r\nhost: gateway\r\n\r\n";
@@ -131,14 +133,14 @@ async fn a_connection_that_sends_nothing_is_closed_at_the_header_timeout() {
     })
     .await;
     let mut silent = TcpStream::connect(gateway.addr()).await.unwrap();
-    let received = read_until_closed(&mut silent, BOUND)
+    let received = read_until_closed(&mut silent)
         .await
         .expect("a silent connection is closed");
     assert!(received.is_empty());
 
     let mut partial = TcpStream::connect(gateway.addr()).await.unwrap();
     partial.write_all(b"POST /v1/chat/comp").await.unwrap();
-    assert!(read_until_closed(&mut partial, BOUND).await.is_some());
+    assert!(read_until_closed(&mut partial).await.is_some());
     gateway.shutdown().await;
 }
 
@@ -155,13 +157,13 @@ async fn an_idle_keep_alive_connection_is_closed_at_the_keep_alive_timeout() {
     for _ in 0..2 {
         // Kept alive between requests that follow each other closely.
         stream.write_all(HEALTHZ).await.unwrap();
-        let answer = read_until(&mut stream, r#"{"status":"ok"}"#).await;
+        let answer = read_answer(&mut stream, r#"{"status":"ok"}"#).await;
         assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     }
-    let rest = read_until_closed(&mut stream, BOUND)
+    let rest = read_until_closed(&mut stream)
         .await
         .expect("the idle connection is closed");
-    assert!(rest.is_empty(), "{}", String::from_utf8_lossy(&rest));
+    assert!(rest.is_empty(), "{rest}");
     gateway.shutdown().await;
 }
 
@@ -189,20 +191,9 @@ async fn a_body_dripped_slowly_gets_408_at_the_body_timeout() {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     });
-    let mut received = Vec::new();
-    let read = tokio::time::timeout(BOUND, async {
-        let mut buf = [0u8; 4096];
-        while !String::from_utf8_lossy(&received).contains("\r\n\r\n") {
-            match reader.read(&mut buf).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => received.extend_from_slice(&buf[..n]),
-            }
-        }
-    })
-    .await;
+    let answer = read_from(&mut reader, |text| text.contains("\r\n\r\n")).await;
     drip.abort();
-    assert!(read.is_ok(), "no answer to a body dripped for {BOUND:?}");
-    let answer = String::from_utf8_lossy(&received);
+    let answer = answer.expect("an answer to a body dripped for longer than the bound");
     assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
     assert_eq!(mock.stats().requests(), 0, "nothing was forwarded");
     gateway.shutdown().await;
@@ -296,14 +287,13 @@ async fn connections_past_the_cap_are_closed_at_once_with_503() {
     for _ in 0..2 {
         let mut stream = TcpStream::connect(gateway.addr()).await.unwrap();
         stream.write_all(HEALTHZ).await.unwrap();
-        read_until(&mut stream, r#"{"status":"ok"}"#).await;
+        read_answer(&mut stream, r#"{"status":"ok"}"#).await;
         held.push(stream);
     }
     let mut third = TcpStream::connect(gateway.addr()).await.unwrap();
-    let answer = read_until_closed(&mut third, BOUND)
+    let answer = read_until_closed(&mut third)
         .await
         .expect("the connection past the cap is closed, not left waiting");
-    let answer = String::from_utf8_lossy(&answer);
     assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
     assert!(answer.contains("retry-after"), "{answer}");
 
@@ -313,8 +303,8 @@ async fn connections_past_the_cap_are_closed_at_once_with_503() {
     for _ in 0..100 {
         let mut stream = TcpStream::connect(gateway.addr()).await.unwrap();
         stream.write_all(HEALTHZ).await.unwrap();
-        let answer = read_until_closed_or(&mut stream, r#"{"status":"ok"}"#).await;
-        if answer.starts_with("HTTP/1.1 200") {
+        let answer = read_from(&mut stream, |text| text.contains(r#"{"status":"ok"}"#)).await;
+        if answer.is_some_and(|answer| answer.starts_with("HTTP/1.1 200")) {
             served = true;
             break;
         }
@@ -325,22 +315,6 @@ async fn connections_past_the_cap_are_closed_at_once_with_503() {
         "the freed place was never given to a new connection"
     );
     gateway.shutdown().await;
-}
-
-/// Reads until `needle` arrives or the peer closes, within [`BOUND`].
-async fn read_until_closed_or(stream: &mut TcpStream, needle: &str) -> String {
-    let mut received = Vec::new();
-    let _ = tokio::time::timeout(BOUND, async {
-        let mut buf = [0u8; 8192];
-        while !String::from_utf8_lossy(&received).contains(needle) {
-            match stream.read(&mut buf).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => received.extend_from_slice(&buf[..n]),
-            }
-        }
-    })
-    .await;
-    String::from_utf8_lossy(&received).into_owned()
 }
 
 #[tokio::test]
@@ -359,10 +333,9 @@ async fn a_client_that_writes_the_whole_oversized_body_first_reads_the_413() {
         .await
         .expect("the body is taken within the bound")
         .expect("the whole body is written without a broken pipe");
-    let answer = read_until_closed(&mut stream, BOUND)
+    let answer = read_until_closed(&mut stream)
         .await
         .expect("the gateway closes after answering");
-    let answer = String::from_utf8_lossy(&answer);
     assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
     assert!(answer.contains("request_too_large"), "{answer}");
     assert_eq!(mock.stats().requests(), 0);
@@ -472,31 +445,6 @@ async fn not_ready_says_so_without_internals() {
         "{text}"
     );
     gateway.shutdown().await;
-}
-
-/// Every byte the test's subscriber writes.
-#[derive(Clone, Default)]
-struct LogSink(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for LogSink {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .extend_from_slice(buf);
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl LogSink {
-    fn text(&self) -> String {
-        let bytes = self.0.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        String::from_utf8(bytes).expect("log lines are UTF-8")
-    }
 }
 
 // The default (current-thread) runtime runs the server's tasks on this thread, so the
@@ -626,7 +574,7 @@ async fn an_empty_get_leaves_the_connection_reusable() {
     let mut stream = TcpStream::connect(gateway.addr()).await.unwrap();
     for _ in 0..20 {
         stream.write_all(HEALTHZ).await.unwrap();
-        let answer = read_until(&mut stream, r#"{"status":"ok"}"#).await;
+        let answer = read_answer(&mut stream, r#"{"status":"ok"}"#).await;
         assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     }
     gateway.shutdown().await;
