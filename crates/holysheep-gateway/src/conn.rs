@@ -105,6 +105,9 @@ pub(crate) struct ConnIo {
     /// `state.ended` when the socket last looked.
     ended: u64,
     timer: Pin<Box<Sleep>>,
+    /// A clock ran out: the caller was idle or slow, not mid-body, so there is nothing to
+    /// linger for.
+    expired: bool,
 }
 
 impl ConnIo {
@@ -116,6 +119,7 @@ impl ConnIo {
             phase: Phase::Head,
             ended: 0,
             timer: Box::pin(tokio::time::sleep(timeouts.header_read)),
+            expired: false,
         }
     }
 
@@ -172,6 +176,7 @@ impl AsyncRead for ConnIo {
                         Phase::Head => "no complete request head within the header read timeout",
                         _ => "no request within the keep-alive timeout",
                     };
+                    this.expired = true;
                     return Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, what)));
                 }
                 Poll::Pending
@@ -223,7 +228,8 @@ impl Drop for ConnIo {
     fn drop(&mut self) {
         // h2 resets an unread stream on its own; an HTTP/1.1 caller may still be sending.
         let linger = self.state.unread_body.load(Ordering::Acquire)
-            && !self.state.http2.load(Ordering::Relaxed);
+            && !self.state.http2.load(Ordering::Relaxed)
+            && !self.expired;
         if linger && let Some(stream) = self.stream.take() {
             *self
                 .state
