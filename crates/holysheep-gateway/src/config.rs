@@ -145,6 +145,8 @@ section! {
     /// `[client]`: the pooled upstream client.
     pub struct ClientSettings {
         /// Upstream base URL [default: https://api.holysheep.ai/v1]
+        // The doc is also the `--help` text, where a URL in `<…>` would show its brackets.
+        #[allow(rustdoc::bare_urls)]
         #[arg(long = "upstream", env = "HOLYSHEEP_BASE_URL", value_name = "URL")]
         base_url: String,
         /// TCP + TLS connect bound in seconds [default: 10]
