@@ -12,8 +12,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use holysheep_testkit::{
-    MockConfig, MockServer, UPSTREAM_KEY, chat_body, http_client, json_request, post_json,
-    start_mock, stream_body,
+    MockConfig, UPSTREAM_KEY, http_client, json_request, start_mock, stream_body,
 };
 use http::{Method, Request, StatusCode};
 use http_body_util::{BodyExt, StreamBody};
@@ -21,34 +20,14 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-use holysheep_gateway::{Config, Gateway, GatewayHandle};
+use holysheep_gateway::Gateway;
 
 mod support;
-use support::LogSink;
+use support::{mock_and_gateway, test_config, url};
 
 /// Long enough for any answer on loopback, short enough that a gateway that never closes fails
 /// the test quickly.
 const BOUND: Duration = Duration::from_secs(5);
-
-fn test_config(mock: &MockServer) -> Config {
-    let mut config = Config::in_process(mock.base_url(), UPSTREAM_KEY);
-    config.settings.server.shutdown_grace_secs = Some(5);
-    config.settings.retry.base_ms = Some(1);
-    config.settings.retry.cap_ms = Some(10);
-    config
-}
-
-async fn mock_and_gateway(change: impl FnOnce(&mut Config)) -> (MockServer, GatewayHandle) {
-    let mock = start_mock(MockConfig::default().api_key(UPSTREAM_KEY)).await;
-    let mut config = test_config(&mock);
-    change(&mut config);
-    let gateway = Gateway::start(config).await.expect("the gateway starts");
-    (mock, gateway)
-}
-
-fn url(gateway: &GatewayHandle, path: &str) -> String {
-    format!("http://{}{path}", gateway.addr())
-}
 
 /// What a caller reads within [`BOUND`]: until `enough` holds for what arrived, or the gateway
 /// closes the connection; `None` if neither happened in time.
@@ -445,58 +424,6 @@ async fn not_ready_says_so_without_internals() {
         "{text}"
     );
     gateway.shutdown().await;
-}
-
-// The default (current-thread) runtime runs the server's tasks on this thread, so the
-// thread-local subscriber sees everything the gateway logs.
-#[tokio::test]
-async fn caller_supplied_fields_cannot_forge_or_flood_text_log_lines() {
-    let sink = LogSink::default();
-    let writer = sink.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_ansi(false)
-        .with_max_level(tracing::Level::INFO)
-        .with_writer(move || writer.clone())
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
-
-    let (_mock, gateway) = mock_and_gateway(|_| {}).await;
-    let chat = url(&gateway, "/v1/chat/completions");
-    let forged = "gpt-4.1\nINJECTED LOG LINE status=200\r\u{1b}[31mred\u{1b}[0m\u{7}";
-    let huge = "m".repeat(1 << 20);
-    for model in [forged, huge.as_str()] {
-        let reply = post_json(&chat, None, &chat_body(model, "log me")).await;
-        assert!(reply.status.as_u16() < 500, "{}", reply.text());
-    }
-    gateway.shutdown().await;
-
-    let text = sink.text();
-    let requests: Vec<&str> = text
-        .lines()
-        .filter(|line| line.contains(" request "))
-        .collect();
-    assert_eq!(requests.len(), 2, "one line per request: {text}");
-    assert!(
-        !text.lines().any(|line| line.starts_with("INJECTED")),
-        "a forged line: {text}"
-    );
-    assert!(!text.contains('\u{1b}') && !text.contains('\r') && !text.contains('\u{7}'));
-    assert!(
-        requests[0].contains(r"gpt-4.1\nINJECTED LOG LINE"),
-        "{}",
-        requests[0]
-    );
-    assert!(requests[0].contains(r"\u{1b}[31m"), "{}", requests[0]);
-    assert!(
-        requests[1].len() < 4096,
-        "a 1 MiB model makes a {}-byte line",
-        requests[1].len()
-    );
-    assert!(
-        requests[1].contains("bytes"),
-        "says it was cut: {}",
-        requests[1]
-    );
 }
 
 /// An upstream that answers every request with the same head, naming `x-upstream-hop` in
