@@ -5,6 +5,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use holysheep_core::hop_by_hop::remove_hop_by_hop;
 use http::Response;
 use hyper_util::client::legacy;
 use pin_project_lite::pin_project;
@@ -80,7 +81,9 @@ impl Future for ResponseFuture {
             } => {
                 if let Poll::Ready(result) = Pin::new(inner).poll(cx) {
                     return Poll::Ready(match result {
-                        Ok(response) => {
+                        Ok(mut response) => {
+                            // They describe the pooled connection, which is the client's own.
+                            remove_hop_by_hop(response.headers_mut());
                             let read_timeout = *read_timeout;
                             Ok(response.map(|body| ResponseBody::new(body, read_timeout)))
                         }

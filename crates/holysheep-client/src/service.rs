@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use bytes::{Buf, Bytes};
 use holysheep_core::BoxError;
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use holysheep_core::hop_by_hop::remove_hop_by_hop;
+use http::header::{self, HeaderValue};
 use http::{Request, Response, Uri, Version};
 use http_body::Body;
 use http_body_util::BodyExt;
@@ -28,7 +29,9 @@ type RequestBody = UnsyncBoxBody<Bytes, BoxError>;
 /// It takes `http::Request<B>` with an origin-form URI such as `/chat/completions` and
 /// sends it to the configured base URL (see [`Builder::base_url`] for the joining rule),
 /// with `Authorization: Bearer <key>` in place of whatever `Authorization` the caller sent,
-/// the `Host` of the upstream, and no hop-by-hop headers of the caller's connection.
+/// the `Host` of the upstream, and no hop-by-hop headers of the caller's connection; the
+/// answer comes back without those of the upstream's connection (RFC 9110 §7.6.1, see
+/// [`holysheep_core::hop_by_hop`]).
 ///
 /// - Connections are pooled and kept alive (hyper-util's legacy client); HTTPS uses rustls
 ///   with the webpki roots and negotiates HTTP/1.1 or h2 by ALPN. DNS answers are cached.
@@ -90,7 +93,8 @@ impl HolySheepClient {
         // hyper-util upgrades to h2 itself when the connection negotiated it; a caller's
         // HTTP/2 request must not be refused on an HTTP/1.1 connection.
         parts.version = Version::HTTP_11;
-        strip_connection_headers(&mut parts.headers);
+        // Headers of the caller's connection to us, not of our request upstream.
+        remove_hop_by_hop(&mut parts.headers);
         // hyper-util fills in the upstream's Host; the caller's would name the gateway.
         parts.headers.remove(header::HOST);
         parts.headers.remove(header::AUTHORIZATION);
@@ -111,33 +115,6 @@ where
     body.map_frame(|frame| frame.map_data(|mut data| data.copy_to_bytes(data.remaining())))
         .map_err(Into::into)
         .boxed_unsync()
-}
-
-/// Removes headers that describe the caller's connection to us, not our request upstream
-/// (RFC 9110 §7.6.1), including those the caller listed in `Connection`.
-fn strip_connection_headers(headers: &mut HeaderMap) {
-    let listed: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|value| value.to_str().ok())
-        .flat_map(|value| value.split(','))
-        .filter_map(|name| HeaderName::try_from(name.trim()).ok())
-        .collect();
-    for name in listed {
-        headers.remove(name);
-    }
-    for name in [
-        header::CONNECTION,
-        HeaderName::from_static("keep-alive"),
-        HeaderName::from_static("proxy-connection"),
-        header::PROXY_AUTHORIZATION,
-        header::TE,
-        header::TRAILER,
-        header::TRANSFER_ENCODING,
-        header::UPGRADE,
-    ] {
-        headers.remove(name);
-    }
 }
 
 impl<B> Service<Request<B>> for HolySheepClient

@@ -13,6 +13,7 @@
 
 use std::fmt;
 use std::net::SocketAddr;
+use std::ops::RangeInclusive;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -21,6 +22,7 @@ use serde::{Deserialize, Serialize};
 
 use holysheep::StackBuilder;
 use holysheep::cache::KeyScheme;
+use holysheep::retry::RetryLayer;
 
 /// The defaults that belong to the gateway; every other default is its crate's.
 pub mod defaults {
@@ -35,6 +37,24 @@ pub mod defaults {
     pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
     /// How long `/readyz` waits for the upstream (and Redis): 2 s.
     pub const READY_TIMEOUT: Duration = Duration::from_secs(2);
+    /// How long a `/readyz` answer is reused before the next probe: 1 s.
+    pub const READY_CACHE: Duration = Duration::from_secs(1);
+    /// How long a caller may take to send a request head, counted from its first byte (and a
+    /// new connection to start one): 10 s.
+    pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+    /// How long a caller may take to send a whole request body, counted from the end of its
+    /// head: 30 s, 4 MiB at about 1.1 Mbit/s.
+    pub const BODY_READ_TIMEOUT: Duration = Duration::from_secs(30);
+    /// How long a kept-alive connection may wait for its next request: 75 s, as nginx.
+    pub const KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(75);
+    /// The most open caller connections: 1024 (lowered at start to fit the open-file limit
+    /// when it is left unset).
+    pub const MAX_CONNECTIONS: usize = 1024;
+    /// The most concurrent streams on one HTTP/2 connection: 100, the least RFC 9113 advises.
+    pub const H2_MAX_CONCURRENT_STREAMS: u32 = 100;
+    /// How long, after answering a request whose body it did not read, the gateway reads and
+    /// discards the rest before closing: 5 s, as nginx's `lingering_timeout`.
+    pub const LINGER_TIMEOUT: Duration = Duration::from_secs(5);
 }
 
 /// The environment variable holding the upstream key.
@@ -83,12 +103,38 @@ section! {
         /// Largest accepted request body in bytes; larger ones get 413 [default: 4194304]
         #[arg(long = "body-limit-bytes", env = "HOLYSHEEP_BODY_LIMIT_BYTES", value_name = "BYTES")]
         body_limit_bytes: usize,
+        /// Bound on sending a request head, in ms from its first byte; a new connection must
+        /// start one within it too. Slower connections are closed [default: 10000]
+        #[arg(long = "header-read-timeout-ms", env = "HOLYSHEEP_HEADER_READ_TIMEOUT_MS", value_name = "MS")]
+        header_read_timeout_ms: u64,
+        /// Bound on sending a whole request body, in ms from the end of its head; slower ones
+        /// get 408 [default: 30000]
+        #[arg(long = "body-read-timeout-ms", env = "HOLYSHEEP_BODY_READ_TIMEOUT_MS", value_name = "MS")]
+        body_read_timeout_ms: u64,
+        /// How long a kept-alive connection may wait for its next request, in ms [default: 75000]
+        #[arg(long = "keep-alive-timeout-ms", env = "HOLYSHEEP_KEEP_ALIVE_TIMEOUT_MS", value_name = "MS")]
+        keep_alive_timeout_ms: u64,
+        /// Most open caller connections; past it a new one gets 503 and is closed
+        /// [default: 1024]
+        #[arg(long = "max-connections", env = "HOLYSHEEP_MAX_CONNECTIONS", value_name = "N")]
+        max_connections: usize,
+        /// Most concurrent streams on one HTTP/2 connection [default: 100]
+        #[arg(long = "h2-max-concurrent-streams", env = "HOLYSHEEP_H2_MAX_CONCURRENT_STREAMS", value_name = "N")]
+        h2_max_concurrent_streams: u32,
+        /// After answering a request whose body it did not read (a 413), how long to read and
+        /// discard the rest so the caller can read the answer, in ms [default: 5000]
+        #[arg(long = "linger-timeout-ms", env = "HOLYSHEEP_LINGER_TIMEOUT_MS", value_name = "MS")]
+        linger_timeout_ms: u64,
         /// On SIGTERM/SIGINT, how long in-flight requests and streams may finish [default: 30]
         #[arg(long = "shutdown-grace-secs", env = "HOLYSHEEP_SHUTDOWN_GRACE_SECS", value_name = "SECONDS")]
         shutdown_grace_secs: u64,
         /// How long GET /readyz waits for the upstream (and Redis) [default: 2000]
         #[arg(long = "ready-timeout-ms", env = "HOLYSHEEP_READY_TIMEOUT_MS", value_name = "MS")]
         ready_timeout_ms: u64,
+        /// How long a GET /readyz answer is reused, in ms: one probe per interval however
+        /// often it is asked [default: 1000]
+        #[arg(long = "ready-cache-ms", env = "HOLYSHEEP_READY_CACHE_MS", value_name = "MS")]
+        ready_cache_ms: u64,
         /// Log lines as text or one JSON object per line [default: text]
         #[arg(long = "log-format", env = "HOLYSHEEP_LOG_FORMAT", value_enum, value_name = "FORMAT")]
         log_format: LogFormat,
@@ -479,6 +525,63 @@ impl Config {
             .map_or(defaults::READY_TIMEOUT, Duration::from_millis)
     }
 
+    /// How long a `/readyz` answer is reused.
+    pub fn ready_cache(&self) -> Duration {
+        self.settings
+            .server
+            .ready_cache_ms
+            .map_or(defaults::READY_CACHE, Duration::from_millis)
+    }
+
+    /// Bound on a request head, from its first byte (and on a new connection's first request).
+    pub fn header_read_timeout(&self) -> Duration {
+        self.settings
+            .server
+            .header_read_timeout_ms
+            .map_or(defaults::HEADER_READ_TIMEOUT, Duration::from_millis)
+    }
+
+    /// Bound on a whole request body, from the end of its head.
+    pub fn body_read_timeout(&self) -> Duration {
+        self.settings
+            .server
+            .body_read_timeout_ms
+            .map_or(defaults::BODY_READ_TIMEOUT, Duration::from_millis)
+    }
+
+    /// How long a kept-alive connection may wait for its next request.
+    pub fn keep_alive_timeout(&self) -> Duration {
+        self.settings
+            .server
+            .keep_alive_timeout_ms
+            .map_or(defaults::KEEP_ALIVE_TIMEOUT, Duration::from_millis)
+    }
+
+    /// The most open caller connections, as configured (see [`defaults::MAX_CONNECTIONS`] for
+    /// what happens when it is left unset).
+    pub fn max_connections(&self) -> usize {
+        self.settings
+            .server
+            .max_connections
+            .unwrap_or(defaults::MAX_CONNECTIONS)
+    }
+
+    /// The most concurrent streams on one HTTP/2 connection.
+    pub fn h2_max_concurrent_streams(&self) -> u32 {
+        self.settings
+            .server
+            .h2_max_concurrent_streams
+            .unwrap_or(defaults::H2_MAX_CONCURRENT_STREAMS)
+    }
+
+    /// How long an unread request body is read and discarded after the answer.
+    pub fn linger_timeout(&self) -> Duration {
+        self.settings
+            .server
+            .linger_timeout_ms
+            .map_or(defaults::LINGER_TIMEOUT, Duration::from_millis)
+    }
+
     /// The log line format.
     pub fn log_format(&self) -> LogFormat {
         self.settings.server.log_format.unwrap_or_default()
@@ -496,42 +599,42 @@ impl Config {
             .collect()
     }
 
-    /// Rejects values that would make the gateway useless or unsafe, naming the setting.
+    /// Rejects values that would make the gateway useless or unsafe, naming the setting: every
+    /// number outside its range ([`range_of`]), and settings that contradict each other.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let s = &self.settings;
-        let zero = |value: Option<u64>| value == Some(0);
-        let zero_usize = |value: Option<usize>| value == Some(0);
-        let must_be_positive = [
-            (
-                "server.body_limit_bytes",
-                zero_usize(s.server.body_limit_bytes),
-            ),
-            ("server.ready_timeout_ms", zero(s.server.ready_timeout_ms)),
-            (
-                "client.connect_timeout_secs",
-                zero(s.client.connect_timeout_secs),
-            ),
-            ("client.timeout_secs", zero(s.client.timeout_secs)),
-            ("client.read_timeout_secs", zero(s.client.read_timeout_secs)),
-            ("pool.max_in_flight", zero_usize(s.pool.max_in_flight)),
-            ("pool.per_host", zero_usize(s.pool.per_host)),
-            ("retry.deadline_secs", zero(s.retry.deadline_secs)),
-            ("cache.max_entry_bytes", zero_usize(s.cache.max_entry_bytes)),
-            ("cache.memory_max_bytes", zero(s.cache.memory_max_bytes)),
-            ("cache.redis_timeout_ms", zero(s.cache.redis_timeout_ms)),
-            (
-                "semantic.embedding_dimensions",
-                s.semantic.embedding_dimensions == Some(0),
-            ),
-            (
-                "semantic.embedding_timeout_ms",
-                zero(s.semantic.embedding_timeout_ms),
-            ),
-        ];
-        if let Some((name, _)) = must_be_positive.iter().find(|(_, zero)| *zero) {
+        // Every number, by key, from the settings' own serialised form: a setting added later
+        // is checked without a line here (and a test fails until it has a range).
+        let numbers = serde_json::to_value(s).map_err(|e| ConfigError(e.to_string()))?;
+        let sections = numbers.as_object().into_iter().flatten();
+        for (section, fields) in sections {
+            for (field, value) in fields.as_object().into_iter().flatten() {
+                let Some(value) = value.as_u64() else {
+                    continue;
+                };
+                let key = format!("{section}.{field}");
+                let Some(range) = range_of(&key) else {
+                    return Err(ConfigError(format!("{key} has no accepted range")));
+                };
+                if !range.contains(&value) {
+                    let flag = flag_of(&key);
+                    let (low, high) = range.into_inner();
+                    return Err(ConfigError(if value < low && low == 1 {
+                        format!("{key} must be greater than 0 ({flag})")
+                    } else {
+                        format!("{key} must be between {low} and {high} ({flag}), not {value}")
+                    }));
+                }
+            }
+        }
+        let millis = |value: Option<u64>, default: Duration| {
+            value.unwrap_or(u64::try_from(default.as_millis()).unwrap_or(u64::MAX))
+        };
+        let base = millis(s.retry.base_ms, RetryLayer::DEFAULT_BACKOFF_BASE);
+        let cap = millis(s.retry.cap_ms, RetryLayer::DEFAULT_BACKOFF_MAX);
+        if base > cap {
             return Err(ConfigError(format!(
-                "{name} must be greater than 0 ({})",
-                flag_of(name)
+                "retry.base_ms ({base}) must not be larger than retry.cap_ms ({cap})"
             )));
         }
         if s.semantic.threshold.is_some_and(|t| !(t > 0.0 && t <= 1.0)) {
@@ -539,18 +642,6 @@ impl Config {
                 "semantic.threshold must be a cosine similarity above 0 and at most 1 \
                  (--semantic-threshold)"
                     .into(),
-            ));
-        }
-        if s.retry.budget_percent.is_some_and(|p| p > 1000) {
-            return Err(ConfigError(
-                "retry.budget_percent must be at most 1000 (--retry-budget-percent)".into(),
-            ));
-        }
-        if let (Some(base), Some(cap)) = (s.retry.base_ms, s.retry.cap_ms)
-            && base > cap
-        {
-            return Err(ConfigError(
-                "retry.base_ms must not be larger than retry.cap_ms".into(),
             ));
         }
         if !self.demo
@@ -577,6 +668,51 @@ impl Config {
     }
 }
 
+/// The values a numeric setting accepts, by TOML key; `None` for a key that is not a number.
+///
+/// The lower bounds keep a zero out where it would break the gateway (a zero timeout cuts every
+/// request) and let it in where it means "none" (no retries, no queue, no lingering, no grace).
+/// The upper bounds only catch what can be no one's intent: a timeout of more than a day (an
+/// hour for the caller-facing ones), a limit in the millions.
+pub fn range_of(key: &str) -> Option<RangeInclusive<u64>> {
+    const HOUR_MS: u64 = 3_600_000;
+    const DAY_SECS: u64 = 86_400;
+    const MILLION: u64 = 1_000_000;
+    Some(match key {
+        // Request bodies are held in memory whole.
+        "server.body_limit_bytes" => 1..=1 << 30,
+        "server.header_read_timeout_ms"
+        | "server.body_read_timeout_ms"
+        | "server.keep_alive_timeout_ms"
+        | "server.ready_cache_ms" => 1..=HOUR_MS,
+        "server.max_connections" => 1..=MILLION,
+        "server.h2_max_concurrent_streams" => 1..=MILLION,
+        "server.linger_timeout_ms" => 0..=HOUR_MS,
+        "server.shutdown_grace_secs" => 0..=DAY_SECS,
+        "server.ready_timeout_ms" => 1..=HOUR_MS,
+        "client.connect_timeout_secs" => 1..=DAY_SECS,
+        "client.timeout_secs" | "client.read_timeout_secs" | "client.pool_idle_timeout_secs" => {
+            1..=DAY_SECS
+        }
+        "pool.max_in_flight" | "pool.per_host" => 1..=MILLION,
+        "pool.queue_timeout_ms" => 0..=HOUR_MS,
+        "pool.queue_depth" => 0..=100 * MILLION,
+        "retry.max_retries" => 0..=100,
+        "retry.base_ms" | "retry.cap_ms" => 1..=HOUR_MS,
+        "retry.deadline_secs" => 1..=DAY_SECS,
+        "retry.budget_percent" => 0..=1000,
+        "cache.ttl_secs" => 1..=365 * DAY_SECS,
+        // Redis' largest value is 512 MiB.
+        "cache.max_entry_bytes" => 1..=512 << 20,
+        "cache.memory_max_bytes" => 1..=1 << 40,
+        "cache.redis_timeout_ms" => 1..=HOUR_MS,
+        "semantic.embedding_dimensions" => 1..=1 << 16,
+        "semantic.embedding_timeout_ms" => 1..=HOUR_MS,
+        "semantic.index_max_bytes" => 1..=1 << 40,
+        _ => return None,
+    })
+}
+
 /// The default of the setting at TOML key `section.field`, as the docs show it, read from the
 /// crate that owns it; `None` for a key that is not a setting.
 ///
@@ -596,6 +732,13 @@ pub fn default_of(key: &str) -> Option<String> {
         "server.body_limit_bytes" => defaults::BODY_LIMIT_BYTES.to_string(),
         "server.shutdown_grace_secs" => secs(defaults::SHUTDOWN_GRACE),
         "server.ready_timeout_ms" => millis(defaults::READY_TIMEOUT),
+        "server.ready_cache_ms" => millis(defaults::READY_CACHE),
+        "server.header_read_timeout_ms" => millis(defaults::HEADER_READ_TIMEOUT),
+        "server.body_read_timeout_ms" => millis(defaults::BODY_READ_TIMEOUT),
+        "server.keep_alive_timeout_ms" => millis(defaults::KEEP_ALIVE_TIMEOUT),
+        "server.max_connections" => defaults::MAX_CONNECTIONS.to_string(),
+        "server.h2_max_concurrent_streams" => defaults::H2_MAX_CONCURRENT_STREAMS.to_string(),
+        "server.linger_timeout_ms" => millis(defaults::LINGER_TIMEOUT),
         "server.log_format" => "text".to_owned(),
         "client.base_url" => holysheep_core::DEFAULT_BASE_URL.to_owned(),
         "client.connect_timeout_secs" => secs(Client::DEFAULT_CONNECT_TIMEOUT),
@@ -802,6 +945,68 @@ mod tests {
             assert!(err.contains(key), "{err}");
             assert!(err.contains("--"), "names the flag too: {err}");
         }
+    }
+
+    #[test]
+    fn every_number_is_refused_outside_its_range_by_name() {
+        // The example file sets every setting: each number in it must have a range, and a
+        // value past either end of it must stop the start with the key and the flag.
+        let text = include_str!("../gateway.example.toml");
+        let example = Settings::from_toml(text, "gateway.example.toml").unwrap();
+        let example = serde_json::to_value(example).unwrap();
+        let config_with = |section: &str, field: &str, value: u64| {
+            let mut settings = example.clone();
+            settings[section][field] = value.into();
+            Config {
+                settings: serde_json::from_value(settings).expect("the value fits the field"),
+                ..Config::default()
+            }
+        };
+        let mut numbers = 0;
+        for (section, fields) in example.as_object().unwrap() {
+            for (field, value) in fields.as_object().unwrap() {
+                if !value.is_u64() {
+                    continue;
+                }
+                numbers += 1;
+                let key = format!("{section}.{field}");
+                let range = range_of(&key).unwrap_or_else(|| panic!("{key} has no range"));
+                let mut outside = vec![range.end() + 1];
+                if *range.start() > 0 {
+                    outside.push(range.start() - 1);
+                }
+                for value in outside {
+                    let err = config_with(section, field, value).validate().unwrap_err();
+                    let err = err.to_string();
+                    assert!(err.starts_with(&key), "{key} = {value}: {err}");
+                    assert!(err.contains("(--"), "names the flag: {err}");
+                }
+                // Both ends are in range (other rules, such as the backoff base not above its
+                // cap, may still refuse them).
+                for value in [*range.start(), *range.end()] {
+                    if let Err(err) = config_with(section, field, value).validate() {
+                        let err = err.to_string();
+                        let out_of_range = err.contains("must be between")
+                            || err.contains("must be greater than 0");
+                        assert!(!out_of_range, "{key} = {value}: {err}");
+                    }
+                }
+            }
+        }
+        assert!(numbers >= 27, "{numbers} numeric settings");
+    }
+
+    #[test]
+    fn backoff_base_above_its_cap_is_refused_with_defaults_counted() {
+        let config = Config {
+            settings: file("[retry]\nbase_ms = 9000\n"),
+            ..Config::default()
+        };
+        let err = config.validate().unwrap_err().to_string();
+        assert!(
+            err.contains("retry.base_ms") && err.contains("5000"),
+            "{err}"
+        );
     }
 
     #[test]

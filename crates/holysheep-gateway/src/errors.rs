@@ -85,6 +85,16 @@ pub(crate) fn payload_too_large(limit: usize) -> ApiError {
     .code("request_too_large")
 }
 
+/// 408 for a request body that did not arrive within the body read timeout.
+pub(crate) fn request_timeout(timeout: &crate::conn::BodyReadTimeout) -> ApiError {
+    ApiError::new(
+        StatusCode::REQUEST_TIMEOUT,
+        format!("The request body did not arrive in time ({timeout})."),
+        "invalid_request_error",
+    )
+    .code("request_timeout")
+}
+
 /// 404 for a route the gateway does not have.
 pub(crate) fn not_found(method: &http::Method, path: &str) -> Response {
     error_response(

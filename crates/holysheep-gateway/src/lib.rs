@@ -26,15 +26,23 @@
 //! | `POST /v1/embeddings` | forwarded and cached |
 //! | `GET /v1/models` | forwarded |
 //! | `GET /healthz` | the process is up |
-//! | `GET /readyz` | the upstream (and Redis, when configured) answers |
+//! | `GET /readyz` | the upstream (and Redis, when configured) answers; one probe per interval |
 //! | `GET /metrics` | Prometheus text |
 //!
 //! Configuration comes from flags, environment variables and a TOML file ([`config`]); every
 //! setting left unset keeps the default of the crate that owns it.
+//!
+//! Every connection is bounded: a request head must arrive within the header read timeout, a
+//! body within the body read timeout (else 408), an idle kept-alive connection is closed after
+//! the keep-alive timeout, at most `max_connections` are open (one more gets 503 and is closed),
+//! an HTTP/2 connection carries a bounded number of streams, and an answer sent before its
+//! request body was read is followed by a lingering close, so the caller can read it. The
+//! settings are in `[server]` ([`config::ServerSettings`]).
 
 mod auth;
 pub mod cli;
 pub mod config;
+mod conn;
 mod errors;
 mod logging;
 mod routes;

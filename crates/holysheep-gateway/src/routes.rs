@@ -11,6 +11,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use bytes::Bytes;
 use holysheep_core::chat::{ChatCompletionRequest, ChatMessage};
+use holysheep_core::hop_by_hop::{HopByHop, remove_hop_by_hop};
 use holysheep_core::signal::{Namespace, RequestModel};
 use http::request::Parts;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri, header};
@@ -19,6 +20,7 @@ use serde_json::{Map, Value};
 use tower::ServiceExt;
 
 use crate::auth::{Auth, require_caller};
+use crate::conn::BodyReadTimeout;
 use crate::errors::{self, ApiError, error_response, invalid_request};
 use crate::logging::log_requests;
 use crate::stack::{Readiness, UpstreamRequest};
@@ -73,15 +75,17 @@ async fn healthz() -> Response {
 }
 
 async fn readyz(State(state): State<AppState>) -> Response {
-    match state.readiness.check().await {
-        Ok(()) => json_response(StatusCode::OK, r#"{"status":"ready"}"#),
-        Err(reason) => error_response(
+    if state.readiness.check().await {
+        json_response(StatusCode::OK, r#"{"status":"ready"}"#)
+    } else {
+        // Why not is in the log: this route answers anyone who can reach it.
+        error_response(
             StatusCode::SERVICE_UNAVAILABLE,
-            &format!("not ready: {reason}"),
+            "The gateway is not ready.",
             "server_error",
             None,
             Some("not_ready"),
-        ),
+        )
     }
 }
 
@@ -126,7 +130,8 @@ async fn models(State(state): State<AppState>, request: Request) -> Response {
 }
 
 /// Buffers the request body up to `limit`; over it, a JSON 413 (early from `Content-Length`
-/// when the caller sent one, so a huge upload is not read at all).
+/// when the caller sent one, so a huge upload is not read at all). A body that does not arrive
+/// within the server's body read timeout gets a JSON 408.
 async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Bytes, ApiError> {
     let declared = headers
         .get(header::CONTENT_LENGTH)
@@ -140,6 +145,9 @@ async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Byte
         while let Some(e) = source {
             if e.is::<http_body_util::LengthLimitError>() {
                 return errors::payload_too_large(limit);
+            }
+            if let Some(timeout) = e.downcast_ref::<BodyReadTimeout>() {
+                return errors::request_timeout(timeout);
             }
             source = e.source();
         }
@@ -269,7 +277,8 @@ fn validate_embeddings(bytes: &[u8]) -> Result<Arc<str>, ApiError> {
     Ok(model)
 }
 
-/// Request headers that must not travel upstream: the caller's connection's own headers,
+/// Request headers that must not travel upstream besides the hop-by-hop ones
+/// ([`holysheep_core::hop_by_hop`]): the caller's framing and target (the gateway sets its own),
 /// credentials (the client sets the upstream key itself), and `accept-encoding`, so answers come
 /// back uncompressed: the cache and the metrics read them, and one caller's gzip must not be
 /// replayed from the cache to another who cannot read it. Header names are lower case.
@@ -279,30 +288,12 @@ fn dropped_request_header(name: &HeaderName) -> bool {
         "authorization"
             | "host"
             | "content-length"
-            | "connection"
-            | "te"
-            | "trailer"
-            | "transfer-encoding"
-            | "upgrade"
-            | "proxy-authorization"
             | "cookie"
-            | "keep-alive"
-            | "proxy-connection"
             | "x-api-key"
             | "api-key"
             | "accept-encoding"
     )
 }
-
-/// Response headers of the upstream's connection, which are not the caller's business.
-const DROPPED_RESPONSE_HEADERS: [&str; 6] = [
-    "connection",
-    "transfer-encoding",
-    "upgrade",
-    "trailer",
-    "keep-alive",
-    "proxy-connection",
-];
 
 /// The request the stack gets for a caller's request: the gateway's `/v1` stripped (the client
 /// joins the rest onto its base URL, which carries the upstream's own `/v1`), the hop-by-hop and
@@ -325,9 +316,10 @@ fn upstream_request(
     *request.uri_mut() = target
         .parse()
         .map_err(|_| invalid_request("The request URL is not valid.", None))?;
+    let hop_by_hop = HopByHop::of(&parts.headers);
     let headers = request.headers_mut();
     for (name, value) in &parts.headers {
-        if !dropped_request_header(name) {
+        if !hop_by_hop.contains(name) && !dropped_request_header(name) {
             headers.append(name.clone(), value.clone());
         }
     }
@@ -362,10 +354,8 @@ async fn forward(stack: Stack, parts: Parts, body: Bytes, model: Option<Arc<str>
             errors::stack_error(&*error)
         }
     };
-    let headers = response.headers_mut();
-    for name in DROPPED_RESPONSE_HEADERS {
-        headers.remove(name);
-    }
+    // The upstream's connection headers are not the caller's business.
+    remove_hop_by_hop(response.headers_mut());
     if let Some(model) = model
         && response.extensions().get::<RequestModel>().is_none()
     {

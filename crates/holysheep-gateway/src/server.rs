@@ -2,18 +2,25 @@
 //! share it.
 
 use std::fmt;
+use std::io;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
-use axum::serve::ListenerExt;
+use axum::Router;
 use holysheep_core::BoxError;
+use holysheep_core::error::ErrorBody;
 use holysheep_mock::{EmbeddingMode, MockConfig, MockServer};
-use tokio::net::TcpListener;
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot, watch};
+use tokio::task::{JoinHandle, JoinSet};
+use tokio::time::Instant;
 
 use crate::auth::Auth;
-use crate::config::Config;
+use crate::config::{Config, defaults};
+use crate::conn::{ConnIo, ConnService, ConnState, Timeouts, linger};
 use crate::routes::{AppState, router};
 use crate::stack;
 
@@ -103,27 +110,20 @@ impl Gateway {
             render_metrics: built.render_metrics,
         };
         let app = router(state, Auth::new(&config.gateway_keys));
-
-        // axum leaves Nagle's algorithm on: a response whose head and body go out in two
-        // writes would wait for the caller's ACK of the first before sending the second.
-        let listener = listener.tap_io(|stream| {
-            if let Err(error) = stream.set_nodelay(true) {
-                tracing::debug!(error = %error, "cannot set TCP_NODELAY on a caller's connection");
-            }
-        });
+        let serving = Serving {
+            app,
+            timeouts: Timeouts {
+                header_read: config.header_read_timeout(),
+                body_read: config.body_read_timeout(),
+                keep_alive: config.keep_alive_timeout(),
+                linger: config.linger_timeout(),
+            },
+            max_connections: connection_cap(&config),
+            h2_max_concurrent_streams: config.h2_max_concurrent_streams(),
+        };
 
         let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(async move {
-            axum::serve(
-                listener,
-                app.into_make_service_with_connect_info::<SocketAddr>(),
-            )
-            .with_graceful_shutdown(async move {
-                // A dropped sender stops the server as well.
-                let _ = stopped.await;
-            })
-            .await
-        });
+        let task = tokio::spawn(serving.run(listener, stopped));
 
         Ok(GatewayHandle {
             addr,
@@ -186,5 +186,317 @@ impl GatewayHandle {
             mock.shutdown().await;
         }
         clean
+    }
+}
+
+/// The server loop and what it needs: the routes, the connection bounds, the protocol settings.
+///
+/// It is hyper-util's connection builder on a plain accept loop rather than `axum::serve`:
+/// axum's server has no place for the bounds a public listener needs (a connection cap, read
+/// timeouts, the HTTP/2 stream limit, how accept errors are handled), while hyper-util's
+/// builder takes the HTTP/2 settings and leaves the loop, and so the cap and the accept errors,
+/// to us. The read timeouts are on each connection's socket ([`crate::conn`]).
+struct Serving {
+    app: Router,
+    timeouts: Timeouts,
+    max_connections: usize,
+    h2_max_concurrent_streams: u32,
+}
+
+impl Serving {
+    /// Accepts until `stopped`, then lets every open connection finish (a graceful shutdown of
+    /// each) and returns. Dropping the future cuts them all.
+    async fn run(
+        self,
+        listener: TcpListener,
+        mut stopped: oneshot::Receiver<()>,
+    ) -> io::Result<()> {
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        // The header bound is the socket's own (see `conn`): hyper's would also cut idle
+        // kept-alive connections at the header bound.
+        builder.http1().header_read_timeout(None);
+        builder
+            .http2()
+            .max_concurrent_streams(self.h2_max_concurrent_streams);
+        let builder = Arc::new(builder);
+        let places = Arc::new(Semaphore::new(self.max_connections));
+        let shed_answer = shed_answer();
+        let (shutdown, shutting_down) = watch::channel(false);
+        let mut connections = JoinSet::new();
+        let mut accept_errors = AcceptErrors::default();
+        let mut sheds = ShedLog::default();
+
+        loop {
+            tokio::select! {
+                biased;
+                _ = &mut stopped => break,
+                // Reaps finished connection tasks, so the set holds only open ones.
+                Some(_) = connections.join_next(), if !connections.is_empty() => {}
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, peer)) => {
+                        accept_errors.recovered();
+                        match Arc::clone(&places).try_acquire_owned() {
+                            Ok(place) => {
+                                connections.spawn(serve_connection(
+                                    stream,
+                                    peer,
+                                    Arc::clone(&builder),
+                                    self.app.clone(),
+                                    self.timeouts,
+                                    place,
+                                    shutting_down.clone(),
+                                ));
+                            }
+                            Err(_) => {
+                                // Answered and closed at once, never left waiting in the
+                                // backlog; best effort, the socket takes it or not.
+                                let _ = stream.try_write(&shed_answer);
+                                sheds.shed(self.max_connections);
+                            }
+                        }
+                    }
+                    Err(error) => {
+                        if let Some(pause) = accept_errors.failed(&error) {
+                            tokio::select! {
+                                _ = &mut stopped => break,
+                                () = tokio::time::sleep(pause) => {}
+                            }
+                        }
+                    }
+                },
+            }
+        }
+        drop(listener);
+        let _ = shutdown.send(true);
+        while connections.join_next().await.is_some() {}
+        Ok(())
+    }
+}
+
+/// Serves one connection until it ends, then lingers if it ended with an unread request body;
+/// its place under the connection cap is held until then.
+async fn serve_connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    app: Router,
+    timeouts: Timeouts,
+    _place: OwnedSemaphorePermit,
+    mut shutting_down: watch::Receiver<bool>,
+) {
+    // Nagle's algorithm would hold a response's second write until the caller acknowledges
+    // the first.
+    if let Err(error) = stream.set_nodelay(true) {
+        tracing::debug!(error = %error, "cannot set TCP_NODELAY on a caller's connection");
+    }
+    let state = Arc::new(ConnState::default());
+    let io = ConnIo::new(stream, Arc::clone(&state), timeouts);
+    let service = ConnService {
+        app,
+        peer,
+        state: Arc::clone(&state),
+        body_read_timeout: timeouts.body_read,
+    };
+    {
+        let connection = builder.serve_connection(TokioIo::new(io), service);
+        tokio::pin!(connection);
+        let mut draining = false;
+        loop {
+            tokio::select! {
+                result = connection.as_mut() => {
+                    if let Err(error) = result {
+                        tracing::debug!(error = %error, peer = %peer, "connection ended with an error");
+                    }
+                    break;
+                }
+                _ = shutting_down.wait_for(|stop| *stop), if !draining => {
+                    draining = true;
+                    connection.as_mut().graceful_shutdown();
+                }
+            }
+        }
+        // The connection is dropped here, and the socket with it, which comes back through
+        // `state` if it must linger.
+    }
+    if let Some(stream) = state.take_linger() {
+        linger(stream, timeouts.linger).await;
+    }
+}
+
+/// The answer a connection past the cap gets before it is closed.
+fn shed_answer() -> Vec<u8> {
+    let body = ErrorBody::new(
+        "The gateway has as many connections open as it serves; retry shortly.",
+        "server_error",
+    )
+    .with_code("overloaded")
+    .to_bytes();
+    let mut answer = format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n\
+         retry-after: 1\r\nconnection: close\r\ncontent-length: {}\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    answer.extend_from_slice(&body);
+    answer
+}
+
+/// Logs sheds at most once per [`ShedLog::EVERY`], with how many there were: a flood of
+/// connections must not become a flood of log lines.
+#[derive(Debug, Default)]
+struct ShedLog {
+    count: u64,
+    logged: Option<Instant>,
+}
+
+impl ShedLog {
+    const EVERY: Duration = Duration::from_secs(10);
+
+    fn shed(&mut self, cap: usize) {
+        self.count += 1;
+        if self.logged.is_none_or(|at| at.elapsed() >= Self::EVERY) {
+            tracing::warn!(
+                shed = self.count,
+                max_connections = cap,
+                "connection limit reached: new connections are answered 503 and closed"
+            );
+            self.count = 0;
+            self.logged = Some(Instant::now());
+        }
+    }
+}
+
+/// How the accept loop meets a failing `accept`: out of file descriptors (`EMFILE`), out of
+/// memory, and the like. Retrying at once would spin and log in a loop; so it waits, from
+/// [`FIRST_PAUSE`](Self::FIRST_PAUSE) doubling up to [`MAX_PAUSE`](Self::MAX_PAUSE), logs the
+/// first error of a run and, once an accept succeeds again, how many there were.
+#[derive(Debug, Default)]
+struct AcceptErrors {
+    run: u64,
+    pause: Duration,
+}
+
+impl AcceptErrors {
+    const FIRST_PAUSE: Duration = Duration::from_millis(5);
+    const MAX_PAUSE: Duration = Duration::from_secs(1);
+
+    /// The pause before the next accept, or `None` for an error that concerns one connection
+    /// only (it went away before it was accepted).
+    fn failed(&mut self, error: &io::Error) -> Option<Duration> {
+        if matches!(
+            error.kind(),
+            io::ErrorKind::ConnectionAborted
+                | io::ErrorKind::ConnectionReset
+                | io::ErrorKind::ConnectionRefused
+        ) {
+            return None;
+        }
+        self.run += 1;
+        self.pause = if self.run == 1 {
+            tracing::error!(
+                error = %error,
+                "cannot accept connections; retrying with backoff (if it is `Too many open \
+                 files`, raise `ulimit -n` or lower server.max_connections)"
+            );
+            Self::FIRST_PAUSE
+        } else {
+            (self.pause * 2).min(Self::MAX_PAUSE)
+        };
+        Some(self.pause)
+    }
+
+    /// An accept succeeded: the run of errors, if any, is over.
+    fn recovered(&mut self) {
+        if self.run > 0 {
+            tracing::warn!(errors = self.run, "accepting connections again");
+            self.run = 0;
+        }
+    }
+}
+
+/// The connection cap in force: the configured one; or, left unset, the default lowered to fit
+/// the process's open-file limit less what the upstream pool and the rest of the process use,
+/// so that the cap, not `EMFILE`, is what turns connections away.
+fn connection_cap(config: &Config) -> usize {
+    let cap = config.max_connections();
+    let Some(limit) = open_file_limit() else {
+        return cap;
+    };
+    let max_in_flight = config
+        .settings
+        .pool
+        .max_in_flight
+        .unwrap_or(holysheep::pool_limit::PoolLimitLayer::DEFAULT_TOTAL);
+    // Upstream connections, Redis, the listener, logs, the mock in demo mode.
+    let reserve = u64::try_from(max_in_flight)
+        .unwrap_or(u64::MAX)
+        .saturating_add(64);
+    let fits = usize::try_from(limit.saturating_sub(reserve).max(1)).unwrap_or(usize::MAX);
+    if cap <= fits {
+        return cap;
+    }
+    if config.settings.server.max_connections.is_some() {
+        tracing::warn!(
+            max_connections = cap,
+            open_file_limit = limit,
+            "server.max_connections is above what the open-file limit leaves ({fits}); past \
+             it, accepting fails instead of answering 503: raise `ulimit -n` or lower \
+             --max-connections"
+        );
+        cap
+    } else {
+        tracing::info!(
+            max_connections = fits,
+            open_file_limit = limit,
+            "connection cap lowered from its default {} to fit the open-file limit",
+            defaults::MAX_CONNECTIONS
+        );
+        fits
+    }
+}
+
+/// The soft limit on open files (`ulimit -n`), where there is one.
+#[cfg(unix)]
+fn open_file_limit() -> Option<u64> {
+    rustix::process::getrlimit(rustix::process::Resource::Nofile).current
+}
+
+#[cfg(not(unix))]
+fn open_file_limit() -> Option<u64> {
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accept_errors_back_off_and_log_once_per_run() {
+        let mut errors = AcceptErrors::default();
+        let emfile = io::Error::from_raw_os_error(24);
+        let pauses: Vec<Duration> = (0..12).filter_map(|_| errors.failed(&emfile)).collect();
+        assert_eq!(pauses[0], AcceptErrors::FIRST_PAUSE);
+        assert!(
+            pauses
+                .windows(2)
+                .all(|w| w[1] == (w[0] * 2).min(AcceptErrors::MAX_PAUSE))
+        );
+        assert_eq!(*pauses.last().unwrap(), AcceptErrors::MAX_PAUSE);
+        errors.recovered();
+        assert_eq!(errors.failed(&emfile), Some(AcceptErrors::FIRST_PAUSE));
+
+        // A caller that gave up before its connection was accepted is no reason to wait.
+        let aborted = io::Error::from(io::ErrorKind::ConnectionAborted);
+        assert_eq!(errors.failed(&aborted), None);
+    }
+
+    #[test]
+    fn the_shed_answer_is_a_complete_response() {
+        let answer = String::from_utf8(shed_answer()).unwrap();
+        let (head, body) = answer.split_once("\r\n\r\n").unwrap();
+        assert!(head.starts_with("HTTP/1.1 503 "));
+        assert!(head.contains(&format!("content-length: {}", body.len())));
+        let parsed: ErrorBody = serde_json::from_str(body).unwrap();
+        assert_eq!(parsed.error.code.as_deref(), Some("overloaded"));
     }
 }

@@ -11,15 +11,16 @@ use holysheep::cache::{
     CacheLayer, CacheStore, DefaultKeyPolicy, MemoryStore, RedisStore, TieredStore,
 };
 use holysheep::client::{self, HolySheepClient};
-use holysheep::pool_limit::PoolLimitLayer;
+use holysheep::pool_limit::{PoolLimit, PoolLimitLayer};
 use holysheep::retry::RetryLayer;
 use holysheep::semantic::{RedisFleet, SemanticCacheLayer};
 use holysheep::{Stack, StackBuilder};
 use holysheep_core::BoxError;
 use holysheep_metrics::prometheus::{self, PrometheusHandle};
 use http::Request;
-use http_body_util::Full;
-use tower::ServiceExt;
+use http_body_util::{BodyExt, Full};
+use tokio::time::Instant;
+use tower::{Layer, ServiceExt};
 
 use crate::config::{CacheSettings, Config, SemanticSettings};
 
@@ -113,6 +114,8 @@ pub(crate) async fn build(
         cache.key_policy(DefaultKeyPolicy::new().scheme(scheme))
     });
 
+    // A clone shares the pool: the readiness probe takes its slots like any call.
+    let probe_pool = pool.clone();
     let mut builder = Stack::builder()
         .client(client)
         .retry(retry)
@@ -124,9 +127,13 @@ pub(crate) async fn build(
     let stack = builder.build()?;
     Ok(Built {
         readiness: Readiness {
-            client: stack.client().clone(),
-            store: shared_store,
-            timeout: config.ready_timeout(),
+            inner: Arc::new(Probes {
+                upstream: probe_pool.layer(stack.client().clone()),
+                store: shared_store,
+                timeout: config.ready_timeout(),
+                interval: config.ready_cache(),
+                last: tokio::sync::Mutex::new(None),
+            }),
         },
         stack,
         render_metrics: metrics_renderer(),
@@ -237,23 +244,52 @@ fn metrics_renderer() -> Arc<dyn Fn() -> String + Send + Sync> {
     }
 }
 
-/// The probes behind `/readyz`.
+/// The probes behind `/readyz`: the upstream, called through the pool limit like any call (so
+/// probes count against its caps and wait their turn), and the shared cache store when Redis is
+/// configured, each within the readiness timeout.
+///
+/// One probe runs per interval whatever the request rate: callers within the interval share
+/// the last answer, and callers arriving while a probe runs wait for it. Why a probe failed is
+/// logged, never answered: the route is open to anyone who can reach it.
 #[derive(Clone)]
 pub(crate) struct Readiness {
-    client: HolySheepClient,
+    inner: Arc<Probes>,
+}
+
+struct Probes {
+    upstream: PoolLimit<HolySheepClient>,
     store: Option<Arc<dyn CacheStore>>,
     timeout: Duration,
+    interval: Duration,
+    /// When the last probe ended, and whether everything answered.
+    last: tokio::sync::Mutex<Option<(Instant, bool)>>,
 }
 
 impl Readiness {
-    /// `Ok` when the upstream answers at all (any status: a 401 still proves it is reachable)
-    /// and, with Redis configured, the store answers a ping, each within the bound; otherwise
-    /// why not.
-    pub(crate) async fn check(&self) -> Result<(), String> {
-        let (upstream, store) = tokio::join!(self.check_upstream(), self.check_store());
-        upstream.and(store)
+    /// Whether the upstream answers at all (any status: a 401 still proves it is reachable)
+    /// and, with Redis configured, the store answers a ping; from the last probe while it is
+    /// fresh.
+    pub(crate) async fn check(&self) -> bool {
+        let probes = &self.inner;
+        // Held across the probe: whoever comes meanwhile waits for its answer.
+        let mut last = probes.last.lock().await;
+        if let Some((at, ready)) = *last
+            && at.elapsed() < probes.interval
+        {
+            return ready;
+        }
+        let (upstream, store) = tokio::join!(probes.check_upstream(), probes.check_store());
+        let mut ready = true;
+        for failure in [upstream, store].into_iter().filter_map(Result::err) {
+            tracing::warn!(reason = %failure, "not ready");
+            ready = false;
+        }
+        *last = Some((Instant::now(), ready));
+        ready
     }
+}
 
+impl Probes {
     async fn check_store(&self) -> Result<(), String> {
         let Some(store) = &self.store else {
             return Ok(());
@@ -273,8 +309,14 @@ impl Readiness {
         let request = Request::get("/models")
             .body(Full::new(Bytes::new()))
             .map_err(|e| e.to_string())?;
-        match tokio::time::timeout(self.timeout, self.client.clone().oneshot(request)).await {
-            Ok(Ok(_)) => Ok(()),
+        let call = async {
+            let response = self.upstream.clone().oneshot(request).await?;
+            // Read to the end, so the connection goes back to the pool (and the slot with it).
+            response.into_body().collect().await?;
+            Ok::<_, BoxError>(())
+        };
+        match tokio::time::timeout(self.timeout, call).await {
+            Ok(Ok(())) => Ok(()),
             Ok(Err(error)) => Err(format!("upstream: {error}")),
             Err(_) => Err(format!(
                 "upstream did not answer within {} ms",

@@ -112,6 +112,23 @@ fn bad_values_stop_the_start_and_say_which() {
             vec![],
             "HOLYSHEEP_GATEWAY_KEYS",
         ),
+        // Out of range, not only zero: a year-long queue wait, a zero backoff, a TTL of
+        // thirty thousand years.
+        (
+            vec!["--check-config", "--pool-queue-timeout-ms", "31536000000"],
+            vec![],
+            "pool.queue_timeout_ms",
+        ),
+        (
+            vec!["--check-config"],
+            vec![("HOLYSHEEP_RETRY_BASE_MS", "0")],
+            "retry.base_ms",
+        ),
+        (
+            vec!["--check-config", "--cache-ttl", "999999999999"],
+            vec![],
+            "cache.ttl_secs",
+        ),
     ] {
         let out = gateway(&args, &env);
         assert_eq!(out.status.code(), Some(2), "{args:?} {env:?}");

@@ -9,7 +9,7 @@ use http::{Request, Response};
 use http_body::Body;
 use pin_project_lite::pin_project;
 use tokio::sync::{AcquireError, OwnedSemaphorePermit, Semaphore};
-use tokio::time::Sleep;
+use tokio::time::{Instant, Sleep};
 use tokio_util::sync::ReusableBoxFuture;
 use tower::{BoxError, Service};
 
@@ -131,8 +131,12 @@ where
 
 /// A call that did not get its slots at once: it waits in the queue, bounded in depth and
 /// time, then polls its own clone of the inner service ready and calls it.
+///
+/// The time bound is one queue timeout for the whole wait: the host slot and the total slot
+/// here, and the readiness wait that came before, when there was one (its `deadline`).
 pub(crate) struct Waiting<S, B> {
     shared: Arc<Shared>,
+    deadline: Option<Instant>,
     service: S,
     request: Option<Request<B>>,
     host_sem: Option<Arc<Semaphore>>,
@@ -164,9 +168,11 @@ where
         host_sem: Option<Arc<Semaphore>>,
         host: Option<OwnedSemaphorePermit>,
         total: Option<OwnedSemaphorePermit>,
+        deadline: Option<Instant>,
     ) -> Self {
         Self {
             shared,
+            deadline,
             service,
             request: Some(request),
             host_sem,
@@ -241,7 +247,10 @@ where
                 let Some(slot) = self.shared.enter_queue() else {
                     return Poll::Ready(Err(self.shared.shed(true)));
                 };
-                let timer = Box::pin(tokio::time::sleep(self.shared.config.queue_timeout));
+                let deadline = self
+                    .deadline
+                    .unwrap_or_else(|| Instant::now() + self.shared.config.queue_timeout);
+                let timer = Box::pin(tokio::time::sleep_until(deadline));
                 self.queue = Some((slot, timer));
             }
             self.acquire = Some(ReusableBoxFuture::new(sem.acquire_owned()));

@@ -116,8 +116,9 @@ impl PoolLimitLayer {
         (self.config.total.max(1), self.config.per_host.max(1))
     }
 
-    /// How long a request may wait for a slot before it is shed (default 5 s). Zero sheds at
-    /// once whenever the pool is full.
+    /// How long a request may wait for a slot before it is shed (default 5 s): one bound for
+    /// its whole wait, for the total and the host slot, in `poll_ready` and in the call. Zero
+    /// sheds at once whenever the pool is full.
     pub fn queue_timeout(self, timeout: Duration) -> Self {
         self.with(|c| c.queue_timeout = timeout)
     }

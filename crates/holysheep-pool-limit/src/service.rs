@@ -5,7 +5,7 @@ use std::task::{Context, Poll};
 use http::{Request, Response};
 use http_body::Body;
 use tokio::sync::OwnedSemaphorePermit;
-use tokio::time::Sleep;
+use tokio::time::{Instant, Sleep};
 use tokio_util::sync::ReusableBoxFuture;
 use tower::{BoxError, Service};
 
@@ -23,7 +23,8 @@ use crate::state::{Permits, PoolLimitHandle, QueueSlot, Shared};
 /// queue depth and ends after the queue timeout, after which the service reports ready and
 /// the next `call` is shed at once with [`Overloaded`](crate::Overloaded) (an error from
 /// `poll_ready` would mean, in tower, that the service is broken for good). The host slot is
-/// taken in the call, as the host is only known then.
+/// taken in the call, as the host is only known then; a call that waits for it after waiting
+/// in `poll_ready` waits only what is left of the same queue timeout.
 ///
 /// A `call` without a slot from `poll_ready` (as frameworks that skip readiness make) takes
 /// free slots at once or queues inside the response future under the same bounds, then polls
@@ -40,7 +41,8 @@ enum Ready {
     #[default]
     Idle,
     Waiting(Box<ReadyWait>),
-    Permit(OwnedSemaphorePermit),
+    /// A total slot; with the deadline of the queue wait that got it, when it had to wait.
+    Permit(OwnedSemaphorePermit, Option<Instant>),
     Shed {
         queue_full: bool,
     },
@@ -48,6 +50,8 @@ enum Ready {
 
 struct ReadyWait {
     acquire: Acquire,
+    /// When the wait ends; a host wait in the call that follows ends then too.
+    deadline: Instant,
     timer: Pin<Box<Sleep>>,
     _slot: QueueSlot,
 }
@@ -124,21 +128,23 @@ where
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         loop {
             match &mut self.ready {
-                Ready::Permit(_) => return self.inner.poll_ready(cx).map_err(Into::into),
+                Ready::Permit(..) => return self.inner.poll_ready(cx).map_err(Into::into),
                 Ready::Shed { .. } => return Poll::Ready(Ok(())),
                 Ready::Idle => match self.shared.try_acquire_total() {
-                    Some(permit) => self.ready = Ready::Permit(permit),
+                    Some(permit) => self.ready = Ready::Permit(permit, None),
                     None => {
                         self.ready = match self.shared.enter_queue() {
-                            Some(slot) => Ready::Waiting(Box::new(ReadyWait {
-                                acquire: ReusableBoxFuture::new(
-                                    Arc::clone(&self.shared.total).acquire_owned(),
-                                ),
-                                timer: Box::pin(tokio::time::sleep(
-                                    self.shared.config.queue_timeout,
-                                )),
-                                _slot: slot,
-                            })),
+                            Some(slot) => {
+                                let deadline = Instant::now() + self.shared.config.queue_timeout;
+                                Ready::Waiting(Box::new(ReadyWait {
+                                    acquire: ReusableBoxFuture::new(
+                                        Arc::clone(&self.shared.total).acquire_owned(),
+                                    ),
+                                    deadline,
+                                    timer: Box::pin(tokio::time::sleep_until(deadline)),
+                                    _slot: slot,
+                                }))
+                            }
                             None => Ready::Shed { queue_full: true },
                         }
                     }
@@ -147,7 +153,9 @@ where
                     if let Poll::Ready(acquired) = wait.acquire.poll(cx) {
                         match acquired {
                             Ok(permit) => match self.shared.admit(permit) {
-                                Some(permit) => self.ready = Ready::Permit(permit),
+                                Some(permit) => {
+                                    self.ready = Ready::Permit(permit, Some(wait.deadline));
+                                }
                                 // It paid a shrink's debt instead: wait on.
                                 None => wait
                                     .acquire
@@ -169,18 +177,18 @@ where
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
         let (req, host_sem) = self.shared.host_bucket(req);
-        let total = match std::mem::take(&mut self.ready) {
+        let (total, deadline) = match std::mem::take(&mut self.ready) {
             Ready::Shed { queue_full } => {
                 return ResponseFuture::shed(self.shared.shed(queue_full));
             }
-            Ready::Permit(total) => Some(total),
+            Ready::Permit(total, deadline) => (Some(total), deadline),
             // Called without readiness: take free slots now, or queue in the future below.
-            Ready::Idle | Ready::Waiting(_) => None,
+            Ready::Idle | Ready::Waiting(_) => (None, None),
         };
         let host = match &host_sem {
             Some(sem) => match Arc::clone(sem).try_acquire_owned() {
                 Ok(permit) => Some(permit),
-                Err(_) => return self.wait(req, host_sem, None, total),
+                Err(_) => return self.wait(req, host_sem, None, total, deadline),
             },
             None => None,
         };
@@ -188,7 +196,7 @@ where
             Some(total) => total,
             None => match self.shared.try_acquire_total() {
                 Some(permit) => permit,
-                None => return self.wait(req, host_sem, host, None),
+                None => return self.wait(req, host_sem, host, None, None),
             },
         };
         let permits = Permits::new(&self.shared, total, host);
@@ -203,6 +211,7 @@ impl<S> PoolLimit<S> {
         host_sem: Option<Arc<tokio::sync::Semaphore>>,
         host: Option<OwnedSemaphorePermit>,
         total: Option<OwnedSemaphorePermit>,
+        deadline: Option<Instant>,
     ) -> ResponseFuture<S, B>
     where
         S: Service<Request<B>> + Clone,
@@ -217,6 +226,7 @@ impl<S> PoolLimit<S> {
             host_sem,
             host,
             total,
+            deadline,
         ))
     }
 }

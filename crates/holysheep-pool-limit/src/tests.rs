@@ -230,6 +230,40 @@ async fn queue_timeout_and_depth_shed() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn readiness_and_host_waits_share_one_queue_timeout() {
+    // Two caps to wait for: the total one in `poll_ready`, the host one in `call`. The wait for
+    // both together is bounded by one queue timeout, not one each.
+    let layer = PoolLimitLayer::new(2, 1).queue_timeout(Duration::from_secs(2));
+    let handle = layer.handle();
+    let mut svc = layer.layer(upstream());
+    let host_a = svc.clone().oneshot(to("a")).await.unwrap();
+    let host_b = svc.clone().oneshot(to("b")).await.unwrap();
+    assert_eq!(handle.in_flight(), 2);
+
+    let start = Instant::now();
+    let release_b = async {
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        drop(host_b);
+    };
+    let (ready, ()) = tokio::join!(svc.ready(), release_b);
+    ready.unwrap();
+    assert_eq!(
+        start.elapsed(),
+        Duration::from_millis(1500),
+        "waited for the total slot"
+    );
+
+    // Host "a" is still busy: the call waits only what is left of the timeout.
+    let err = svc.call(to("a")).await.unwrap_err();
+    assert!(!shed_of(&err).is_queue_full());
+    assert_eq!(start.elapsed(), Duration::from_secs(2));
+    assert_eq!(handle.in_flight(), 1);
+    assert_eq!(handle.queued(), 0);
+    drop(host_a);
+    assert_eq!(handle.in_flight(), 0);
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_zero_queue_timeout_sheds_without_waiting() {
     let mut svc = PoolLimitLayer::new(1, 1)
         .queue_timeout(Duration::ZERO)
