@@ -1,6 +1,6 @@
 //! Shared ground for the HolySheep tower layers: OpenAI-compatible wire types, an incremental
 //! Server-Sent-Events parser, the error vocabulary of the layers and its OpenAI-style HTTP
-//! answers, a model price table, and the small extension types the layers leave on requests and
+//! answers, token usage and a model price table (loadable from a price file), and the small extension types the layers leave on requests and
 //! responses for each other.
 //!
 //! Nothing here is a layer; each layer lives in its own crate (`holysheep-cache`,
@@ -50,6 +50,7 @@ pub mod error;
 pub mod price;
 pub mod signal;
 pub mod sse;
+pub mod usage;
 
 /// The boxed error type the layers use where they add failures of their own.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;

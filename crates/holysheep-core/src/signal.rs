@@ -2,8 +2,8 @@
 //!
 //! The layers do not depend on one another; they meet here. The gateway (or your app) puts
 //! [`RequestModel`] and [`Namespace`] on requests; `CacheLayer` puts [`CacheOutcome`] (and a copy
-//! of [`RequestModel`]) on responses; `RetryLayer` puts [`Attempts`] on responses; `MetricsLayer`
-//! reads them all.
+//! of [`RequestModel`]) on responses; `RetryLayer` puts [`Attempts`] on responses; a semantic
+//! cache puts [`SemanticHit`] beside `CacheOutcome::Hit`; `MetricsLayer` reads them all.
 
 use std::sync::Arc;
 
@@ -41,6 +41,27 @@ impl std::fmt::Display for CacheOutcome {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.as_str())
     }
+}
+
+/// A cache hit found by meaning rather than by exact key: a response extension a semantic cache
+/// sets **together with** [`CacheOutcome::Hit`], with how similar the stored question was.
+///
+/// `CacheOutcome` stays the coarse answer every layer already matches on (a semantic hit is a
+/// hit: nothing went upstream); this extension says which kind of hit, so `MetricsLayer` counts
+/// its saving as `via="semantic"` instead of `via="exact"` and records the similarity on the
+/// request's span.
+///
+/// ```
+/// use holysheep_core::signal::{CacheOutcome, SemanticHit};
+///
+/// let mut response = http::Response::new(());
+/// response.extensions_mut().insert(CacheOutcome::Hit);
+/// response.extensions_mut().insert(SemanticHit { similarity: 0.97 });
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SemanticHit {
+    /// Cosine similarity of the request to the stored question it was answered for (0 to 1).
+    pub similarity: f32,
 }
 
 /// How many upstream attempts a response took (1 = the first try answered). A response extension

@@ -152,6 +152,7 @@
 //! [`CacheOutcome`]: holysheep_core::signal::CacheOutcome
 //! [`Attempts`]: holysheep_core::signal::Attempts
 
+mod attempt;
 mod body;
 mod classify;
 mod future;
@@ -161,11 +162,13 @@ pub mod names;
 pub mod prometheus;
 mod record;
 mod service;
+pub mod span;
 mod usage;
 
 #[cfg(test)]
 mod tests;
 
+pub use attempt::{AttemptBody, AttemptFuture, AttemptTrace, AttemptTraceLayer};
 pub use body::RecordingBody;
 pub use classify::{ClassifyError, DefaultClassifyError, ErrorClass};
 pub use future::ResponseFuture;
