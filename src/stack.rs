@@ -8,17 +8,28 @@ use tower::{Layer, Service};
 
 use crate::cache::{Cache, CacheLayer, MemoryStore};
 use crate::client::{self, HolySheepClient};
-use crate::metrics::{Metrics, MetricsLayer};
+use crate::metrics::{AttemptTrace, AttemptTraceLayer, Metrics, MetricsLayer};
 use crate::pool_limit::{PoolLimit, PoolLimitHandle, PoolLimitLayer};
 use crate::retry::{Retry, RetryLayer};
+use crate::usage::{IncludeUsage, IncludeUsageLayer};
 
-type Inner = Metrics<Cache<Retry<PoolLimit<HolySheepClient>>>>;
+type Inner = IncludeUsage<Metrics<Cache<Retry<AttemptTrace<PoolLimit<HolySheepClient>>>>>>;
 
 /// The recommended stack, outermost first:
-/// `MetricsLayer → CacheLayer → RetryLayer → PoolLimitLayer → HolySheepClient`.
 ///
-/// Metrics see every request, hits too; a hit costs nothing below the cache; a retried miss
-/// fills the cache once; each attempt takes its own pool slot and a backoff sleep holds none.
+/// ```text
+/// IncludeUsageLayer → MetricsLayer → CacheLayer → RetryLayer → AttemptTraceLayer → PoolLimitLayer → HolySheepClient
+/// ```
+///
+/// - `IncludeUsageLayer` is outermost so that every layer below sees a streamed answer's usage
+///   (it asks the upstream for it) while a client that did not ask never sees it (it takes the
+///   usage chunk out again on the way back). Counting layers need no code for streams, and the
+///   cache stores every stream with its usage and serves askers and non-askers from one entry.
+/// - `MetricsLayer` sees every request, hits too, and opens the request's span.
+/// - A hit costs nothing below the cache; a retried miss fills the cache once.
+/// - `AttemptTraceLayer` opens one child span per upstream attempt, below the retries; above
+///   the pool limit, so the span shows the wait for a slot.
+/// - Each attempt takes its own pool slot and a backoff sleep holds none.
 ///
 /// Build it with [`Stack::builder`]. The builder wires the settings that span layers, so no
 /// composition has to repeat them:
@@ -26,7 +37,9 @@ type Inner = Metrics<Cache<Retry<PoolLimit<HolySheepClient>>>>;
 ///   upstreams never share answers;
 /// - the client keeps as many idle connections per host as the pool limit lets run per host;
 /// - the metrics count the pool limit's sheds as `holysheep_shed_total` (the error vocabulary
-///   of `holysheep-core` is shared by every layer, so nothing needs registering).
+///   of `holysheep-core` is shared by every layer, so nothing needs registering);
+/// - the request and attempt spans name the client's host and port as `server.address` and
+///   `server.port`.
 ///
 /// Each layer still works alone: [`Stack`] is only the composition the gateway, the examples,
 /// the load harness and the benches share. It is a `tower::Service` over `http::Request<B>` for
@@ -121,6 +134,7 @@ pub struct StackBuilder {
     retry: RetryLayer,
     pool_limit: PoolLimitLayer,
     metrics: MetricsLayer,
+    usage: IncludeUsageLayer,
 }
 
 impl Default for StackBuilder {
@@ -142,6 +156,7 @@ impl StackBuilder {
             retry: RetryLayer::new(),
             pool_limit: PoolLimitLayer::default(),
             metrics: MetricsLayer::new(),
+            usage: IncludeUsageLayer::new(),
         }
     }
 
@@ -178,6 +193,12 @@ impl StackBuilder {
         self
     }
 
+    /// The usage layer (default: [`IncludeUsageLayer::new`]).
+    pub fn include_usage(mut self, usage: IncludeUsageLayer) -> Self {
+        self.usage = usage;
+        self
+    }
+
     /// Builds the client and wraps it in the layers. Fails only if the client's configuration
     /// is invalid (a bad base URL or key).
     pub fn build(self) -> Result<Stack, client::Error> {
@@ -190,9 +211,25 @@ impl StackBuilder {
             .unwrap_or_else(|| CacheLayer::new(MemoryStore::new(Self::DEFAULT_MEMORY_CACHE_BYTES)))
             .upstream(client.base_url().to_string());
         let pool = self.pool_limit.handle();
-        let inner = self
-            .metrics
-            .layer(cache.layer(self.retry.layer(self.pool_limit.layer(client.clone()))));
+        let base = client.base_url();
+        let (host, port) = (
+            base.host().unwrap_or_default().to_owned(),
+            base.port_u16().or(match base.scheme_str() {
+                Some("https") => Some(443),
+                Some("http") => Some(80),
+                _ => None,
+            }),
+        );
+        let attempts = AttemptTraceLayer::new().server(host.as_str(), port);
+        let metrics = self.metrics.server(host, port);
+        let inner = self.usage.layer(
+            metrics.layer(
+                cache.layer(
+                    self.retry
+                        .layer(attempts.layer(self.pool_limit.layer(client.clone()))),
+                ),
+            ),
+        );
         Ok(Stack {
             inner,
             client,
