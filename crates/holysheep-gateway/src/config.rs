@@ -35,6 +35,8 @@ pub mod defaults {
     pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
     /// How long `/readyz` waits for the upstream (and Redis): 2 s.
     pub const READY_TIMEOUT: Duration = Duration::from_secs(2);
+    /// Whether spans are exported over OTLP: no.
+    pub const OTLP: bool = false;
 }
 
 /// The environment variable holding the upstream key.
@@ -183,6 +185,36 @@ section! {
     }
 }
 
+section! {
+    /// `[metrics]`: what the metrics count and price.
+    pub struct MetricsSettings {
+        /// Price files laid over HolySheep's published prices, later ones winning: TOML, or
+        /// JSON in this project's shape or LiteLLM's model_prices_and_context_window.json;
+        /// repeat it or give a comma list [default: none]
+        #[arg(long = "price-file", env = "HOLYSHEEP_PRICE_FILES", value_name = "FILE", value_delimiter = ',')]
+        price_files: Vec<PathBuf>,
+        /// Also emit the OpenTelemetry GenAI metric names (gen_ai.client.token.usage, …) at
+        /// /metrics [default: false]
+        #[arg(long = "genai-metrics", env = "HOLYSHEEP_GENAI_METRICS", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+        genai_metrics: bool,
+        /// Distinct tenants with a label of their own on the cost metrics; more count as
+        /// "other" [default: 64]
+        #[arg(long = "metrics-max-tenants", env = "HOLYSHEEP_METRICS_MAX_TENANTS", value_name = "N")]
+        max_tenants: usize,
+    }
+}
+
+section! {
+    /// `[tracing]`: spans and their export.
+    pub struct TracingSettings {
+        /// Export spans over OTLP, configured by the standard OTEL_* environment variables
+        /// (OTEL_EXPORTER_OTLP_ENDPOINT, OTEL_SERVICE_NAME, …); needs the `otlp` cargo feature
+        /// [default: false]
+        #[arg(long = "otlp", env = "HOLYSHEEP_OTLP", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+        otlp: bool,
+    }
+}
+
 /// Every setting, by TOML section. Flags and environment variables fill the same structure.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize, Args)]
 #[serde(deny_unknown_fields)]
@@ -207,6 +239,14 @@ pub struct Settings {
     #[command(flatten, next_help_heading = "Cache")]
     #[serde(default)]
     pub cache: CacheSettings,
+    /// `[metrics]`.
+    #[command(flatten, next_help_heading = "Metrics")]
+    #[serde(default)]
+    pub metrics: MetricsSettings,
+    /// `[tracing]`.
+    #[command(flatten, next_help_heading = "Tracing")]
+    #[serde(default)]
+    pub tracing: TracingSettings,
 }
 
 impl Settings {
@@ -218,6 +258,8 @@ impl Settings {
             pool: self.pool.or(lower.pool),
             retry: self.retry.or(lower.retry),
             cache: self.cache.or(lower.cache),
+            metrics: self.metrics.or(lower.metrics),
+            tracing: self.tracing.or(lower.tracing),
         }
     }
 
@@ -251,12 +293,14 @@ impl Settings {
     /// default. Secrets are never part of the settings.
     pub fn to_toml(&self) -> String {
         let set: toml::Table = toml::Table::try_from(self).unwrap_or_default();
-        let sections: [(&str, &[&str]); 5] = [
+        let sections: [(&str, &[&str]); 7] = [
             ("server", ServerSettings::KEYS),
             ("client", ClientSettings::KEYS),
             ("pool", PoolSettings::KEYS),
             ("retry", RetrySettings::KEYS),
             ("cache", CacheSettings::KEYS),
+            ("metrics", MetricsSettings::KEYS),
+            ("tracing", TracingSettings::KEYS),
         ];
         let mut out = String::new();
         for (section, keys) in sections {
@@ -444,6 +488,11 @@ impl Config {
         self.settings.server.log_format.unwrap_or_default()
     }
 
+    /// Whether spans are exported over OTLP.
+    pub fn otlp(&self) -> bool {
+        self.settings.tracing.otlp.unwrap_or(defaults::OTLP)
+    }
+
     /// Redis URLs: none = in-memory only, one = a node, more = a Redis Cluster.
     pub fn redis_urls(&self) -> Vec<String> {
         self.settings
@@ -479,6 +528,7 @@ impl Config {
             ("cache.max_entry_bytes", zero_usize(s.cache.max_entry_bytes)),
             ("cache.memory_max_bytes", zero(s.cache.memory_max_bytes)),
             ("cache.redis_timeout_ms", zero(s.cache.redis_timeout_ms)),
+            ("metrics.max_tenants", zero_usize(s.metrics.max_tenants)),
         ];
         if let Some((name, _)) = must_be_positive.iter().find(|(_, zero)| *zero) {
             return Err(ConfigError(format!(
@@ -506,6 +556,13 @@ impl Config {
             return Err(ConfigError(
                 "client.base_url (--upstream, HOLYSHEEP_BASE_URL) must start with http:// or \
                  https://"
+                    .into(),
+            ));
+        }
+        if s.tracing.otlp == Some(true) && !cfg!(feature = "otlp") {
+            return Err(ConfigError(
+                "tracing.otlp (--otlp, HOLYSHEEP_OTLP) needs a gateway built with the `otlp` \
+                 cargo feature"
                     .into(),
             ));
         }
@@ -563,6 +620,10 @@ pub fn default_of(key: &str) -> Option<String> {
         "cache.redis" => "none".to_owned(),
         "cache.redis_timeout_ms" => millis(RedisStore::DEFAULT_TIMEOUT),
         "cache.key_scheme" => Scheme::default().to_string(),
+        "metrics.price_files" => "none".to_owned(),
+        "metrics.genai_metrics" => holysheep::metrics::MetricsLayer::DEFAULT_GENAI_METRICS.to_string(),
+        "metrics.max_tenants" => holysheep::metrics::MetricsLayer::DEFAULT_MAX_TENANTS.to_string(),
+        "tracing.otlp" => defaults::OTLP.to_string(),
         _ => return None,
     })
 }

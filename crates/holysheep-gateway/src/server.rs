@@ -97,7 +97,7 @@ impl Gateway {
             readiness: built.readiness,
             render_metrics: built.render_metrics,
         };
-        let app = router(state, Auth::new(&config.gateway_keys));
+        let app = crate::telemetry::traced(router(state, Auth::new(&config.gateway_keys)));
 
         // axum leaves Nagle's algorithm on: a response whose head and body go out in two
         // writes would wait for the caller's ACK of the first before sending the second.

@@ -11,16 +11,18 @@ use holysheep::cache::{
     CacheLayer, CacheStore, DefaultKeyPolicy, MemoryStore, RedisStore, TieredStore,
 };
 use holysheep::client::{self, HolySheepClient};
+use holysheep::metrics::MetricsLayer;
 use holysheep::pool_limit::PoolLimitLayer;
 use holysheep::retry::RetryLayer;
 use holysheep::{Stack, StackBuilder};
 use holysheep_core::BoxError;
+use holysheep_core::price::PriceTable;
 use holysheep_metrics::prometheus::{self, PrometheusHandle};
 use http::Request;
 use http_body_util::Full;
 use tower::ServiceExt;
 
-use crate::config::{CacheSettings, Config};
+use crate::config::{CacheSettings, Config, MetricsSettings};
 
 /// What the routes send through the stack: a buffered JSON body, cloneable for retries.
 pub(crate) type UpstreamRequest = Request<Full<Bytes>>;
@@ -117,6 +119,7 @@ pub(crate) async fn build(
         .retry(retry)
         .pool_limit(pool)
         .cache(cache)
+        .metrics(metrics_layer(&s.metrics)?)
         .build()?;
     Ok(Built {
         readiness: Readiness {
@@ -127,6 +130,21 @@ pub(crate) async fn build(
         stack,
         render_metrics: metrics_renderer(),
     })
+}
+
+/// The metrics layer: HolySheep's published prices with the price files laid over them, in
+/// order, and the metric settings that are set.
+fn metrics_layer(settings: &MetricsSettings) -> Result<MetricsLayer, BoxError> {
+    let mut prices = PriceTable::default();
+    for file in settings.price_files.as_deref().unwrap_or_default() {
+        let table = PriceTable::load(file)?;
+        tracing::info!(file = %file.display(), models = table.len(), "price file loaded");
+        prices = prices.merge(table);
+    }
+    let mut metrics = MetricsLayer::new().price_table(prices);
+    metrics = set(metrics, settings.genai_metrics, MetricsLayer::genai_metrics);
+    metrics = set(metrics, settings.max_tenants, MetricsLayer::max_tenants);
+    Ok(metrics)
 }
 
 /// The cache store: in-process memory alone, or memory in front of Redis (one node, or a

@@ -39,6 +39,8 @@ impl MetricsLayer {
     pub const DEFAULT_MAX_BODY_CAPTURE: usize = 1024 * 1024;
     /// Default bound on distinct `tenant` label values.
     pub const DEFAULT_MAX_TENANTS: usize = 64;
+    /// Whether the OpenTelemetry GenAI metric names are emitted by default: no.
+    pub const DEFAULT_GENAI_METRICS: bool = false;
 
     /// A layer with HolySheep's published prices ([`PriceTable::default`]), 64 extra model
     /// names, 64 tenant names, 1 MiB of JSON capture, [`DefaultClassifyError`], and no
@@ -51,7 +53,7 @@ impl MetricsLayer {
                 max_tenants: Self::DEFAULT_MAX_TENANTS,
                 max_capture: Self::DEFAULT_MAX_BODY_CAPTURE,
                 classifier: Arc::new(DefaultClassifyError::new()),
-                genai_metrics: false,
+                genai_metrics: Self::DEFAULT_GENAI_METRICS,
                 server: None,
             },
             shared: Arc::default(),

@@ -5,9 +5,9 @@ use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
 use bytes::{Buf, Bytes};
-use http::header::CONTENT_TYPE;
+use http::header::{CONTENT_LENGTH, CONTENT_TYPE};
 use http::request::Parts;
-use http::{Method, Request, Response, StatusCode};
+use http::{HeaderValue, Method, Request, Response, StatusCode};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
 use http_body_util::Full;
@@ -186,7 +186,7 @@ where
             match this.state.as_mut().project() {
                 StateProj::Reading { body, parts, inner } => {
                     let bytes = ready!(body.poll(cx)).map_err(Into::into)?.to_bytes();
-                    let (Some(parts), Some(mut inner)) = (parts.take(), inner.take()) else {
+                    let (Some(mut parts), Some(mut inner)) = (parts.take(), inner.take()) else {
                         return Poll::Ready(Err("IncludeUsage polled after it answered".into()));
                     };
                     let (bytes, asked) =
@@ -195,6 +195,12 @@ where
                         } else {
                             (bytes, Asked::NotStreamed)
                         };
+                    // The body grew: a length the caller declared would cut it short.
+                    if asked == Asked::ByLayer && parts.headers.contains_key(CONTENT_LENGTH) {
+                        parts
+                            .headers
+                            .insert(CONTENT_LENGTH, HeaderValue::from(bytes.len()));
+                    }
                     let future = inner.call(Request::from_parts(parts, Full::new(bytes)));
                     this.state.set(State::Calling { future, asked });
                 }

@@ -131,6 +131,22 @@ async fn other_requests_and_answers_pass_untouched() {
 }
 
 #[tokio::test]
+async fn a_declared_content_length_follows_the_edit() {
+    let svc = IncludeUsageLayer::new().layer(service_fn(|req: Request<Full<Bytes>>| async move {
+        let declared = req.headers()["content-length"].to_str().unwrap().parse::<usize>().unwrap();
+        let body = req.into_body().collect().await?.to_bytes();
+        assert_eq!(declared, body.len());
+        Ok::<_, BoxError>(Response::new(Full::new(Bytes::new())))
+    }));
+    let body = r#"{"model":"m","stream":true}"#;
+    let req = Request::post("/v1/chat/completions")
+        .header("content-length", body.len())
+        .body(Full::new(Bytes::from(body)))
+        .unwrap();
+    svc.oneshot(req).await.unwrap();
+}
+
+#[tokio::test]
 async fn a_failing_request_body_is_an_error() {
     let seen = Seen::default();
     let svc = IncludeUsageLayer::new().layer(upstream(seen.clone(), StatusCode::OK));
