@@ -3,8 +3,8 @@
 use std::process::ExitCode;
 
 use crate::config::{Cli, Config};
-use crate::telemetry;
 use crate::server::Gateway;
+use crate::telemetry;
 
 /// Runs the gateway from the process's command line and environment until SIGINT or SIGTERM;
 /// what the `holysheep-gateway` binary and `examples/gateway` call.

@@ -621,7 +621,9 @@ pub fn default_of(key: &str) -> Option<String> {
         "cache.redis_timeout_ms" => millis(RedisStore::DEFAULT_TIMEOUT),
         "cache.key_scheme" => Scheme::default().to_string(),
         "metrics.price_files" => "none".to_owned(),
-        "metrics.genai_metrics" => holysheep::metrics::MetricsLayer::DEFAULT_GENAI_METRICS.to_string(),
+        "metrics.genai_metrics" => {
+            holysheep::metrics::MetricsLayer::DEFAULT_GENAI_METRICS.to_string()
+        }
         "metrics.max_tenants" => holysheep::metrics::MetricsLayer::DEFAULT_MAX_TENANTS.to_string(),
         "tracing.otlp" => defaults::OTLP.to_string(),
         _ => return None,

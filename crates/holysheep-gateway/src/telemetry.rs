@@ -150,8 +150,8 @@ mod otlp {
     use opentelemetry_sdk::Resource;
     use opentelemetry_sdk::trace::SdkTracerProvider;
     use tracing_subscriber::layer::SubscriberExt;
-    use tracing_subscriber::{EnvFilter, Layer as _};
     use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::{EnvFilter, Layer as _};
 
     use super::TelemetryGuard;
     use crate::config::LogFormat;

@@ -82,7 +82,10 @@ async fn spans_reach_an_otlp_collector_with_their_genai_attributes() {
     let mut child = Command::new(env!("CARGO_BIN_EXE_holysheep-gateway"))
         .args(["--demo", "--otlp", "--listen", "127.0.0.1:0"])
         .env_clear()
-        .env("OTEL_EXPORTER_OTLP_ENDPOINT", format!("http://{collector_addr}"))
+        .env(
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+            format!("http://{collector_addr}"),
+        )
         .env("OTEL_SERVICE_NAME", "gateway-under-test")
         .env("OTEL_BSP_SCHEDULE_DELAY", "50")
         .env("RUST_LOG", "info")
@@ -109,7 +112,8 @@ async fn spans_reach_an_otlp_collector_with_their_genai_attributes() {
     let client = http_client();
     let url = format!("http://{addr}/v1/chat/completions");
     let body = json!({"model": "gpt-4.1", "stream": true,
-        "messages": [{"role": "user", "content": "trace me"}]}).to_string();
+        "messages": [{"role": "user", "content": "trace me"}]})
+    .to_string();
     let mut request = json_request(Method::POST, &url, None, body.clone());
     request
         .headers_mut()
@@ -136,7 +140,11 @@ async fn spans_reach_an_otlp_collector_with_their_genai_attributes() {
     })
     .await;
     let spans = spans.lock().unwrap().clone();
-    assert!(arrived, "spans received: {:?}", spans.iter().map(|s| &s.name).collect::<Vec<_>>());
+    assert!(
+        arrived,
+        "spans received: {:?}",
+        spans.iter().map(|s| &s.name).collect::<Vec<_>>()
+    );
     drop(gateway);
     server.abort();
 
@@ -144,7 +152,9 @@ async fn spans_reach_an_otlp_collector_with_their_genai_attributes() {
     // The first request: its server span carries the caller's id ...
     let http = spans
         .iter()
-        .find(|s| attributes(s).get("request_id").map(String::as_str) == Some("req-from-the-caller"))
+        .find(|s| {
+            attributes(s).get("request_id").map(String::as_str) == Some("req-from-the-caller")
+        })
         .expect("the server span of the first request");
     let http_attrs = attributes(http);
     assert_eq!(http.name, "POST /v1/chat/completions");
@@ -165,8 +175,14 @@ async fn spans_reach_an_otlp_collector_with_their_genai_attributes() {
     assert_eq!(a["holysheep.attempts"], "1");
     assert_eq!(a["http.response.status_code"], "200");
     // A stream nobody asked usage for still has its tokens.
-    assert!(a["gen_ai.usage.input_tokens"].parse::<u64>().unwrap() > 0, "{a:?}");
-    assert!(a["gen_ai.usage.output_tokens"].parse::<u64>().unwrap() > 0, "{a:?}");
+    assert!(
+        a["gen_ai.usage.input_tokens"].parse::<u64>().unwrap() > 0,
+        "{a:?}"
+    );
+    assert!(
+        a["gen_ai.usage.output_tokens"].parse::<u64>().unwrap() > 0,
+        "{a:?}"
+    );
     assert!(a.contains_key("holysheep.cost_usd"), "{a:?}");
     // ... and no prompt or answer text anywhere.
     for span in &spans {

@@ -42,7 +42,9 @@ async fn request_ids_round_trip_and_a_litellm_price_file_prices_the_answer() {
     for id in [None, Some("x".repeat(200)), Some("two words".to_owned())] {
         let mut request = json_request(Method::POST, &url, None, body.to_string());
         if let Some(id) = &id {
-            request.headers_mut().insert("x-request-id", id.parse().unwrap());
+            request
+                .headers_mut()
+                .insert("x-request-id", id.parse().unwrap());
         }
         let reply = send(&client, request).await;
         let got = reply.header("x-request-id").expect("an id");
@@ -52,7 +54,12 @@ async fn request_ids_round_trip_and_a_litellm_price_file_prices_the_answer() {
 
     let metrics = send(
         &client,
-        json_request(Method::GET, &format!("http://{}/metrics", gateway.addr()), None, String::new()),
+        json_request(
+            Method::GET,
+            &format!("http://{}/metrics", gateway.addr()),
+            None,
+            String::new(),
+        ),
     )
     .await
     .text();
@@ -60,9 +67,16 @@ async fn request_ids_round_trip_and_a_litellm_price_file_prices_the_answer() {
     let micro = 3 * u64::from(usage.prompt_tokens) + 9 * u64::from(usage.completion_tokens);
     let line = metrics
         .lines()
-        .find(|l| l.starts_with("holysheep_cost_microusd_total{") && l.contains("model=\"priced-by-file\""))
+        .find(|l| {
+            l.starts_with("holysheep_cost_microusd_total{")
+                && l.contains("model=\"priced-by-file\"")
+        })
         .unwrap_or_else(|| panic!("no cost for the file's model:\n{metrics}"));
-    assert_eq!(line.rsplit(' ').next(), Some(micro.to_string().as_str()), "{line}");
+    assert_eq!(
+        line.rsplit(' ').next(),
+        Some(micro.to_string().as_str()),
+        "{line}"
+    );
     gateway.shutdown().await;
 }
 

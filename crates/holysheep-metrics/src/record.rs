@@ -318,9 +318,13 @@ impl Tracker {
         let ext = request.extensions();
         let model = ext.get::<RequestModel>().map(|m| m.0.clone());
         let tenant = ext.get::<Namespace>().map(|n| n.0.clone());
-        let span = span::request(operation, shared.config.server.as_ref());
+        let span = span::request(
+            operation,
+            model.as_deref(),
+            tenant.as_deref(),
+            shared.config.server.as_ref(),
+        );
         if !span.is_disabled() {
-            span::on_request(&span, operation, model.as_deref(), tenant.as_deref());
             request.extensions_mut().insert(AttemptCounter::default());
         }
         Self {

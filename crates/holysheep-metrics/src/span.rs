@@ -6,7 +6,6 @@
 //! or the answer is ever recorded. When no subscriber wants the span, it is disabled and none of
 //! this runs.
 
-use std::fmt::Write as _;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 
@@ -35,65 +34,58 @@ pub(crate) fn operation(path: &str) -> Option<&'static str> {
     }
 }
 
-/// A new request span, child of the current one.
-pub(crate) fn request(operation: Option<&'static str>, server: Option<&Server>) -> Span {
-    let span = tracing::info_span!(
+/// A new request span, child of the current one, with what the request says about itself.
+/// Values known now are given at creation (one pass for a subscriber), `otel.name` formatted
+/// only if a subscriber records it.
+pub(crate) fn request(
+    operation: Option<&'static str>,
+    model: Option<&str>,
+    tenant: Option<&str>,
+    server: Option<&Server>,
+) -> Span {
+    let name = model.map(|model| tracing::field::display(SpanName(operation, model)));
+    tracing::info_span!(
         target: REQUEST_TARGET,
         "gen_ai",
-        otel.name = Empty,
+        otel.name = name,
         otel.kind = "client",
         otel.status_code = Empty,
         gen_ai.operation.name = operation,
-        gen_ai.request.model = Empty,
+        gen_ai.request.model = model,
         gen_ai.response.model = Empty,
         gen_ai.usage.input_tokens = Empty,
         gen_ai.usage.output_tokens = Empty,
         gen_ai.usage.cache_read.input_tokens = Empty,
         holysheep.usage.reasoning_tokens = Empty,
-        server.address = Empty,
-        server.port = Empty,
+        server.address = server.map(|s| &*s.address),
+        server.port = server.and_then(|s| s.port),
         http.response.status_code = Empty,
         error.type = Empty,
-        holysheep.tenant = Empty,
+        holysheep.tenant = tenant,
         holysheep.cache = Empty,
         holysheep.cache.via = Empty,
         holysheep.cache.similarity = Empty,
         holysheep.attempts = Empty,
         holysheep.cost_usd = Empty,
         holysheep.outcome = Empty,
-    );
-    if let Some(server) = server
-        && !span.is_disabled()
-    {
-        span.record("server.address", &*server.address);
-        if let Some(port) = server.port {
-            span.record("server.port", port);
-        }
-    }
-    span
-}
-
-/// Records what the request says about itself.
-pub(crate) fn on_request(
-    span: &Span,
-    operation: Option<&str>,
-    model: Option<&str>,
-    tenant: Option<&str>,
-) {
-    if let Some(model) = model {
-        span.record("gen_ai.request.model", model);
-        record_name(span, operation, model);
-    }
-    if let Some(tenant) = tenant {
-        span.record("holysheep.tenant", tenant);
-    }
+    )
 }
 
 /// `otel.name`: `{operation} {model}`, as the GenAI conventions name client spans.
 fn record_name(span: &Span, operation: Option<&str>, model: &str) {
-    let mut name = String::with_capacity(24 + model.len());
-    let _ = write!(name, "{} {model}", operation.unwrap_or("request"));
-    span.record("otel.name", name.as_str());
+    span.record(
+        "otel.name",
+        tracing::field::display(SpanName(operation, model)),
+    );
+}
+
+/// `{operation} {model}`, written only when a subscriber asks.
+struct SpanName<'a>(Option<&'a str>, &'a str);
+
+impl std::fmt::Display for SpanName<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}", self.0.unwrap_or("request"), self.1)
+    }
 }
 
 /// What is known when the request finishes.

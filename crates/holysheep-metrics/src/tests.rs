@@ -950,3 +950,138 @@ async fn genai_metric_names_are_opt_in() {
             .is_empty()
     );
 }
+
+/// Every span a subscriber saw: name, fields as text, parent name.
+#[derive(Clone, Default)]
+struct SpanLog(Arc<std::sync::Mutex<Vec<(String, BTreeMap<String, String>, Option<String>)>>>);
+
+struct FieldText<'a>(&'a mut BTreeMap<String, String>);
+
+impl tracing::field::Visit for FieldText<'_> {
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        self.0.insert(field.name().to_owned(), format!("{value:?}"));
+    }
+    fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+        self.0.insert(field.name().to_owned(), value.to_owned());
+    }
+}
+
+impl<S> tracing_subscriber::Layer<S> for SpanLog
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+{
+    fn on_new_span(
+        &self,
+        attrs: &tracing::span::Attributes<'_>,
+        id: &tracing::span::Id,
+        ctx: tracing_subscriber::layer::Context<'_, S>,
+    ) {
+        let mut fields = BTreeMap::new();
+        attrs.record(&mut FieldText(&mut fields));
+        let span = ctx.span(id).expect("a new span");
+        let parent = span.parent().map(|p| p.name().to_owned());
+        let mut log = self.0.lock().unwrap();
+        fields.insert("#".into(), log.len().to_string());
+        span.extensions_mut().insert(log.len());
+        log.push((attrs.metadata().name().to_owned(), fields, parent));
+    }
+
+    fn on_record(
+        &self,
+        id: &tracing::span::Id,
+        values: &tracing::span::Record<'_>,
+        ctx: tracing_subscriber::layer::Context<'_, S>,
+    ) {
+        let span = ctx.span(id).expect("a known span");
+        let index = *span.extensions().get::<usize>().expect("indexed");
+        values.record(&mut FieldText(&mut self.0.lock().unwrap()[index].1));
+    }
+}
+
+#[tokio::test]
+async fn a_request_span_with_genai_fields_and_a_numbered_child_per_attempt() {
+    use tracing_subscriber::layer::SubscriberExt;
+
+    let log = SpanLog::default();
+    let subscriber = tracing_subscriber::registry().with(log.clone());
+    let _default = tracing::subscriber::set_default(subscriber);
+
+    // Two attempts, as a retry layer makes them: the first answers 503, the second the answer.
+    let attempts = crate::AttemptTraceLayer::new()
+        .server("api.holysheep.ai", Some(443))
+        .layer(service_fn(|req: Request<String>| async move {
+            let first = req.headers().get("x-first").is_some();
+            let mut res = if first {
+                json(r#"{"error":{}}"#)
+            } else {
+                json(DETAILED)
+            };
+            if first {
+                *res.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+            }
+            Ok::<_, BoxError>(res)
+        }));
+    let retrying = service_fn(move |req: Request<String>| {
+        let attempts = attempts.clone();
+        async move {
+            let mut first = req.clone();
+            first.headers_mut().insert("x-first", "1".parse().unwrap());
+            let failed = attempts.clone().oneshot(first).await?;
+            failed.into_body().collect().await?;
+            let mut res = attempts.oneshot(req).await?;
+            res.extensions_mut().insert(Attempts(2));
+            res.extensions_mut().insert(CacheOutcome::Miss);
+            Ok::<_, BoxError>(res)
+        }
+    });
+    let svc = MetricsLayer::new()
+        .server("api.holysheep.ai", Some(443))
+        .layer(retrying);
+    let mut req = request(Some("gpt-4.1"));
+    *req.uri_mut() = "/v1/chat/completions".parse().unwrap();
+    req.body_mut().push_str("a secret prompt");
+    req.extensions_mut().insert(Namespace(Arc::from("acme")));
+    let res = svc.oneshot(req).await.unwrap();
+    res.into_body().collect().await.unwrap();
+
+    let spans = log.0.lock().unwrap().clone();
+    let (name, f, parent) = &spans[0];
+    assert_eq!((name.as_str(), parent), ("gen_ai", &None));
+    for (key, want) in [
+        ("otel.name", "chat gpt-4.1"),
+        ("otel.kind", "client"),
+        ("gen_ai.operation.name", "chat"),
+        ("gen_ai.request.model", "gpt-4.1"),
+        ("gen_ai.response.model", "gpt-4.1"),
+        ("gen_ai.usage.input_tokens", "1000000"),
+        ("gen_ai.usage.output_tokens", "1000000"),
+        ("gen_ai.usage.cache_read.input_tokens", "600000"),
+        ("holysheep.usage.reasoning_tokens", "250000"),
+        ("server.address", "api.holysheep.ai"),
+        ("server.port", "443"),
+        ("http.response.status_code", "200"),
+        ("holysheep.tenant", "acme"),
+        ("holysheep.cache", "miss"),
+        ("holysheep.attempts", "2"),
+        ("holysheep.outcome", "completed"),
+    ] {
+        assert_eq!(f.get(key).map(String::as_str), Some(want), "{key}: {f:?}");
+    }
+    assert!(!f.contains_key("error.type"), "{f:?}");
+    let attempt_spans: Vec<_> = spans.iter().filter(|(n, ..)| n == "upstream").collect();
+    assert_eq!(attempt_spans.len(), 2);
+    for (i, (_, f, parent)) in attempt_spans.iter().enumerate() {
+        assert_eq!(parent.as_deref(), Some("gen_ai"));
+        assert_eq!(f["holysheep.attempt"], (i + 1).to_string());
+        assert_eq!(f["server.address"], "api.holysheep.ai");
+        assert_eq!(f["url.path"], "/v1/chat/completions");
+    }
+    assert_eq!(attempt_spans[0].1["http.response.status_code"], "503");
+    assert_eq!(attempt_spans[0].1["error.type"], "503");
+    assert_eq!(attempt_spans[1].1["http.request.resend_count"], "1");
+    assert!(!attempt_spans[0].1.contains_key("http.request.resend_count"));
+    // No prompt or answer text in any span.
+    for (_, f, _) in &spans {
+        assert!(f.values().all(|v| !v.contains("secret prompt")), "{f:?}");
+    }
+}

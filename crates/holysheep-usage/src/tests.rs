@@ -133,7 +133,11 @@ async fn other_requests_and_answers_pass_untouched() {
 #[tokio::test]
 async fn a_declared_content_length_follows_the_edit() {
     let svc = IncludeUsageLayer::new().layer(service_fn(|req: Request<Full<Bytes>>| async move {
-        let declared = req.headers()["content-length"].to_str().unwrap().parse::<usize>().unwrap();
+        let declared = req.headers()["content-length"]
+            .to_str()
+            .unwrap()
+            .parse::<usize>()
+            .unwrap();
         let body = req.into_body().collect().await?.to_bytes();
         assert_eq!(declared, body.len());
         Ok::<_, BoxError>(Response::new(Full::new(Bytes::new())))
