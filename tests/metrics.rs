@@ -209,21 +209,21 @@ fn a_stream_without_include_usage_is_counted_and_reaches_the_client_unchanged() 
     };
     assert_eq!(
         tokens("prompt", "miss"),
-        Some(u64::from(usage.prompt_tokens)),
+        Some(usage.prompt_tokens),
         "{text}"
     );
     assert_eq!(
         tokens("completion", "miss"),
-        Some(u64::from(usage.completion_tokens)),
+        Some(usage.completion_tokens),
         "{text}"
     );
     assert_eq!(
         tokens("prompt", "hit"),
-        Some(2 * u64::from(usage.prompt_tokens)),
+        Some(2 * usage.prompt_tokens),
         "{text}"
     );
     // GPT-4.1 at $8 per million tokens, in micro-dollars.
-    let micro = 8 * u64::from(usage.prompt_tokens + usage.completion_tokens);
+    let micro = 8 * (usage.prompt_tokens + usage.completion_tokens);
     assert_eq!(
         value(
             &text,

@@ -99,6 +99,8 @@ section! {
 
 section! {
     /// `[client]`: the pooled upstream client.
+    // The default base URL is shown as `--help` prints it, not as a link.
+    #[allow(rustdoc::bare_urls)]
     pub struct ClientSettings {
         /// Upstream base URL [default: https://api.holysheep.ai/v1]
         #[arg(long = "upstream", env = "HOLYSHEEP_BASE_URL", value_name = "URL")]

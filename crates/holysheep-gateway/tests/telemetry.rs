@@ -64,7 +64,7 @@ async fn request_ids_round_trip_and_a_litellm_price_file_prices_the_answer() {
     .await
     .text();
     let usage = expected_usage(&body);
-    let micro = 3 * u64::from(usage.prompt_tokens) + 9 * u64::from(usage.completion_tokens);
+    let micro = 3 * usage.prompt_tokens + 9 * usage.completion_tokens;
     let line = metrics
         .lines()
         .find(|l| {

@@ -951,9 +951,12 @@ async fn genai_metric_names_are_opt_in() {
     );
 }
 
-/// Every span a subscriber saw: name, fields as text, parent name.
+/// One span a subscriber saw: name, fields as text, parent name.
+type SeenSpan = (String, BTreeMap<String, String>, Option<String>);
+
+/// Every span a subscriber saw.
 #[derive(Clone, Default)]
-struct SpanLog(Arc<std::sync::Mutex<Vec<(String, BTreeMap<String, String>, Option<String>)>>>);
+struct SpanLog(Arc<std::sync::Mutex<Vec<SeenSpan>>>);
 
 struct FieldText<'a>(&'a mut BTreeMap<String, String>);
 

@@ -24,6 +24,9 @@ const WITHOUT: &str = concat!(
 
 type Seen = Arc<Mutex<Vec<Bytes>>>;
 
+/// The upstream's body: frames given up front.
+type Frames = StreamBody<stream::Iter<std::vec::IntoIter<Result<Frame<Bytes>, BoxError>>>>;
+
 /// An upstream that records request bodies and streams `WITH` (split mid-event) when asked
 /// for usage, JSON otherwise.
 fn upstream(
@@ -31,9 +34,7 @@ fn upstream(
     status: StatusCode,
 ) -> impl tower::Service<
     Request<Full<Bytes>>,
-    Response = Response<
-        StreamBody<futures_util::stream::Iter<std::vec::IntoIter<Result<Frame<Bytes>, BoxError>>>>,
-    >,
+    Response = Response<Frames>,
     Error = BoxError,
     Future = impl Send,
 > + Clone {
