@@ -1,6 +1,7 @@
 //! What the request and attempt spans cost per request: a JSON chat completion through
 //! `MetricsLayer` and `AttemptTraceLayer` (the request span, one attempt span, every field
-//! recorded), with no subscriber, with a `fmt` subscriber (what the gateway's logs install) and
+//! recorded), with no subscriber, with a `fmt` subscriber at `info` (what the gateway's logs
+//! install; the spans are `debug`, so not built) and at `debug` (the spans formatted), and
 //! with an OpenTelemetry layer batching spans to an exporter that drops them (the OTLP path
 //! without the network).
 //!
@@ -66,17 +67,22 @@ fn bench(c: &mut Criterion) {
         b.iter(|| one(&mut traced, request(&model, &tenant)))
     });
 
-    // The gateway's log set-up: `fmt` at `info`, written to nowhere.
-    let fmt = tracing_subscriber::fmt()
-        .with_writer(std::io::sink)
-        .with_max_level(tracing::Level::INFO)
-        .finish();
-    tracing::subscriber::with_default(fmt, || {
-        let mut traced = stack();
-        group.bench_function("fmt_subscriber", |b| {
-            b.iter(|| one(&mut traced, request(&model, &tenant)))
+    // The gateway's log set-up: `fmt` at `info`, written to nowhere. The spans are `debug`.
+    for (name, level) in [
+        ("fmt_info", tracing::Level::INFO),
+        ("fmt_debug", tracing::Level::DEBUG),
+    ] {
+        let fmt = tracing_subscriber::fmt()
+            .with_writer(std::io::sink)
+            .with_max_level(level)
+            .finish();
+        tracing::subscriber::with_default(fmt, || {
+            let mut traced = stack();
+            group.bench_function(name, |b| {
+                b.iter(|| one(&mut traced, request(&model, &tenant)))
+            });
         });
-    });
+    }
 
     // OpenTelemetry: every span built and handed to the batch processor.
     let provider = SdkTracerProvider::builder()

@@ -145,10 +145,13 @@ pub(crate) fn init(config: &Config) -> Result<TelemetryGuard, String> {
 mod otlp {
     use std::io::IsTerminal;
 
+    use holysheep_metrics::span;
     use opentelemetry::trace::TracerProvider as _;
     use opentelemetry_otlp::SpanExporter;
     use opentelemetry_sdk::Resource;
     use opentelemetry_sdk::trace::SdkTracerProvider;
+    use tracing::Level;
+    use tracing_subscriber::filter::Targets;
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
     use tracing_subscriber::{EnvFilter, Layer as _};
@@ -177,18 +180,27 @@ mod otlp {
             .build();
         let tracer = provider.tracer(SERVICE_NAME);
 
+        // Each layer its own filter: the log lines as `RUST_LOG` says (default `info`); the
+        // exported spans at `info`, and the GenAI and attempt spans, which are `debug`.
         let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
         let fmt = tracing_subscriber::fmt::layer()
             .with_target(false)
             .with_ansi(std::io::stdout().is_terminal());
         let fmt = match format {
-            LogFormat::Text => fmt.boxed(),
-            LogFormat::Json => fmt.json().flatten_event(true).boxed(),
+            LogFormat::Text => fmt.with_filter(filter).boxed(),
+            LogFormat::Json => fmt.json().flatten_event(true).with_filter(filter).boxed(),
         };
+        let spans = Targets::new()
+            .with_default(Level::INFO)
+            .with_target(span::REQUEST_TARGET, Level::DEBUG)
+            .with_target(span::ATTEMPT_TARGET, Level::DEBUG);
         tracing_subscriber::registry()
-            .with(filter)
             .with(fmt)
-            .with(tracing_opentelemetry::layer().with_tracer(tracer))
+            .with(
+                tracing_opentelemetry::layer()
+                    .with_tracer(tracer)
+                    .with_filter(spans),
+            )
             .try_init()
             .map_err(|e| format!("cannot install the tracing subscriber: {e}"))?;
         Ok(TelemetryGuard {

@@ -120,7 +120,7 @@ where
     }
 
     fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
-        let span = tracing::info_span!(
+        let span = tracing::debug_span!(
             target: ATTEMPT_TARGET,
             "upstream",
             otel.name = req.method().as_str(),

@@ -157,7 +157,7 @@
 //!
 //! # Spans
 //!
-//! Each request gets an `info` span named `gen_ai` (target [`span::REQUEST_TARGET`]), a child of
+//! Each request gets a `debug` span named `gen_ai` (target [`span::REQUEST_TARGET`]), a child of
 //! the span current at the call, entered while the inner service and the body are polled, so
 //! what the layers below log belongs to it. It carries the OpenTelemetry GenAI attributes:
 //! `otel.name` (`{operation} {model}`), `otel.kind` = `client`, `gen_ai.operation.name` (`chat`,
@@ -169,8 +169,11 @@
 //! `holysheep.attempts`, `holysheep.cost_usd`, `holysheep.usage.reasoning_tokens`,
 //! `holysheep.outcome`. [`AttemptTraceLayer`] adds a child span per upstream attempt. With
 //! `tracing-opentelemetry`, these become OpenTelemetry spans as they are. Nothing of the prompt
-//! or the answer is ever recorded. With no subscriber interested, the spans are disabled at
-//! their call site and cost almost nothing (the workspace's `tracing` bench).
+//! or the answer is ever recorded. The spans are at `debug` level, so a process that logs at
+//! `info` does not build them; with no subscriber interested, they are disabled at their call
+//! site and cost almost nothing (the workspace's `tracing` bench). Give an OpenTelemetry layer a
+//! filter of its own that lets `holysheep::request` and `holysheep::upstream` through at
+//! `debug` (the gateway does).
 //!
 //! # Prometheus
 //!

@@ -5,6 +5,10 @@
 //! the answer's head, tokens, cost and cache outcome when the body ends. Nothing of the prompt
 //! or the answer is ever recorded. When no subscriber wants the span, it is disabled and none of
 //! this runs.
+//!
+//! Both spans are at `debug` level: a process logging at `info` (the usual set-up, and the
+//! gateway's default) does not build them at all, and pays nothing for them; an OpenTelemetry
+//! exporter, or `RUST_LOG=holysheep::request=debug,holysheep::upstream=debug`, turns them on.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -16,9 +20,9 @@ use tracing::field::Empty;
 
 use crate::record::Server;
 
-/// The `target` of the request spans: filter them with `holysheep::request=info`.
+/// The `target` of the request spans: turn them on with `holysheep::request=debug`.
 pub const REQUEST_TARGET: &str = "holysheep::request";
-/// The `target` of the upstream attempt spans: filter them with `holysheep::upstream=info`.
+/// The `target` of the upstream attempt spans: turn them on with `holysheep::upstream=debug`.
 pub const ATTEMPT_TARGET: &str = "holysheep::upstream";
 
 /// `gen_ai.operation.name` from the request path (`/v1` or not).
@@ -44,7 +48,7 @@ pub(crate) fn request(
     server: Option<&Server>,
 ) -> Span {
     let name = model.map(|model| tracing::field::display(SpanName(operation, model)));
-    tracing::info_span!(
+    tracing::debug_span!(
         target: REQUEST_TARGET,
         "gen_ai",
         otel.name = name,
