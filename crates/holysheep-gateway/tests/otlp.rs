@@ -3,9 +3,9 @@
 //! pointing at an OTLP collector this test runs in-process (a tonic `TraceService` on
 //! loopback); the test checks the spans it receives and their attributes.
 
+mod support;
+
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -21,6 +21,8 @@ use opentelemetry_proto::tonic::common::v1::any_value::Value as AnyValue;
 use opentelemetry_proto::tonic::trace::v1::Span;
 use serde_json::json;
 use tonic::{Request, Response, Status};
+
+use support::Binary;
 
 /// The collector: keeps every span it is sent.
 #[derive(Clone, Default)]
@@ -59,16 +61,6 @@ fn attributes(span: &Span) -> HashMap<String, String> {
         .collect()
 }
 
-/// The gateway binary, killed when the test ends however it ends.
-struct Gateway(Child);
-
-impl Drop for Gateway {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spans_reach_an_otlp_collector_with_their_genai_attributes() {
     let collector = Collector::default();
@@ -79,35 +71,20 @@ async fn spans_reach_an_otlp_collector_with_their_genai_attributes() {
         .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener));
     let server = tokio::spawn(server);
 
-    let mut child = Command::new(env!("CARGO_BIN_EXE_holysheep-gateway"))
-        .args(["--demo", "--otlp", "--listen", "127.0.0.1:0"])
-        .env_clear()
-        .env(
-            "OTEL_EXPORTER_OTLP_ENDPOINT",
-            format!("http://{collector_addr}"),
-        )
-        .env("OTEL_SERVICE_NAME", "gateway-under-test")
-        .env("OTEL_BSP_SCHEDULE_DELAY", "50")
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("the binary starts");
-    let stdout = child.stdout.take().unwrap();
-    let gateway = Gateway(child);
-    // Read to the end: a closed pipe would fail the gateway's next line of output.
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if let Some(addr) = line.strip_prefix("holysheep gateway listening on http://") {
-                let _ = tx.send(addr.to_owned());
-            }
-        }
-    });
-    let addr = tokio::task::spawn_blocking(move || rx.recv_timeout(Duration::from_secs(30)))
-        .await
-        .unwrap()
-        .expect("the gateway says where it listens");
+    let gateway = Binary::start(
+        &["--demo", "--otlp", "--listen", "127.0.0.1:0"],
+        &[
+            (
+                "OTEL_EXPORTER_OTLP_ENDPOINT",
+                format!("http://{collector_addr}"),
+            ),
+            ("OTEL_SERVICE_NAME", "gateway-under-test".to_owned()),
+            ("OTEL_BSP_SCHEDULE_DELAY", "50".to_owned()),
+            ("RUST_LOG", "info".to_owned()),
+        ],
+    )
+    .await;
+    let addr = gateway.addr.clone();
 
     let client = http_client();
     let url = format!("http://{addr}/v1/chat/completions");
@@ -144,6 +121,14 @@ async fn spans_reach_an_otlp_collector_with_their_genai_attributes() {
         arrived,
         "spans received: {:?}",
         spans.iter().map(|s| &s.name).collect::<Vec<_>>()
+    );
+    // The log lines carry the request id with OTLP on too.
+    let logged = gateway.lines.lock().unwrap().clone();
+    assert!(
+        logged
+            .iter()
+            .any(|l| l.contains("request_id=\"req-from-the-caller\"")),
+        "{logged:#?}"
     );
     drop(gateway);
     server.abort();

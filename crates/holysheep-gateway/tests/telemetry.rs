@@ -9,6 +9,8 @@ use http::Method;
 
 use holysheep_gateway::{Config, Gateway};
 
+mod support;
+
 #[tokio::test]
 async fn request_ids_round_trip_and_a_litellm_price_file_prices_the_answer() {
     let mock = start_mock(MockConfig::default().api_key(UPSTREAM_KEY)).await;
@@ -90,4 +92,42 @@ async fn a_bad_price_file_stops_the_start_and_names_the_file() {
     let error = Gateway::start(config).await.unwrap_err().to_string();
     assert!(error.contains("prices.toml"), "{error}");
     assert!(error.contains("not negative"), "{error}");
+}
+
+#[tokio::test]
+async fn log_lines_carry_the_request_id_and_no_prompt() {
+    let gateway = support::Binary::start(
+        &["--demo", "--listen", "127.0.0.1:0"],
+        &[("RUST_LOG", "info".to_owned())],
+    )
+    .await;
+    let url = format!("http://{}/v1/chat/completions", gateway.addr);
+    let body = chat_body("gpt-4.1", "a prompt that stays private");
+    let mut request = json_request(Method::POST, &url, None, body.to_string());
+    request
+        .headers_mut()
+        .insert("x-request-id", "log-me-7".parse().unwrap());
+    let reply = send(&http_client(), request).await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+
+    let logged = holysheep_testkit::wait_until(std::time::Duration::from_secs(10), || {
+        gateway
+            .lines
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|l| l.contains("request_id=\"log-me-7\""))
+    })
+    .await;
+    let lines = gateway.lines.lock().unwrap().clone();
+    assert!(logged, "{lines:#?}");
+    let line = lines.iter().find(|l| l.contains("log-me-7")).unwrap();
+    assert!(
+        line.contains("model=gpt-4.1") && line.contains("status=200"),
+        "{line}"
+    );
+    assert!(
+        lines.iter().all(|l| !l.contains("stays private")),
+        "{lines:#?}"
+    );
 }
