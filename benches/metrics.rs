@@ -7,54 +7,23 @@
 //!
 //! `cargo bench --bench metrics -- --warm-up-time 1 --measurement-time 2`
 
-use std::convert::Infallible;
-use std::future::{Ready, ready};
-use std::hint::black_box;
-use std::sync::{Arc, LazyLock};
+mod support;
 
-use bytes::Bytes;
+use std::sync::Arc;
+
 use criterion::{Criterion, criterion_group, criterion_main};
-use futures_util::FutureExt;
 use holysheep_core::signal::RequestModel;
 use holysheep_metrics::MetricsLayer;
-use holysheep_testkit::{chat_body, mock_answer};
-use http::{Request, Response};
-use http_body::Body;
-use http_body_util::{BodyExt, Full};
-use tower::{Layer, Service, service_fn};
+use http::Request;
+use tower::{Layer, service_fn};
 
-/// The mock upstream's answer to one question, usage included.
-static ANSWER: LazyLock<Bytes> = LazyLock::new(|| {
-    mock_answer(&chat_body(
-        "gpt-4.1",
-        "Why does connection pooling cut latency?",
-    ))
-    .to_json()
-});
+use support::{answer, one};
 
-fn answer(_req: Request<()>) -> Ready<Result<Response<Full<Bytes>>, Infallible>> {
-    ready(Ok(Response::builder()
-        .header("content-type", "application/json")
-        .body(Full::new(ANSWER.clone()))
-        .expect("a valid response")))
-}
-
-/// One request: call, then read the body to its end as a server would.
-fn one<S, B>(svc: &mut S, model: &Arc<str>)
-where
-    S: Service<Request<()>, Response = Response<B>, Error = Infallible>,
-    B: Body + Unpin,
-    B::Error: std::fmt::Debug,
-{
+/// A request for `model`, as the gateway hands it on.
+fn request(model: &Arc<str>) -> Request<()> {
     let mut req = Request::new(());
     req.extensions_mut().insert(RequestModel(model.clone()));
-    let Some(Ok(res)) = svc.call(req).now_or_never() else {
-        unreachable!("the inner service answers at once")
-    };
-    let mut body = res.into_body();
-    while let Some(Some(frame)) = body.frame().now_or_never() {
-        black_box(frame.expect("an infallible body"));
-    }
+    req
 }
 
 fn bench(c: &mut Criterion) {
@@ -62,18 +31,20 @@ fn bench(c: &mut Criterion) {
     let mut group = c.benchmark_group("metrics_json_request");
 
     let mut bare = service_fn(answer);
-    group.bench_function("bare", |b| b.iter(|| one(&mut bare, &model)));
+    group.bench_function("bare", |b| b.iter(|| one(&mut bare, request(&model))));
 
     // No recorder installed: the `metrics` facade's no-op recorder.
     let mut measured = MetricsLayer::new().layer(service_fn(answer));
-    group.bench_function("noop_recorder", |b| b.iter(|| one(&mut measured, &model)));
+    group.bench_function("noop_recorder", |b| {
+        b.iter(|| one(&mut measured, request(&model)))
+    });
 
     // The same without reading `usage` from the body: what the JSON parse costs.
     let mut unparsed = MetricsLayer::new()
         .max_body_capture(0)
         .layer(service_fn(answer));
     group.bench_function("noop_recorder_no_body_parse", |b| {
-        b.iter(|| one(&mut unparsed, &model))
+        b.iter(|| one(&mut unparsed, request(&model)))
     });
 
     let recorder = holysheep_metrics::prometheus::builder()
@@ -85,7 +56,7 @@ fn bench(c: &mut Criterion) {
         holysheep_metrics::describe();
         let mut measured = MetricsLayer::new().layer(service_fn(answer));
         group.bench_function("prometheus_recorder", |b| {
-            b.iter(|| one(&mut measured, &model));
+            b.iter(|| one(&mut measured, request(&model)));
             // Drain histogram samples between runs, as scrapes would.
             handle.run_upkeep();
         });

@@ -1,7 +1,7 @@
 //! HolySheep tower gateway: tower middleware for calling OpenAI-compatible LLM APIs at volume.
 //!
 //! Each layer lives in its own crate and is re-exported here behind a cargo feature of the same
-//! name (`client`, `cache`, `pool-limit`, `retry`, `metrics`; `stack` turns them all on with
+//! name (`client`, `cache`, `pool-limit`, `retry`, `metrics`, `usage`; `stack` turns them all on with
 //! [`Stack`] and is the default; `mock` and `full` add the fake upstream):
 //!
 //! | module | crate | what it does |
@@ -11,7 +11,8 @@
 //! | [`semantic`] | `holysheep-semantic` | `SemanticCacheLayer`: paraphrases, same context only (feature `semantic`) |
 //! | [`retry`] | `holysheep-retry` | `RetryLayer`: backoff, `Retry-After`, deadline, budget |
 //! | [`pool_limit`] | `holysheep-pool-limit` | `PoolLimitLayer`: bounded in-flight calls, shedding |
-//! | [`metrics`] | `holysheep-metrics` | `MetricsLayer`: latency, tokens, dollars, savings |
+//! | [`metrics`] | `holysheep-metrics` | `MetricsLayer`: latency, tokens, dollars, savings, spans |
+//! | [`usage`] | `holysheep-usage` | `IncludeUsageLayer`: usage for every stream, hidden from clients that did not ask |
 //! | [`core`] | `holysheep-core` | wire types, SSE parser, error vocabulary and answers, prices, signals |
 //!
 //! # Example
@@ -37,7 +38,7 @@
 //! let stack = Stack::builder()
 //!     .client(HolySheepClient::builder().base_url(base_url).api_key("sk-test")) // default: https://api.holysheep.ai/v1
 //!     .cache(CacheLayer::new(MemoryStore::new(256 << 20)).ttl(Duration::from_secs(7200)))
-//!     .build()?; // Metrics → Cache → Retry → PoolLimit → client
+//!     .build()?; // IncludeUsage → Metrics → Cache → Retry → AttemptTrace → PoolLimit → client
 //!
 //! let service = ServiceBuilder::new()
 //!     .map_request(|request: Request<Full<Bytes>>| request) // your own layers go here
@@ -86,6 +87,10 @@ pub use holysheep_retry as retry;
 #[cfg(feature = "metrics")]
 #[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
 pub use holysheep_metrics as metrics;
+
+#[cfg(feature = "usage")]
+#[cfg_attr(docsrs, doc(cfg(feature = "usage")))]
+pub use holysheep_usage as usage;
 
 #[cfg(feature = "mock")]
 #[cfg_attr(docsrs, doc(cfg(feature = "mock")))]

@@ -8,24 +8,37 @@ use tower::{Layer, Service};
 
 use crate::cache::{Cache, CacheLayer, MemoryStore};
 use crate::client::{self, HolySheepClient};
-use crate::metrics::{Metrics, MetricsLayer};
+use crate::metrics::{AttemptTrace, AttemptTraceLayer, Metrics, MetricsLayer};
 use crate::pool_limit::{PoolLimit, PoolLimitHandle, PoolLimitLayer};
 use crate::retry::{Retry, RetryLayer};
 #[cfg(feature = "semantic")]
 use crate::semantic::{SemanticCache, SemanticCacheLayer};
+use crate::usage::{IncludeUsage, IncludeUsageLayer};
 
 #[cfg(not(feature = "semantic"))]
-type Inner = Metrics<Cache<Retry<PoolLimit<HolySheepClient>>>>;
+type Inner = IncludeUsage<Metrics<Cache<Retry<AttemptTrace<PoolLimit<HolySheepClient>>>>>>;
 #[cfg(feature = "semantic")]
-type Inner = Metrics<Cache<SemanticCache<Retry<PoolLimit<HolySheepClient>>>>>;
+type Inner =
+    IncludeUsage<Metrics<Cache<SemanticCache<Retry<AttemptTrace<PoolLimit<HolySheepClient>>>>>>>;
 
 /// The recommended stack, outermost first:
-/// `MetricsLayer → CacheLayer → RetryLayer → PoolLimitLayer → HolySheepClient`, with the
-/// `SemanticCacheLayer` between the cache and the retries when one is configured (feature
-/// `semantic`, [`StackBuilder::semantic_cache`]).
 ///
-/// Metrics see every request, hits too; a hit costs nothing below the cache; a retried miss
-/// fills the cache once; each attempt takes its own pool slot and a backoff sleep holds none.
+/// ```text
+/// IncludeUsageLayer → MetricsLayer → CacheLayer → RetryLayer → AttemptTraceLayer → PoolLimitLayer → HolySheepClient
+/// ```
+///
+/// - `IncludeUsageLayer` is outermost so that every layer below sees a streamed answer's usage
+///   (it asks the upstream for it) while a client that did not ask never sees it (it takes the
+///   usage chunk out again on the way back). Counting layers need no code for streams, and the
+///   cache stores every stream with its usage and serves askers and non-askers from one entry.
+/// - `MetricsLayer` sees every request, hits too, and opens the request's span.
+/// - A hit costs nothing below the cache; a retried miss fills the cache once.
+/// - With the `semantic` feature and [`StackBuilder::semantic_cache`], `SemanticCacheLayer`
+///   sits between the cache and the retries: exact hits never pay for an embedding, and the
+///   semantic cache answers from the exact cache's own entries.
+/// - `AttemptTraceLayer` opens one child span per upstream attempt, below the retries; above
+///   the pool limit, so the span shows the wait for a slot.
+/// - Each attempt takes its own pool slot and a backoff sleep holds none.
 ///
 /// Build it with [`Stack::builder`]. The builder wires the settings that span layers, so no
 /// composition has to repeat them:
@@ -33,7 +46,9 @@ type Inner = Metrics<Cache<SemanticCache<Retry<PoolLimit<HolySheepClient>>>>>;
 ///   upstreams never share answers;
 /// - the client keeps as many idle connections per host as the pool limit lets run per host;
 /// - the metrics count the pool limit's sheds as `holysheep_shed_total` (the error vocabulary
-///   of `holysheep-core` is shared by every layer, so nothing needs registering).
+///   of `holysheep-core` is shared by every layer, so nothing needs registering);
+/// - the request and attempt spans name the client's host and port as `server.address` and
+///   `server.port`.
 ///
 /// Each layer still works alone: [`Stack`] is only the composition the gateway, the examples,
 /// the load harness and the benches share. It is a `tower::Service` over `http::Request<B>` for
@@ -130,6 +145,7 @@ pub struct StackBuilder {
     metrics: MetricsLayer,
     #[cfg(feature = "semantic")]
     semantic: Option<SemanticCacheLayer>,
+    usage: IncludeUsageLayer,
 }
 
 impl Default for StackBuilder {
@@ -153,6 +169,7 @@ impl StackBuilder {
             metrics: MetricsLayer::new(),
             #[cfg(feature = "semantic")]
             semantic: None,
+            usage: IncludeUsageLayer::new(),
         }
     }
 
@@ -200,6 +217,12 @@ impl StackBuilder {
         self
     }
 
+    /// The usage layer (default: [`IncludeUsageLayer::new`]).
+    pub fn include_usage(mut self, usage: IncludeUsageLayer) -> Self {
+        self.usage = usage;
+        self
+    }
+
     /// Builds the client and wraps it in the layers. Fails only if the client's configuration
     /// is invalid (a bad base URL or key).
     pub fn build(self) -> Result<Stack, client::Error> {
@@ -212,13 +235,26 @@ impl StackBuilder {
             .unwrap_or_else(|| CacheLayer::new(MemoryStore::new(Self::DEFAULT_MEMORY_CACHE_BYTES)))
             .upstream(client.base_url().to_string());
         let pool = self.pool_limit.handle();
-        let below = self.retry.layer(self.pool_limit.layer(client.clone()));
+        let base = client.base_url();
+        let (host, port) = (
+            base.host().unwrap_or_default().to_owned(),
+            base.port_u16().or(match base.scheme_str() {
+                Some("https") => Some(443),
+                Some("http") => Some(80),
+                _ => None,
+            }),
+        );
+        let attempts = AttemptTraceLayer::new().server(host.as_str(), port);
+        let metrics = self.metrics.server(host, port);
+        let below = self
+            .retry
+            .layer(attempts.layer(self.pool_limit.layer(client.clone())));
         #[cfg(feature = "semantic")]
         let below = self
             .semantic
             .unwrap_or_else(SemanticCacheLayer::disabled)
             .layer(below);
-        let inner = self.metrics.layer(cache.layer(below));
+        let inner = self.usage.layer(metrics.layer(cache.layer(below)));
         Ok(Stack {
             inner,
             client,

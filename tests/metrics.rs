@@ -114,3 +114,132 @@ fn a_passed_retry_deadline_is_counted_as_deadline() {
     );
     assert_eq!(value(&text, "holysheep_shed_total", &[]), None, "{text}");
 }
+
+/// Reads a whole body into bytes.
+#[cfg(feature = "stack")]
+async fn read<B>(res: Response<B>) -> Bytes
+where
+    B: http_body::Body,
+    B::Error: std::fmt::Debug,
+{
+    use http_body_util::BodyExt;
+    res.into_body()
+        .collect()
+        .await
+        .expect("a whole body")
+        .to_bytes()
+}
+
+/// `expected` with the mock's answer id and time replaced by those of `got` (each answer has
+/// its own), so the rest can be compared byte for byte.
+#[cfg(feature = "stack")]
+fn renamed(expected: &[u8], got: &[u8]) -> Vec<u8> {
+    let first = |body: &[u8]| holysheep_testkit::sse_chunks(body).0.remove(0);
+    let (want, have) = (first(expected), first(got));
+    String::from_utf8_lossy(expected)
+        .replace(want["id"].as_str().unwrap(), have["id"].as_str().unwrap())
+        .replace(
+            &format!("\"created\":{}", want["created"]),
+            &format!("\"created\":{}", have["created"]),
+        )
+        .into_bytes()
+}
+
+#[cfg(feature = "stack")]
+#[test]
+fn a_stream_without_include_usage_is_counted_and_reaches_the_client_unchanged() {
+    use holysheep::Stack;
+    use holysheep_mock::MockConfig;
+    use holysheep_testkit::{
+        UPSTREAM_KEY, chat_body, chat_request, expected_usage, sse_chunks, start_mock,
+        upstream_builder, upstream_client,
+    };
+
+    let mut body = chat_body(
+        "gpt-4.1",
+        "count the tokens of a stream nobody asked usage for",
+    );
+    body["stream"] = serde_json::Value::Bool(true);
+    let usage = expected_usage(&body);
+    let text = with_prometheus(|| async {
+        let mock = start_mock(MockConfig::new().api_key(UPSTREAM_KEY).stream_chunks(4)).await;
+        // What the upstream sends a client that did not ask, with nothing in between.
+        let direct = read(
+            upstream_client(&mock)
+                .oneshot(chat_request(&body))
+                .await
+                .unwrap(),
+        )
+        .await;
+        let (chunks, done) = sse_chunks(&direct);
+        assert!(
+            done && chunks.iter().all(|c| c.get("usage").is_none()),
+            "{direct:?}"
+        );
+
+        let stack = Stack::builder()
+            .client(upstream_builder(&mock))
+            .build()
+            .unwrap();
+        for cache in ["MISS", "HIT"] {
+            let res = stack.clone().oneshot(chat_request(&body)).await.unwrap();
+            assert_eq!(res.headers()["x-cache"], cache);
+            let got = read(res).await;
+            assert_eq!(got, renamed(&direct, &got), "byte for byte, {cache}");
+            // The entry is written by a task once the stream has ended.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        // A client that asks gets the usage chunk, from the same entry.
+        let mut asking = body.clone();
+        asking["stream_options"] = serde_json::json!({"include_usage": true});
+        let res = stack.clone().oneshot(chat_request(&asking)).await.unwrap();
+        assert_eq!(res.headers()["x-cache"], "HIT");
+        let (chunks, _) = sse_chunks(&read(res).await);
+        let last = chunks.last().expect("chunks");
+        assert_eq!(last["usage"]["prompt_tokens"], usage.prompt_tokens);
+        mock.shutdown().await;
+    });
+
+    let tokens = |kind: &str, cache: &str| {
+        value(
+            &text,
+            "holysheep_tokens_total",
+            &[&format!("kind=\"{kind}\""), &format!("cache=\"{cache}\"")],
+        )
+    };
+    assert_eq!(
+        tokens("prompt", "miss"),
+        Some(usage.prompt_tokens),
+        "{text}"
+    );
+    assert_eq!(
+        tokens("completion", "miss"),
+        Some(usage.completion_tokens),
+        "{text}"
+    );
+    assert_eq!(
+        tokens("prompt", "hit"),
+        Some(2 * usage.prompt_tokens),
+        "{text}"
+    );
+    // GPT-4.1 at $8 per million tokens, in micro-dollars.
+    let micro = 8 * (usage.prompt_tokens + usage.completion_tokens);
+    assert_eq!(
+        value(
+            &text,
+            "holysheep_cost_microusd_total",
+            &["model=\"gpt-4.1\"", "tenant=\"none\""]
+        ),
+        Some(micro),
+        "{text}"
+    );
+    assert_eq!(
+        value(
+            &text,
+            "holysheep_cost_saved_microusd_total",
+            &["model=\"gpt-4.1\"", "via=\"exact\""]
+        ),
+        Some(2 * micro),
+        "{text}"
+    );
+}

@@ -1,8 +1,8 @@
 //! Shared ground for the HolySheep tower layers: OpenAI-compatible wire types, an incremental
 //! Server-Sent-Events parser, the error vocabulary of the layers and its OpenAI-style HTTP
-//! answers, a model price table, the small extension types the layers leave on requests and
-//! responses for each other, and the hop-by-hop header rule ([`hop_by_hop`]) that everything
-//! forwarding a message applies.
+//! answers, token usage and a model price table (loadable from a price file), the small extension
+//! types the layers leave on requests and responses for each other, and the hop-by-hop header
+//! rule ([`hop_by_hop`]) that everything forwarding a message applies.
 //!
 //! Nothing here is a layer; each layer lives in its own crate (`holysheep-cache`,
 //! `holysheep-pool-limit`, `holysheep-retry`, `holysheep-metrics`) and reads only what it needs.
@@ -52,6 +52,7 @@ pub mod hop_by_hop;
 pub mod price;
 pub mod signal;
 pub mod sse;
+pub mod usage;
 
 /// The boxed error type the layers use where they add failures of their own.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;

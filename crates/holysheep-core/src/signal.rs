@@ -2,8 +2,9 @@
 //!
 //! The layers do not depend on one another; they meet here. The gateway (or your app) puts
 //! [`RequestModel`] and [`Namespace`] on requests; `CacheLayer` puts [`CacheOutcome`] (and a copy
-//! of [`RequestModel`]) on responses, `SemanticCacheLayer` adds [`SemanticHit`] to its hits;
-//! `RetryLayer` puts [`Attempts`] on responses; `MetricsLayer` reads them all.
+//! of [`RequestModel`]) on responses; `SemanticCacheLayer` puts [`SemanticHit`] beside
+//! `CacheOutcome::Hit` on its hits; `RetryLayer` puts [`Attempts`] on responses; `MetricsLayer`
+//! reads them all.
 
 use std::sync::Arc;
 
@@ -43,6 +44,27 @@ impl std::fmt::Display for CacheOutcome {
     }
 }
 
+/// A cache hit found by meaning rather than by exact key: a response extension a semantic cache
+/// sets **together with** [`CacheOutcome::Hit`], with how similar the stored question was.
+///
+/// `CacheOutcome` stays the coarse answer every layer already matches on (a semantic hit is a
+/// hit: nothing went upstream); this extension says which kind of hit, so `MetricsLayer` counts
+/// its saving as `via="semantic"` instead of `via="exact"` and records the similarity on the
+/// request's span.
+///
+/// ```
+/// use holysheep_core::signal::{CacheOutcome, SemanticHit};
+///
+/// let mut response = http::Response::new(());
+/// response.extensions_mut().insert(CacheOutcome::Hit);
+/// response.extensions_mut().insert(SemanticHit { similarity: 0.97 });
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SemanticHit {
+    /// Cosine similarity of the request to the stored question it was answered for (0 to 1).
+    pub similarity: f32,
+}
+
 /// How many upstream attempts a response took (1 = the first try answered). A response extension
 /// set by `RetryLayer`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -77,13 +99,4 @@ impl Namespace {
     pub fn as_str(&self) -> &str {
         &self.0
     }
-}
-
-/// An answer the semantic cache served for a paraphrase of a stored question: the cosine
-/// similarity of the two questions. A response extension set by `SemanticCacheLayer`, next to
-/// [`CacheOutcome::Hit`]; `MetricsLayer` counts what such hits saved apart from exact hits.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct SemanticHit {
-    /// The cosine similarity of the request's last user message to the stored one.
-    pub similarity: f32,
 }

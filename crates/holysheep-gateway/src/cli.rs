@@ -3,8 +3,8 @@
 use std::process::ExitCode;
 
 use crate::config::{Cli, Config};
-use crate::logging;
 use crate::server::Gateway;
+use crate::telemetry;
 
 /// Runs the gateway from the process's command line and environment until SIGINT or SIGTERM;
 /// what the `holysheep-gateway` binary and `examples/gateway` call.
@@ -34,7 +34,10 @@ pub fn main() -> ExitCode {
 }
 
 async fn serve(config: Config) -> ExitCode {
-    logging::init(config.log_format());
+    let _telemetry = match telemetry::init(&config) {
+        Ok(guard) => guard,
+        Err(error) => return fail(&error),
+    };
     let demo = config.demo;
     let gateway = match Gateway::start(config).await {
         Ok(gateway) => gateway,

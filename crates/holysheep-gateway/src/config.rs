@@ -55,6 +55,8 @@ pub mod defaults {
     /// How long, after answering a request whose body it did not read, the gateway reads and
     /// discards the rest before closing: 5 s, as nginx's `lingering_timeout`.
     pub const LINGER_TIMEOUT: Duration = Duration::from_secs(5);
+    /// Whether spans are exported over OTLP: no.
+    pub const OTLP: bool = false;
 }
 
 /// The environment variable holding the upstream key.
@@ -143,6 +145,8 @@ section! {
 
 section! {
     /// `[client]`: the pooled upstream client.
+    // The default base URL is shown as `--help` prints it, not as a link.
+    #[allow(rustdoc::bare_urls)]
     pub struct ClientSettings {
         /// Upstream base URL (default: HolySheep's).
         #[arg(
@@ -263,6 +267,36 @@ section! {
     }
 }
 
+section! {
+    /// `[metrics]`: what the metrics count and price.
+    pub struct MetricsSettings {
+        /// Price files laid over HolySheep's published prices, later ones winning: TOML, or
+        /// JSON in this project's shape or LiteLLM's model_prices_and_context_window.json;
+        /// repeat it or give a comma list [default: none]
+        #[arg(long = "price-file", env = "HOLYSHEEP_PRICE_FILES", value_name = "FILE", value_delimiter = ',')]
+        price_files: Vec<PathBuf>,
+        /// Also emit the OpenTelemetry GenAI metric names (gen_ai.client.token.usage, …) at
+        /// /metrics [default: false]
+        #[arg(long = "genai-metrics", env = "HOLYSHEEP_GENAI_METRICS", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+        genai_metrics: bool,
+        /// Distinct tenants with a label of their own on the cost metrics; more count as
+        /// "other" [default: 64]
+        #[arg(long = "metrics-max-tenants", env = "HOLYSHEEP_METRICS_MAX_TENANTS", value_name = "N")]
+        max_tenants: usize,
+    }
+}
+
+section! {
+    /// `[tracing]`: spans and their export.
+    pub struct TracingSettings {
+        /// Export spans over OTLP, configured by the standard OTEL_* environment variables
+        /// (OTEL_EXPORTER_OTLP_ENDPOINT, OTEL_SERVICE_NAME, …); needs the `otlp` cargo feature
+        /// [default: false]
+        #[arg(long = "otlp", env = "HOLYSHEEP_OTLP", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+        otlp: bool,
+    }
+}
+
 /// Every setting, by TOML section. Flags and environment variables fill the same structure.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize, Args)]
 #[serde(deny_unknown_fields)]
@@ -291,6 +325,14 @@ pub struct Settings {
     #[command(flatten, next_help_heading = "Semantic cache")]
     #[serde(default)]
     pub semantic: SemanticSettings,
+    /// `[metrics]`.
+    #[command(flatten, next_help_heading = "Metrics")]
+    #[serde(default)]
+    pub metrics: MetricsSettings,
+    /// `[tracing]`.
+    #[command(flatten, next_help_heading = "Tracing")]
+    #[serde(default)]
+    pub tracing: TracingSettings,
 }
 
 impl Settings {
@@ -303,6 +345,8 @@ impl Settings {
             retry: self.retry.or(lower.retry),
             cache: self.cache.or(lower.cache),
             semantic: self.semantic.or(lower.semantic),
+            metrics: self.metrics.or(lower.metrics),
+            tracing: self.tracing.or(lower.tracing),
         }
     }
 
@@ -336,13 +380,15 @@ impl Settings {
     /// default. Secrets are never part of the settings.
     pub fn to_toml(&self) -> String {
         let set: toml::Table = toml::Table::try_from(self).unwrap_or_default();
-        let sections: [(&str, &[&str]); 6] = [
+        let sections: [(&str, &[&str]); 8] = [
             ("server", ServerSettings::KEYS),
             ("client", ClientSettings::KEYS),
             ("pool", PoolSettings::KEYS),
             ("retry", RetrySettings::KEYS),
             ("cache", CacheSettings::KEYS),
             ("semantic", SemanticSettings::KEYS),
+            ("metrics", MetricsSettings::KEYS),
+            ("tracing", TracingSettings::KEYS),
         ];
         let mut out = String::new();
         for (section, keys) in sections {
@@ -587,6 +633,11 @@ impl Config {
         self.settings.server.log_format.unwrap_or_default()
     }
 
+    /// Whether spans are exported over OTLP.
+    pub fn otlp(&self) -> bool {
+        self.settings.tracing.otlp.unwrap_or(defaults::OTLP)
+    }
+
     /// Redis URLs: none = in-memory only, one = a node, more = a Redis Cluster.
     pub fn redis_urls(&self) -> Vec<String> {
         self.settings
@@ -655,6 +706,13 @@ impl Config {
                     .into(),
             ));
         }
+        if s.tracing.otlp == Some(true) && !cfg!(feature = "otlp") {
+            return Err(ConfigError(
+                "tracing.otlp (--otlp, HOLYSHEEP_OTLP) needs a gateway built with the `otlp` \
+                 cargo feature"
+                    .into(),
+            ));
+        }
         let listen = self.listen();
         if self.gateway_keys.is_empty() && !listen.ip().is_loopback() {
             return Err(ConfigError(format!(
@@ -709,6 +767,7 @@ pub fn range_of(key: &str) -> Option<RangeInclusive<u64>> {
         "semantic.embedding_dimensions" => 1..=1 << 16,
         "semantic.embedding_timeout_ms" => 1..=HOUR_MS,
         "semantic.index_max_bytes" => 1..=1 << 40,
+        "metrics.max_tenants" => 1..=MILLION,
         _ => return None,
     })
 }
@@ -769,6 +828,12 @@ pub fn default_of(key: &str) -> Option<String> {
         "semantic.embedding_dimensions" => Semantic::DEFAULT_EMBEDDING_DIMENSIONS.to_string(),
         "semantic.embedding_timeout_ms" => millis(Semantic::DEFAULT_EMBEDDING_TIMEOUT),
         "semantic.index_max_bytes" => Semantic::DEFAULT_MAX_BYTES.to_string(),
+        "metrics.price_files" => "none".to_owned(),
+        "metrics.genai_metrics" => {
+            holysheep::metrics::MetricsLayer::DEFAULT_GENAI_METRICS.to_string()
+        }
+        "metrics.max_tenants" => holysheep::metrics::MetricsLayer::DEFAULT_MAX_TENANTS.to_string(),
+        "tracing.otlp" => defaults::OTLP.to_string(),
         _ => return None,
     })
 }

@@ -1,6 +1,7 @@
 //! The HolySheep gateway as a library: an OpenAI-compatible HTTP server (axum) in front of
 //! HolySheep, or any OpenAI-compatible upstream, forwarding through the recommended layer stack
-//! (`MetricsLayer → CacheLayer → RetryLayer → PoolLimitLayer → HolySheepClient`).
+//! (`IncludeUsageLayer → MetricsLayer → CacheLayer → RetryLayer → AttemptTraceLayer →
+//! PoolLimitLayer → HolySheepClient`).
 //!
 //! The `holysheep-gateway` binary is [`cli::main`]; `cargo install --path crates/holysheep-gateway`
 //! installs it. The library lets tests, the load harness and your own program start a gateway
@@ -29,6 +30,10 @@
 //! | `GET /readyz` | the upstream (and Redis, when configured) answers; one probe per interval |
 //! | `GET /metrics` | Prometheus text |
 //!
+//! Every answer carries an `x-request-id` (the caller's, or a new UUID), which every log line
+//! and span of the request carries too. With the `otlp` cargo feature and `--otlp`, spans are
+//! exported over OTLP as the standard `OTEL_*` environment variables say.
+//!
 //! Configuration comes from flags, environment variables and a TOML file ([`config`]); every
 //! setting left unset keeps the default of the crate that owns it.
 //!
@@ -48,6 +53,7 @@ mod logging;
 mod routes;
 mod server;
 mod stack;
+mod telemetry;
 
 pub use config::{Cli, Config, ConfigError, Secret, Settings};
 pub use server::{DEMO_API_KEY, Gateway, GatewayHandle, StartError};

@@ -109,7 +109,7 @@ impl Gateway {
             readiness: built.readiness,
             render_metrics: built.render_metrics,
         };
-        let app = router(state, Auth::new(&config.gateway_keys));
+        let app = crate::telemetry::traced(router(state, Auth::new(&config.gateway_keys)));
         let serving = Serving {
             app,
             timeouts: Timeouts {

@@ -11,18 +11,20 @@ use holysheep::cache::{
     CacheLayer, CacheStore, DefaultKeyPolicy, MemoryStore, RedisStore, TieredStore,
 };
 use holysheep::client::{self, HolySheepClient};
+use holysheep::metrics::MetricsLayer;
 use holysheep::pool_limit::{PoolLimit, PoolLimitLayer};
 use holysheep::retry::RetryLayer;
 use holysheep::semantic::{RedisFleet, SemanticCacheLayer};
 use holysheep::{Stack, StackBuilder};
 use holysheep_core::BoxError;
+use holysheep_core::price::PriceTable;
 use holysheep_metrics::prometheus::{self, PrometheusHandle};
 use http::Request;
 use http_body_util::{BodyExt, Full};
 use tokio::time::Instant;
 use tower::{Layer, ServiceExt};
 
-use crate::config::{CacheSettings, Config, SemanticSettings};
+use crate::config::{CacheSettings, Config, MetricsSettings, SemanticSettings};
 
 /// What the routes send through the stack: a buffered JSON body, cloneable for retries.
 pub(crate) type UpstreamRequest = Request<Full<Bytes>>;
@@ -120,7 +122,8 @@ pub(crate) async fn build(
         .client(client)
         .retry(retry)
         .pool_limit(pool)
-        .cache(cache);
+        .cache(cache)
+        .metrics(metrics_layer(&s.metrics)?);
     if let Some(semantic) = semantic_cache(&s.semantic, &config.redis_urls(), s.cache.ttl_secs)? {
         builder = builder.semantic_cache(semantic);
     }
@@ -138,6 +141,21 @@ pub(crate) async fn build(
         stack,
         render_metrics: metrics_renderer(),
     })
+}
+
+/// The metrics layer: HolySheep's published prices with the price files laid over them, in
+/// order, and the metric settings that are set.
+fn metrics_layer(settings: &MetricsSettings) -> Result<MetricsLayer, BoxError> {
+    let mut prices = PriceTable::default();
+    for file in settings.price_files.as_deref().unwrap_or_default() {
+        let table = PriceTable::load(file)?;
+        tracing::info!(file = %file.display(), models = table.len(), "price file loaded");
+        prices = prices.merge(table);
+    }
+    let mut metrics = MetricsLayer::new().price_table(prices);
+    metrics = set(metrics, settings.genai_metrics, MetricsLayer::genai_metrics);
+    metrics = set(metrics, settings.max_tenants, MetricsLayer::max_tenants);
+    Ok(metrics)
 }
 
 /// The cache store: in-process memory alone, or memory in front of Redis (one node, or a

@@ -67,7 +67,10 @@ where
         let Some(tracker) = this.tracker.as_mut() else {
             return this.inner.poll_frame(cx);
         };
-        let frame = ready!(this.inner.as_mut().poll_frame(cx));
+        let frame = {
+            let _enter = tracker.span.enter();
+            ready!(this.inner.as_mut().poll_frame(cx))
+        };
         match &frame {
             Some(Ok(frame)) => {
                 if let Some(data) = frame.data_ref() {

@@ -41,7 +41,11 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
-        let result = ready!(this.inner.poll(cx));
+        let result = {
+            // Logs and spans of the layers below belong to this request.
+            let _enter = this.tracker.as_ref().map(|t| t.span.enter());
+            ready!(this.inner.poll(cx))
+        };
         let tracker = this.tracker.take();
         Poll::Ready(match result {
             Ok(res) => Ok(RecordingBody::wrap(res, tracker)),

@@ -5,7 +5,7 @@ use holysheep_core::price::PriceTable;
 use tower_layer::Layer;
 
 use crate::classify::{ClassifyError, DefaultClassifyError};
-use crate::record::{Config, Shared};
+use crate::record::{Config, Server, Shared};
 use crate::service::Metrics;
 
 /// Applies [`Metrics`] to a service: counts and times every request, and reads tokens, cost and
@@ -37,16 +37,24 @@ impl MetricsLayer {
     pub const DEFAULT_MAX_MODELS: usize = 64;
     /// Default bound on the bytes of a JSON answer kept to read its `usage` (1 MiB).
     pub const DEFAULT_MAX_BODY_CAPTURE: usize = 1024 * 1024;
+    /// Default bound on distinct `tenant` label values.
+    pub const DEFAULT_MAX_TENANTS: usize = 64;
+    /// Whether the OpenTelemetry GenAI metric names are emitted by default: no.
+    pub const DEFAULT_GENAI_METRICS: bool = false;
 
-    /// A layer with the prices of the HolySheep article ([`PriceTable::default`]), 64 extra
-    /// model names, 1 MiB of JSON capture and [`DefaultClassifyError`].
+    /// A layer with HolySheep's published prices ([`PriceTable::default`]), 64 extra model
+    /// names, 64 tenant names, 1 MiB of JSON capture, [`DefaultClassifyError`], and no
+    /// OpenTelemetry GenAI metric names.
     pub fn new() -> Self {
         Self {
             config: Config {
                 prices: PriceTable::default(),
                 max_models: Self::DEFAULT_MAX_MODELS,
+                max_tenants: Self::DEFAULT_MAX_TENANTS,
                 max_capture: Self::DEFAULT_MAX_BODY_CAPTURE,
                 classifier: Arc::new(DefaultClassifyError::new()),
+                genai_metrics: Self::DEFAULT_GENAI_METRICS,
+                server: None,
             },
             shared: Arc::default(),
         }
@@ -74,6 +82,28 @@ impl MetricsLayer {
         self.with(|c| c.max_models = max)
     }
 
+    /// How many distinct tenants ([`Namespace`](holysheep_core::signal::Namespace) request
+    /// extensions) get a `tenant` label of their own on the cost counters; later ones are
+    /// counted as `tenant="other"`.
+    pub fn max_tenants(self, max: usize) -> Self {
+        self.with(|c| c.max_tenants = max)
+    }
+
+    /// Also emits the OpenTelemetry GenAI client metrics (`gen_ai.client.token.usage`,
+    /// `gen_ai.client.operation.duration`, `gen_ai.client.operation.time_to_first_chunk`)
+    /// beside the `holysheep_*` ones. Off by default: they repeat what ours say, under the
+    /// names OpenTelemetry dashboards expect.
+    pub fn genai_metrics(self, on: bool) -> Self {
+        self.with(|c| c.genai_metrics = on)
+    }
+
+    /// The upstream's host and port, recorded on each request span as `server.address` and
+    /// `server.port` (`holysheep::Stack` sets them from the client's base URL).
+    pub fn server(self, address: impl Into<Arc<str>>, port: Option<u16>) -> Self {
+        let address = address.into();
+        self.with(|c| c.server = Some(Server { address, port }))
+    }
+
     /// How many bytes of a JSON answer are kept to read its `usage` at the end (larger answers
     /// are counted but not parsed), and how long an unfinished SSE line may grow before a stream
     /// is no longer parsed. `0` turns body parsing off.
@@ -85,6 +115,13 @@ impl MetricsLayer {
     /// (default [`DefaultClassifyError`], which needs no setup for the HolySheep layers).
     pub fn classify_errors(self, classifier: impl ClassifyError) -> Self {
         self.with(|c| c.classifier = Arc::new(classifier))
+    }
+}
+
+#[cfg(test)]
+impl MetricsLayer {
+    pub(crate) fn config_for_tests(&self) -> Config {
+        self.config.clone()
     }
 }
 

@@ -1,4 +1,5 @@
-//! `MetricsLayer`: latency, tokens, dollars and cache savings, measured where they happen.
+//! `MetricsLayer`: latency, tokens, dollars and cache savings, measured where they happen, and a
+//! `tracing` span per request and per upstream attempt.
 //!
 //! The HolySheep article's case rests on one table: P50 and P99 latency, throughput, cost and
 //! error rate.
@@ -54,16 +55,25 @@
 //! |---|---|---|---|
 //! | `holysheep_requests_total` | counter | `model`, `status`, `cache`, `outcome` | — |
 //! | `holysheep_request_duration_seconds` | histogram | `model`, `status`, `cache`, `outcome` | `gen_ai.client.operation.duration` |
-//! | `holysheep_time_to_first_byte_seconds` | histogram | `model`, `status`, `cache` | `gen_ai.server.time_to_first_token` |
+//! | `holysheep_time_to_first_byte_seconds` | histogram | `model`, `status`, `cache` | `gen_ai.client.operation.time_to_first_chunk` (streams) |
 //! | `holysheep_in_flight_requests` | gauge | — | — |
 //! | `holysheep_upstream_attempts_total` | counter | `model` | — |
 //! | `holysheep_retries_total` | counter | `model` | — |
 //! | `holysheep_shed_total` | counter | `model` | — |
 //! | `holysheep_errors_total` | counter | `model`, `class` | `error.type` |
 //! | `holysheep_tokens_total` | counter | `model`, `kind`, `cache` | `gen_ai.client.token.usage` |
-//! | `holysheep_cost_microusd_total` | counter | `model` | — |
-//! | `holysheep_cost_saved_microusd_total` | counter | `model` | — |
-//! | `holysheep_semantic_cost_saved_microusd_total` | counter | `model` | — |
+//! | `holysheep_cached_prompt_tokens_total` | counter | `model`, `cache` | `gen_ai.usage.cache_read.input_tokens` (span) |
+//! | `holysheep_reasoning_tokens_total` | counter | `model`, `cache` | — |
+//! | `holysheep_cost_microusd_total` | counter | `model`, `tenant` | — |
+//! | `holysheep_cost_saved_microusd_total` | counter | `model`, `tenant`, `via` | — |
+//!
+//! With [`genai_metrics`](MetricsLayer::genai_metrics), the OpenTelemetry GenAI client metrics
+//! are emitted too, under their own names: `gen_ai.client.token.usage` (histogram of billable
+//! tokens per operation, by `gen_ai.operation.name`, `gen_ai.request.model`,
+//! `gen_ai.token.type`; a cache hit was billed nothing and is not recorded),
+//! `gen_ai.client.operation.duration` (seconds, with `error.type` on failure) and
+//! `gen_ai.client.operation.time_to_first_chunk` (seconds, streams only). Prometheus renders
+//! their dots as underscores (`gen_ai_client_token_usage`).
 //!
 //! Labels:
 //! - `model` (`gen_ai.request.model`): the [`RequestModel`] request extension, else the
@@ -91,8 +101,15 @@
 //!   and coalesced followers), `miss` for the rest, so billed tokens are `cache="miss"` and
 //!   nobody counts a token twice.
 //!
-//! No prompt text, key, tenant or [`Namespace`](holysheep_core::signal::Namespace) is ever a
-//! label.
+//! - `tenant`: the [`Namespace`](holysheep_core::signal::Namespace) request extension (the
+//!   gateway sets one per client key), `none` without one; [`max_tenants`](MetricsLayer::max_tenants)
+//!   (64 by default) are kept in the order they appear, later ones (and names unfit for a label)
+//!   become `other`.
+//! - `via` (savings): `exact` for a cache hit, `semantic` for a hit that carries a
+//!   [`SemanticHit`](holysheep_core::signal::SemanticHit) extension, `coalesced` for a follower
+//!   of an identical request in flight.
+//!
+//! No prompt text or key is ever a label.
 //!
 //! ## When each metric is emitted
 //!
@@ -112,29 +129,51 @@
 //!
 //! ## Tokens and cost
 //!
-//! `usage.prompt_tokens` and `usage.completion_tokens` are read from `application/json` (and
-//! `+json`) answers, kept up to [`max_body_capture`](MetricsLayer::max_body_capture) bytes (1 MiB
-//! by default) and parsed once at the end, and from `text/event-stream` answers, parsed event by
+//! `usage` is read as [`holysheep_core::usage::Usage`] (prompt and completion tokens, and the
+//! cached and reasoning parts of them) from `application/json` (and `+json`) answers, kept up to
+//! [`max_body_capture`](MetricsLayer::max_body_capture) bytes (1 MiB by default) and parsed once
+//! at the end (past the bound, only the answer's last 4 KiB are kept, where `usage` is: a large
+//! batch of embeddings is still priced), and from `text/event-stream` answers, parsed event by
 //! event with [`SseParser`](holysheep_core::sse::SseParser): serde sees only the first event
-//! (for the model) and events with a non-null `usage` (the final chunk when the request set
-//! `stream_options.include_usage`). Compressed bodies are not parsed. Other content types pass
+//! (for the model) and events with a non-null `usage`. A stream has a usage chunk only when its
+//! request set `stream_options.include_usage`; `holysheep::Stack` puts `IncludeUsageLayer`
+//! (crate `holysheep-usage`) above this layer, which asks for it on every stream and hides it
+//! from clients that did not ask. Compressed bodies are not parsed. Other content types pass
 //! untouched.
 //!
-//! Cost comes from a [`PriceTable`](holysheep_core::price::PriceTable) (the prices of the
-//! HolySheep article by default, see [`price_table`](MetricsLayer::price_table)); models without a price have
-//! tokens but no cost. An answer that went upstream adds to `holysheep_cost_microusd_total`;
-//! a cache hit or coalesced follower adds what it *would* have cost to
-//! `holysheep_cost_saved_microusd_total`. A semantic cache hit (an answer to a paraphrase, with the
-//! [`SemanticHit`](holysheep_core::signal::SemanticHit) extension) adds the same amount to
-//! `holysheep_semantic_cost_saved_microusd_total` too, so exact and semantic savings can be told
-//! apart. The article's "$1,000 → $280" is
-//! `cost / (cost + cost_saved)`.
+//! Cost comes from a [`PriceTable`](holysheep_core::price::PriceTable) (HolySheep's published
+//! prices by default, see [`price_table`](MetricsLayer::price_table)): uncached prompt tokens at
+//! the input rate, cached ones at the cached rate, reasoning tokens at the reasoning rate, the
+//! rest at the output rate, each token once. Models without a price have tokens but no cost. An
+//! answer that went upstream adds to `holysheep_cost_microusd_total`; a cache hit or coalesced
+//! follower adds what it *would* have cost to `holysheep_cost_saved_microusd_total`. The
+//! article's "$1,000 → $280" is `cost / (cost + cost_saved)`.
 //!
 //! The `metrics` facade has integer counters only (`Counter::increment(u64)`), and a gauge
 //! would be the wrong Prometheus type for a running total, so money is counted in micro-USD
-//! (1e-6 USD) in true counters. Sub-micro-dollar remainders are carried per model, so totals
-//! stay exact however cheap each request is. In PromQL:
-//! `sum(rate(holysheep_cost_microusd_total[5m])) / 1e6` is USD per second.
+//! (1e-6 USD) in true counters, and there is no float `holysheep_cost_usd`. Sub-micro-dollar
+//! remainders are carried per series, so totals stay exact however cheap each request is. In
+//! PromQL: `sum(rate(holysheep_cost_microusd_total[5m])) / 1e6` is USD per second.
+//!
+//! # Spans
+//!
+//! Each request gets a `debug` span named `gen_ai` (target [`span::REQUEST_TARGET`]), a child of
+//! the span current at the call, entered while the inner service and the body are polled, so
+//! what the layers below log belongs to it. It carries the OpenTelemetry GenAI attributes:
+//! `otel.name` (`{operation} {model}`), `otel.kind` = `client`, `gen_ai.operation.name` (`chat`,
+//! `text_completion`, `embeddings`, from the path), `gen_ai.request.model`,
+//! `gen_ai.response.model`, `gen_ai.usage.input_tokens`, `gen_ai.usage.output_tokens`,
+//! `gen_ai.usage.cache_read.input_tokens`, `server.address` and `server.port` (see
+//! [`server`](MetricsLayer::server)), `http.response.status_code`, `error.type`, and ours:
+//! `holysheep.tenant`, `holysheep.cache`, `holysheep.cache.via`, `holysheep.cache.similarity`,
+//! `holysheep.attempts`, `holysheep.cost_usd`, `holysheep.usage.reasoning_tokens`,
+//! `holysheep.outcome`. [`AttemptTraceLayer`] adds a child span per upstream attempt. With
+//! `tracing-opentelemetry`, these become OpenTelemetry spans as they are. Nothing of the prompt
+//! or the answer is ever recorded. The spans are at `debug` level, so a process that logs at
+//! `info` does not build them; with no subscriber interested, they are disabled at their call
+//! site and cost almost nothing (the workspace's `tracing` bench). Give an OpenTelemetry layer a
+//! filter of its own that lets `holysheep::request` and `holysheep::upstream` through at
+//! `debug` (the gateway does).
 //!
 //! # Prometheus
 //!
@@ -153,9 +192,11 @@
 //! end to end with a no-op and with the Prometheus recorder.
 //!
 //! [`RequestModel`]: holysheep_core::signal::RequestModel
+//! [`AttemptTraceLayer`]: crate::AttemptTraceLayer
 //! [`CacheOutcome`]: holysheep_core::signal::CacheOutcome
 //! [`Attempts`]: holysheep_core::signal::Attempts
 
+mod attempt;
 mod body;
 mod classify;
 mod future;
@@ -165,11 +206,13 @@ pub mod names;
 pub mod prometheus;
 mod record;
 mod service;
+pub mod span;
 mod usage;
 
 #[cfg(test)]
 mod tests;
 
+pub use attempt::{AttemptBody, AttemptFuture, AttemptTrace, AttemptTraceLayer};
 pub use body::RecordingBody;
 pub use classify::{ClassifyError, DefaultClassifyError, ErrorClass};
 pub use future::ResponseFuture;

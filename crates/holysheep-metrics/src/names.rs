@@ -27,14 +27,40 @@ pub const ERRORS: &str = "holysheep_errors_total";
 /// Counter: tokens from `usage`, by `model`, `kind` (`prompt`/`completion`) and `cache`
 /// (`hit`/`miss`). OpenTelemetry: `gen_ai.client.token.usage` with `gen_ai.token.type`.
 pub const TOKENS: &str = "holysheep_tokens_total";
-/// Counter: cost of answers that went upstream, in micro-USD (1e-6 USD), by `model`.
+/// Counter: the part of prompt tokens the provider read from its prompt cache
+/// (`prompt_tokens_details.cached_tokens`), by `model` and `cache`. Already counted in
+/// [`TOKENS`]`{kind="prompt"}`: a detail, not an addition.
+pub const CACHED_PROMPT_TOKENS: &str = "holysheep_cached_prompt_tokens_total";
+/// Counter: the part of completion tokens spent on reasoning
+/// (`completion_tokens_details.reasoning_tokens`), by `model` and `cache`. Already counted in
+/// [`TOKENS`]`{kind="completion"}`.
+pub const REASONING_TOKENS: &str = "holysheep_reasoning_tokens_total";
+/// Counter: cost of answers that went upstream, in micro-USD (1e-6 USD), by `model` and
+/// `tenant`.
 pub const COST: &str = "holysheep_cost_microusd_total";
 /// Counter: what cache hits and coalesced followers would have cost upstream, in micro-USD,
-/// by `model`.
+/// by `model`, `tenant` and `via` (`exact`, `semantic`, `coalesced`).
 pub const COST_SAVED: &str = "holysheep_cost_saved_microusd_total";
-/// Counter: the part of [`COST_SAVED`] saved by semantic cache hits (answers to a paraphrase,
-/// with the `SemanticHit` response extension), in micro-USD, by `model`.
-pub const SEMANTIC_COST_SAVED: &str = "holysheep_semantic_cost_saved_microusd_total";
+
+/// Histogram (`{token}`), OpenTelemetry GenAI name, emitted only with
+/// [`MetricsLayer::genai_metrics`](crate::MetricsLayer::genai_metrics): billable tokens per
+/// operation, by `gen_ai.operation.name`, `gen_ai.request.model`, `gen_ai.token.type`
+/// (`input`, `output`). Prometheus shows it as `gen_ai_client_token_usage`.
+pub const GENAI_TOKEN_USAGE: &str = "gen_ai.client.token.usage";
+/// Histogram (seconds), OpenTelemetry GenAI name, emitted only with
+/// [`MetricsLayer::genai_metrics`](crate::MetricsLayer::genai_metrics): the operation's
+/// duration, by `gen_ai.operation.name`, `gen_ai.request.model` and `error.type` on failure.
+pub const GENAI_OPERATION_DURATION: &str = "gen_ai.client.operation.duration";
+/// Histogram (seconds), OpenTelemetry GenAI name, emitted only with
+/// [`MetricsLayer::genai_metrics`](crate::MetricsLayer::genai_metrics) and only for streams:
+/// time to the first chunk, by `gen_ai.operation.name` and `gen_ai.request.model`.
+pub const GENAI_TIME_TO_FIRST_CHUNK: &str = "gen_ai.client.operation.time_to_first_chunk";
+
+/// Bucket bounds for [`GENAI_TOKEN_USAGE`], as the OpenTelemetry GenAI conventions advise.
+pub const TOKEN_BUCKETS: &[f64] = &[
+    1.0, 4.0, 16.0, 64.0, 256.0, 1024.0, 4096.0, 16384.0, 65536.0, 262144.0, 1048576.0, 4194304.0,
+    16777216.0, 67108864.0,
+];
 
 /// Registers help text and units of every metric with the current recorder (also at
 /// [`holysheep_metrics::describe`](crate::describe)).
@@ -89,16 +115,36 @@ pub fn describe() {
         "Tokens reported in usage; cache=\"hit\" ones were not billed again."
     );
     describe_counter!(
+        CACHED_PROMPT_TOKENS,
+        Unit::Count,
+        "Prompt tokens read from the provider's prompt cache (part of the prompt tokens)."
+    );
+    describe_counter!(
+        REASONING_TOKENS,
+        Unit::Count,
+        "Completion tokens spent on reasoning (part of the completion tokens)."
+    );
+    describe_counter!(
         COST,
-        "Cost of answers that went upstream, in micro-USD (divide by 1e6 for USD)."
+        "Cost of answers that went upstream, in micro-USD (divide by 1e6 for USD), by model and tenant."
     );
     describe_counter!(
         COST_SAVED,
-        "What cache hits and coalesced requests would have cost upstream, in micro-USD."
+        "What cache hits and coalesced requests would have cost upstream, in micro-USD, by model, tenant and via (exact, semantic, coalesced)."
     );
-    describe_counter!(
-        SEMANTIC_COST_SAVED,
-        "The part of the cost saved that semantic cache hits saved, in micro-USD."
+    describe_histogram!(
+        GENAI_TOKEN_USAGE,
+        "OpenTelemetry gen_ai.client.token.usage: billable input and output tokens per operation."
+    );
+    describe_histogram!(
+        GENAI_OPERATION_DURATION,
+        Unit::Seconds,
+        "OpenTelemetry gen_ai.client.operation.duration: time from the call to the end of the answer."
+    );
+    describe_histogram!(
+        GENAI_TIME_TO_FIRST_CHUNK,
+        Unit::Seconds,
+        "OpenTelemetry gen_ai.client.operation.time_to_first_chunk: time to the first chunk of a stream."
     );
 }
 

@@ -22,9 +22,10 @@ use crate::names;
 pub const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
 
 /// A [`PrometheusBuilder`] whose latency histograms
-/// (`holysheep_request_duration_seconds`, `holysheep_time_to_first_byte_seconds`) have the
-/// buckets of [`names::LATENCY_BUCKETS`], so they render as Prometheus histograms rather than
-/// summaries. Add your own settings, then `install_recorder()` or `build_recorder()`.
+/// (`holysheep_request_duration_seconds`, `holysheep_time_to_first_byte_seconds`, and the
+/// optional `gen_ai.client.operation.*`) have the buckets of [`names::LATENCY_BUCKETS`], and
+/// `gen_ai.client.token.usage` those of [`names::TOKEN_BUCKETS`], so they render as
+/// Prometheus histograms rather than summaries. Add your own settings, then `install_recorder()` or `build_recorder()`.
 pub fn builder() -> Result<PrometheusBuilder, BuildError> {
     PrometheusBuilder::new()
         .set_buckets_for_metric(
@@ -34,6 +35,18 @@ pub fn builder() -> Result<PrometheusBuilder, BuildError> {
         .set_buckets_for_metric(
             Matcher::Full(names::TIME_TO_FIRST_BYTE.to_owned()),
             names::LATENCY_BUCKETS,
+        )?
+        .set_buckets_for_metric(
+            Matcher::Full(names::GENAI_OPERATION_DURATION.to_owned()),
+            names::LATENCY_BUCKETS,
+        )?
+        .set_buckets_for_metric(
+            Matcher::Full(names::GENAI_TIME_TO_FIRST_CHUNK.to_owned()),
+            names::LATENCY_BUCKETS,
+        )?
+        .set_buckets_for_metric(
+            Matcher::Full(names::GENAI_TOKEN_USAGE.to_owned()),
+            names::TOKEN_BUCKETS,
         )
 }
 

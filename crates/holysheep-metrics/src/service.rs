@@ -2,7 +2,6 @@ use std::fmt;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use holysheep_core::signal::RequestModel;
 use http::{Request, Response};
 use http_body::Body;
 use tower::Service;
@@ -76,8 +75,12 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
-        let tracker = Tracker::start(self.shared.clone(), req.extensions().get::<RequestModel>());
-        ResponseFuture::new(self.inner.call(req), tracker)
+    fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
+        let tracker = Tracker::start(self.shared.clone(), &mut req);
+        let inner = {
+            let _enter = tracker.span.enter();
+            self.inner.call(req)
+        };
+        ResponseFuture::new(inner, tracker)
     }
 }

@@ -12,7 +12,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures_util::{Stream, stream};
 use holysheep_core::BoxError;
-use holysheep_core::signal::{Attempts, CacheOutcome, RequestModel};
+use holysheep_core::signal::{Attempts, CacheOutcome, Namespace, RequestModel, SemanticHit};
 use http::{Request, Response, StatusCode};
 use http_body::{Body, Frame};
 use http_body_util::{BodyExt, Empty, Full, StreamBody};
@@ -738,8 +738,353 @@ async fn prometheus_latency_metrics_are_histograms() {
         "{text}"
     );
     assert!(
-        text.contains("holysheep_cost_microusd_total{model=\"gpt-4.1\"} 12000"),
+        text.contains("holysheep_cost_microusd_total{model=\"gpt-4.1\",tenant=\"none\"} 12000"),
         "{text}"
     );
     assert!(text.contains("# HELP holysheep_requests_total"), "{text}");
+}
+
+/// A chat answer with prompt-cache and reasoning details.
+const DETAILED: &str = r#"{"model":"gpt-4.1","choices":[],"usage":{"prompt_tokens":1000000,"completion_tokens":1000000,
+    "prompt_tokens_details":{"cached_tokens":600000},"completion_tokens_details":{"reasoning_tokens":250000}}}"#;
+
+#[tokio::test]
+async fn cached_tokens_are_priced_at_the_cached_rate_and_counted_once() {
+    let recorder = DebuggingRecorder::new();
+    let probe = Probe::new(&recorder);
+    let _guard = metrics::set_default_local_recorder(&recorder);
+
+    let prices = holysheep_core::price::PriceTable::empty().with_price(
+        "gpt-4.1",
+        holysheep_core::price::ModelPrice::new(2.0, 8.0)
+            .cached_input(0.5)
+            .reasoning(10.0),
+    );
+    let svc =
+        MetricsLayer::new()
+            .price_table(prices)
+            .layer(service_fn(|_req: Request<String>| async {
+                Ok::<_, BoxError>(json(DETAILED))
+            }));
+    let res = svc.oneshot(request(None)).await.unwrap();
+    res.into_body().collect().await.unwrap();
+
+    let m = probe.take();
+    // 0.4 M × $2 + 0.6 M × $0.5 + 0.75 M × $8 + 0.25 M × $10 = $9.60
+    assert_eq!(m.counter(names::COST, &[("model", "gpt-4.1")]), 9_600_000);
+    // The details are parts of the totals, never added to them.
+    assert_eq!(m.counter(names::TOKENS, &[("kind", "prompt")]), 1_000_000);
+    assert_eq!(
+        m.counter(names::TOKENS, &[("kind", "completion")]),
+        1_000_000
+    );
+    assert_eq!(
+        m.counter(names::CACHED_PROMPT_TOKENS, &[("cache", "miss")]),
+        600_000
+    );
+    assert_eq!(
+        m.counter(names::REASONING_TOKENS, &[("cache", "miss")]),
+        250_000
+    );
+}
+
+#[tokio::test]
+async fn embeddings_are_priced() {
+    let recorder = DebuggingRecorder::new();
+    let probe = Probe::new(&recorder);
+    let _guard = metrics::set_default_local_recorder(&recorder);
+
+    let prices = holysheep_core::price::PriceTable::default().with_price(
+        "text-embedding-3-small",
+        holysheep_core::price::ModelPrice::new(0.02, 0.0),
+    );
+    let layer = MetricsLayer::new()
+        .price_table(prices)
+        .max_body_capture(4096);
+    // One small answer, and a batch far past the capture limit (usage comes last).
+    let mut big = String::from(r#"{"object":"list","data":["#);
+    for i in 0..500 {
+        big.push_str(&format!(
+            r#"{{"object":"embedding","index":{i},"embedding":[0.25,0.5]}},"#
+        ));
+    }
+    big.push_str(r#"{"object":"embedding","index":500,"embedding":[1.0]}],"model":"text-embedding-3-small","usage":{"prompt_tokens":50000000,"total_tokens":50000000}}"#);
+    for body in [
+        r#"{"object":"list","data":[{"object":"embedding","index":0,"embedding":[0.1]}],"model":"text-embedding-3-small","usage":{"prompt_tokens":50000000,"total_tokens":50000000}}"#.to_owned(),
+        big,
+    ] {
+        let svc = layer.layer(service_fn(move |_req: Request<String>| {
+            let body = body.clone();
+            async move { Ok::<_, BoxError>(json(&body)) }
+        }));
+        let mut req = request(Some("text-embedding-3-small"));
+        *req.uri_mut() = "/v1/embeddings".parse().unwrap();
+        let res = svc.oneshot(req).await.unwrap();
+        res.into_body().collect().await.unwrap();
+    }
+    let m = probe.take();
+    // 50 M tokens at $0.02 per million: $1, twice.
+    assert_eq!(
+        m.counter(names::COST, &[("model", "text-embedding-3-small")]),
+        2_000_000
+    );
+    assert_eq!(m.counter(names::TOKENS, &[("kind", "prompt")]), 100_000_000);
+}
+
+#[tokio::test]
+async fn cost_and_savings_per_tenant_split_by_how_the_cache_saved() {
+    let recorder = DebuggingRecorder::new();
+    let probe = Probe::new(&recorder);
+    let _guard = metrics::set_default_local_recorder(&recorder);
+
+    let layer = MetricsLayer::new().max_tenants(2);
+    let cases: [(Option<&str>, Option<CacheOutcome>, bool); 7] = [
+        (Some("acme"), Some(CacheOutcome::Miss), false),
+        (Some("acme"), Some(CacheOutcome::Hit), false),
+        (Some("acme"), Some(CacheOutcome::Hit), true),
+        (Some("globex"), Some(CacheOutcome::Coalesced), false),
+        (Some("initech"), None, false),
+        (None, Some(CacheOutcome::Bypass), false),
+        (Some("globex"), Some(CacheOutcome::Hit), false),
+    ];
+    for (tenant, outcome, semantic) in cases {
+        let svc = layer.layer(service_fn(move |_req: Request<String>| async move {
+            let mut res = json(ANSWER);
+            if let Some(outcome) = outcome {
+                res.extensions_mut().insert(outcome);
+            }
+            if semantic {
+                res.extensions_mut()
+                    .insert(SemanticHit { similarity: 0.97 });
+            }
+            Ok::<_, BoxError>(res)
+        }));
+        let mut req = request(None);
+        if let Some(tenant) = tenant {
+            req.extensions_mut().insert(Namespace(Arc::from(tenant)));
+        }
+        let res = svc.oneshot(req).await.unwrap();
+        res.into_body().collect().await.unwrap();
+    }
+    let m = probe.take();
+    let cost = |tenant| m.counter(names::COST, &[("model", "gpt-4.1"), ("tenant", tenant)]);
+    let saved = |tenant, via| {
+        m.counter(
+            names::COST_SAVED,
+            &[("model", "gpt-4.1"), ("tenant", tenant), ("via", via)],
+        )
+    };
+    // $0.012 per answer.
+    assert_eq!(cost("acme"), 12_000);
+    assert_eq!(saved("acme", "exact"), 12_000);
+    assert_eq!(saved("acme", "semantic"), 12_000);
+    assert_eq!(saved("globex", "coalesced"), 12_000);
+    assert_eq!(saved("globex", "exact"), 12_000);
+    // Past the bound of two tenants; and a request without one.
+    assert_eq!(cost("other"), 12_000);
+    assert_eq!(cost("none"), 12_000);
+    assert_eq!(
+        m.label_values(names::COST, "tenant"),
+        vec!["acme", "none", "other"]
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn genai_metric_names_are_opt_in() {
+    let recorder = DebuggingRecorder::new();
+    let probe = Probe::new(&recorder);
+    let _guard = metrics::set_default_local_recorder(&recorder);
+
+    let answer = |_req: Request<String>| async {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        Ok::<_, BoxError>(json(ANSWER))
+    };
+    let chat = || {
+        let mut req = request(Some("gpt-4.1"));
+        *req.uri_mut() = "/v1/chat/completions".parse().unwrap();
+        req
+    };
+    let res = MetricsLayer::new()
+        .layer(service_fn(answer))
+        .oneshot(chat())
+        .await
+        .unwrap();
+    res.into_body().collect().await.unwrap();
+    assert!(
+        probe
+            .take()
+            .histogram(names::GENAI_OPERATION_DURATION, &[])
+            .is_empty()
+    );
+
+    let res = MetricsLayer::new()
+        .genai_metrics(true)
+        .layer(service_fn(answer))
+        .oneshot(chat())
+        .await
+        .unwrap();
+    res.into_body().collect().await.unwrap();
+    let m = probe.take();
+    let want = [
+        ("gen_ai.operation.name", "chat"),
+        ("gen_ai.request.model", "gpt-4.1"),
+    ];
+    assert_eq!(
+        m.histogram(names::GENAI_OPERATION_DURATION, &want),
+        vec![0.02]
+    );
+    let tokens = |kind| {
+        m.histogram(
+            names::GENAI_TOKEN_USAGE,
+            &[
+                ("gen_ai.token.type", kind),
+                ("gen_ai.operation.name", "chat"),
+            ],
+        )
+    };
+    assert_eq!(tokens("input"), vec![1000.0]);
+    assert_eq!(tokens("output"), vec![500.0]);
+    // Not a stream: no time to first chunk.
+    assert!(
+        m.histogram(names::GENAI_TIME_TO_FIRST_CHUNK, &[])
+            .is_empty()
+    );
+}
+
+/// One span a subscriber saw: name, fields as text, parent name.
+type SeenSpan = (String, BTreeMap<String, String>, Option<String>);
+
+/// Every span a subscriber saw.
+#[derive(Clone, Default)]
+struct SpanLog(Arc<std::sync::Mutex<Vec<SeenSpan>>>);
+
+struct FieldText<'a>(&'a mut BTreeMap<String, String>);
+
+impl tracing::field::Visit for FieldText<'_> {
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        self.0.insert(field.name().to_owned(), format!("{value:?}"));
+    }
+    fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+        self.0.insert(field.name().to_owned(), value.to_owned());
+    }
+}
+
+impl<S> tracing_subscriber::Layer<S> for SpanLog
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+{
+    fn on_new_span(
+        &self,
+        attrs: &tracing::span::Attributes<'_>,
+        id: &tracing::span::Id,
+        ctx: tracing_subscriber::layer::Context<'_, S>,
+    ) {
+        let mut fields = BTreeMap::new();
+        attrs.record(&mut FieldText(&mut fields));
+        let span = ctx.span(id).expect("a new span");
+        let parent = span.parent().map(|p| p.name().to_owned());
+        let mut log = self.0.lock().unwrap();
+        fields.insert("#".into(), log.len().to_string());
+        span.extensions_mut().insert(log.len());
+        log.push((attrs.metadata().name().to_owned(), fields, parent));
+    }
+
+    fn on_record(
+        &self,
+        id: &tracing::span::Id,
+        values: &tracing::span::Record<'_>,
+        ctx: tracing_subscriber::layer::Context<'_, S>,
+    ) {
+        let span = ctx.span(id).expect("a known span");
+        let index = *span.extensions().get::<usize>().expect("indexed");
+        values.record(&mut FieldText(&mut self.0.lock().unwrap()[index].1));
+    }
+}
+
+#[tokio::test]
+async fn a_request_span_with_genai_fields_and_a_numbered_child_per_attempt() {
+    use tracing_subscriber::layer::SubscriberExt;
+
+    let log = SpanLog::default();
+    let subscriber = tracing_subscriber::registry().with(log.clone());
+    let _default = tracing::subscriber::set_default(subscriber);
+
+    // Two attempts, as a retry layer makes them: the first answers 503, the second the answer.
+    let attempts = crate::AttemptTraceLayer::new()
+        .server("api.holysheep.ai", Some(443))
+        .layer(service_fn(|req: Request<String>| async move {
+            let first = req.headers().get("x-first").is_some();
+            let mut res = if first {
+                json(r#"{"error":{}}"#)
+            } else {
+                json(DETAILED)
+            };
+            if first {
+                *res.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+            }
+            Ok::<_, BoxError>(res)
+        }));
+    let retrying = service_fn(move |req: Request<String>| {
+        let attempts = attempts.clone();
+        async move {
+            let mut first = req.clone();
+            first.headers_mut().insert("x-first", "1".parse().unwrap());
+            let failed = attempts.clone().oneshot(first).await?;
+            failed.into_body().collect().await?;
+            let mut res = attempts.oneshot(req).await?;
+            res.extensions_mut().insert(Attempts(2));
+            res.extensions_mut().insert(CacheOutcome::Miss);
+            Ok::<_, BoxError>(res)
+        }
+    });
+    let svc = MetricsLayer::new()
+        .server("api.holysheep.ai", Some(443))
+        .layer(retrying);
+    let mut req = request(Some("gpt-4.1"));
+    *req.uri_mut() = "/v1/chat/completions".parse().unwrap();
+    req.body_mut().push_str("a secret prompt");
+    req.extensions_mut().insert(Namespace(Arc::from("acme")));
+    let res = svc.oneshot(req).await.unwrap();
+    res.into_body().collect().await.unwrap();
+
+    let spans = log.0.lock().unwrap().clone();
+    let (name, f, parent) = &spans[0];
+    assert_eq!((name.as_str(), parent), ("gen_ai", &None));
+    for (key, want) in [
+        ("otel.name", "chat gpt-4.1"),
+        ("otel.kind", "client"),
+        ("gen_ai.operation.name", "chat"),
+        ("gen_ai.request.model", "gpt-4.1"),
+        ("gen_ai.response.model", "gpt-4.1"),
+        ("gen_ai.usage.input_tokens", "1000000"),
+        ("gen_ai.usage.output_tokens", "1000000"),
+        ("gen_ai.usage.cache_read.input_tokens", "600000"),
+        ("holysheep.usage.reasoning_tokens", "250000"),
+        ("server.address", "api.holysheep.ai"),
+        ("server.port", "443"),
+        ("http.response.status_code", "200"),
+        ("holysheep.tenant", "acme"),
+        ("holysheep.cache", "miss"),
+        ("holysheep.attempts", "2"),
+        ("holysheep.outcome", "completed"),
+    ] {
+        assert_eq!(f.get(key).map(String::as_str), Some(want), "{key}: {f:?}");
+    }
+    assert!(!f.contains_key("error.type"), "{f:?}");
+    let attempt_spans: Vec<_> = spans.iter().filter(|(n, ..)| n == "upstream").collect();
+    assert_eq!(attempt_spans.len(), 2);
+    for (i, (_, f, parent)) in attempt_spans.iter().enumerate() {
+        assert_eq!(parent.as_deref(), Some("gen_ai"));
+        assert_eq!(f["holysheep.attempt"], (i + 1).to_string());
+        assert_eq!(f["server.address"], "api.holysheep.ai");
+        assert_eq!(f["url.path"], "/v1/chat/completions");
+    }
+    assert_eq!(attempt_spans[0].1["http.response.status_code"], "503");
+    assert_eq!(attempt_spans[0].1["error.type"], "503");
+    assert_eq!(attempt_spans[1].1["http.request.resend_count"], "1");
+    assert!(!attempt_spans[0].1.contains_key("http.request.resend_count"));
+    // No prompt or answer text in any span.
+    for (_, f, _) in &spans {
+        assert!(f.values().all(|v| !v.contains("secret prompt")), "{f:?}");
+    }
 }

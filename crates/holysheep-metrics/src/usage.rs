@@ -5,6 +5,7 @@ use std::io::IoSlice;
 
 use bytes::Buf;
 use holysheep_core::sse::{SseEvent, SseParser};
+use holysheep_core::usage::Usage;
 use http::HeaderMap;
 use http::header::{CONTENT_ENCODING, CONTENT_TYPE};
 use serde::Deserialize;
@@ -15,23 +16,17 @@ struct Answer<'a> {
     #[serde(borrow, default)]
     model: Option<Cow<'a, str>>,
     #[serde(default)]
-    usage: Option<TokenUsage>,
+    usage: Option<Usage>,
 }
 
-#[derive(Deserialize)]
-struct TokenUsage {
-    #[serde(default)]
-    prompt_tokens: u64,
-    #[serde(default)]
-    completion_tokens: u64,
-}
+/// Bytes kept from the end of a JSON answer too large to keep whole: its `usage` is last.
+const TAIL: usize = 4096;
 
 /// What the body said about itself.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub(crate) struct Found {
     pub(crate) model: Option<String>,
-    /// `(prompt_tokens, completion_tokens)`.
-    pub(crate) usage: Option<(u64, u64)>,
+    pub(crate) usage: Option<Usage>,
 }
 
 impl Found {
@@ -39,8 +34,8 @@ impl Found {
         if want_model {
             self.model = answer.model.map(Cow::into_owned);
         }
-        if let Some(u) = answer.usage {
-            self.usage = Some((u.prompt_tokens, u.completion_tokens));
+        if let Some(usage) = answer.usage {
+            self.usage = Some(usage);
         }
     }
 }
@@ -52,6 +47,9 @@ pub(crate) enum Capture {
     Off,
     /// A JSON answer, copied up to `limit` bytes and parsed when the body ends.
     Json { buf: Vec<u8>, limit: usize },
+    /// A JSON answer past `limit` (a large batch of embeddings): only its last bytes are
+    /// kept, where OpenAI answers put `usage`.
+    JsonTail { tail: Vec<u8> },
     /// An SSE stream, parsed event by event; only the first event and events with a `usage`
     /// object are handed to serde.
     Sse {
@@ -83,7 +81,7 @@ impl Capture {
             || (essence.len() > 5 && essence[essence.len() - 5..].eq_ignore_ascii_case(b"+json"));
         if is_json {
             if len_lower_bound > limit as u64 {
-                return Self::Off;
+                return Self::JsonTail { tail: Vec::new() };
             }
             // Reserve what the body announced (it fits the limit), so copying never regrows.
             let cap = usize::try_from(len_lower_bound).unwrap_or(0);
@@ -109,11 +107,17 @@ impl Capture {
             Self::Off => return,
             Self::Json { buf, limit } => {
                 if buf.len().saturating_add(data.remaining()) > *limit {
-                    false
-                } else {
-                    for_each_slice(data, |s| buf.extend_from_slice(s))
+                    let mut tail = std::mem::take(buf);
+                    keep_tail(&mut tail);
+                    *self = Self::JsonTail { tail };
+                    return self.push(data);
                 }
+                for_each_slice(data, |s| buf.extend_from_slice(s))
             }
+            Self::JsonTail { tail } => for_each_slice(data, |s| {
+                tail.extend_from_slice(s);
+                keep_tail(tail);
+            }),
             Self::Sse {
                 parser,
                 limit,
@@ -144,9 +148,39 @@ impl Capture {
                 }
                 found
             }
+            Self::JsonTail { tail } => Found {
+                model: None,
+                usage: usage_in_tail(&tail),
+            },
             Self::Sse { found, .. } => found,
         }
     }
+}
+
+/// Drops all but the last [`TAIL`] bytes, in batches so each byte moves at most once or twice.
+fn keep_tail(tail: &mut Vec<u8>) {
+    if tail.len() > 2 * TAIL {
+        tail.drain(..tail.len() - TAIL);
+    }
+}
+
+/// The last top-level-looking `"usage": {...}` in the end of an answer. Inside a JSON string
+/// a quote is escaped, so an unescaped `"usage"` followed by a colon is a key.
+fn usage_in_tail(tail: &[u8]) -> Option<Usage> {
+    const KEY: &[u8] = b"\"usage\"";
+    let at = tail
+        .windows(KEY.len())
+        .enumerate()
+        .rev()
+        .filter(|(i, w)| *w == KEY && (*i == 0 || tail[i - 1] != b'\\'))
+        .map(|(i, _)| i + KEY.len())
+        .find(|&end| tail[end..].trim_ascii_start().starts_with(b":"))?;
+    let rest = tail[at..].trim_ascii_start();
+    let value = &rest[1..];
+    serde_json::Deserializer::from_slice(value)
+        .into_iter::<Usage>()
+        .next()?
+        .ok()
 }
 
 fn on_event(event: &SseEvent, model_tried: &mut bool, found: &mut Found) {
@@ -206,20 +240,37 @@ mod tests {
             c.push(&Bytes::copy_from_slice(&body[split..]));
             let found = c.finish();
             assert_eq!(found.model.as_deref(), Some("gpt-4.1"));
-            assert_eq!(found.usage, Some((12, 30)));
+            assert_eq!(found.usage, Some(Usage::new(12, 30)));
         }
     }
 
     #[test]
-    fn json_over_the_limit_or_compressed_is_not_parsed() {
-        let body = br#"{"model":"gpt-4.1","usage":{"prompt_tokens":1,"completion_tokens":2}}"#;
-        let mut c = Capture::for_response(&headers("application/json"), 0, 16);
-        c.push(&Bytes::from_static(body));
-        assert_eq!(c.finish(), Found::default());
-        assert!(matches!(
-            Capture::for_response(&headers("application/json"), 17, 16),
-            Capture::Off
-        ));
+    fn json_over_the_limit_keeps_its_usage_from_the_tail() {
+        // A batch of embeddings far past the capture limit: usage comes last.
+        let mut body = String::from(r#"{"object":"list","data":["#);
+        for i in 0..2000 {
+            body.push_str(&format!(
+                r#"{{"object":"embedding","index":{i},"embedding":[0.1,-0.2,0.3]}},"#
+            ));
+        }
+        body.push_str(r#"{"index":1,"note":"\"usage\": {\"prompt_tokens\": 1}"}],"model":"text-embedding-3-small","usage": {"prompt_tokens":4096,"total_tokens":4096}}"#);
+        for piece in [7, 1000, body.len()] {
+            let mut c = Capture::for_response(&headers("application/json"), 0, 1024);
+            for chunk in body.as_bytes().chunks(piece) {
+                c.push(&Bytes::copy_from_slice(chunk));
+            }
+            assert!(matches!(c, Capture::JsonTail { .. }));
+            assert_eq!(c.finish().usage, Some(Usage::new(4096, 0)));
+        }
+        let mut c = Capture::for_response(&headers("application/json"), 100_000, 1024);
+        c.push(&Bytes::from(body.clone()));
+        assert_eq!(c.finish().usage, Some(Usage::new(4096, 0)));
+        assert_eq!(usage_in_tail(br#"{"data":[],"usage":"#), None);
+        assert_eq!(usage_in_tail(br#"{"x":"\"usage\": {}"}"#), None);
+    }
+
+    #[test]
+    fn compressed_or_foreign_bodies_are_not_parsed() {
         let mut h = headers("application/json");
         h.insert(CONTENT_ENCODING, HeaderValue::from_static("gzip"));
         assert!(matches!(Capture::for_response(&h, 0, 1024), Capture::Off));
@@ -240,7 +291,7 @@ mod tests {
         let chained = Bytes::from_static(a).chain(Bytes::from_static(b));
         let mut c = Capture::for_response(&headers("application/json"), 0, 1024);
         c.push(&chained);
-        assert_eq!(c.finish().usage, Some((3, 4)));
+        assert_eq!(c.finish().usage, Some(Usage::new(3, 4)));
     }
 
     #[test]
@@ -259,7 +310,7 @@ mod tests {
             }
             let found = c.finish();
             assert_eq!(found.model.as_deref(), Some("deepseek-v3.2"));
-            assert_eq!(found.usage, Some((5, 7)));
+            assert_eq!(found.usage, Some(Usage::new(5, 7)));
         }
     }
 

@@ -1,7 +1,7 @@
 //! The names of the metrics the semantic cache emits, and [`describe`] to give them help text.
 //!
 //! Emitted through the [`metrics`] facade, like `MetricsLayer`'s; what semantic hits saved is
-//! counted by `MetricsLayer` (`holysheep_semantic_cost_saved_microusd_total`), which sees the
+//! counted by `MetricsLayer` (`holysheep_cost_saved_microusd_total{via="semantic"}`), which sees the
 //! answer's usage.
 
 use metrics::{Unit, describe_counter, describe_histogram};
