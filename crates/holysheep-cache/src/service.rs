@@ -198,10 +198,15 @@ fn classify(shared: &Shared, parts: &Parts, bytes: &Bytes) -> Result<Ctx, Header
         return Err(STATUS_BYPASS);
     }
     let namespace = parts.extensions.get::<Namespace>();
+    // The query is forwarded, so it is keyed (see `KeyRequest::path`).
+    let target = match (parts.uri.query(), parts.uri.path_and_query()) {
+        (Some(query), Some(target)) if !query.is_empty() => target.as_str(),
+        _ => parts.uri.path(),
+    };
     let key = shared
         .policy
         .key(&KeyRequest {
-            path: parts.uri.path(),
+            path: target,
             upstream: &shared.upstream,
             namespace: namespace.map(Namespace::as_str),
             body: &body,

@@ -490,6 +490,40 @@ async fn tenants_are_isolated() {
     assert_eq!(calls.load(Ordering::SeqCst), 2);
 }
 
+/// Issue 11, item 10: the query string goes upstream, so it is part of the key.
+#[tokio::test]
+async fn query_strings_are_keyed() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let cache = layer().layer(counting(&calls, |_, _| {
+        json_response(StatusCode::OK, completion("x"))
+    }));
+    let at = |target: &str| json_request(Method::POST, target, None, chat("hi").to_string());
+    for (target, x_cache) in [
+        ("/v1/chat/completions?a=1", "MISS"),
+        ("/v1/chat/completions?a=2", "MISS"),
+        ("/v1/chat/completions", "MISS"),
+        ("/v1/chat/completions?a=1", "HIT"),
+        ("/v1/chat/completions?", "HIT"),
+    ] {
+        assert_eq!(send(&cache, at(target)).await.x_cache, x_cache, "{target}");
+        settle(&cache).await;
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 3);
+    // The reference Python client sends no query: with one, its scheme gives way to the
+    // canonical one, which keys the query.
+    let cache = layer()
+        .key_policy(DefaultKeyPolicy::python_compat())
+        .layer(counting(&calls, |_, _| {
+            json_response(StatusCode::OK, completion("x"))
+        }));
+    send(&cache, at("/v1/chat/completions?a=1")).await;
+    settle(&cache).await;
+    assert_eq!(
+        send(&cache, at("/v1/chat/completions?a=2")).await.x_cache,
+        "MISS"
+    );
+}
+
 #[tokio::test]
 async fn a_failing_store_is_a_miss() {
     let calls = Arc::new(AtomicUsize::new(0));
