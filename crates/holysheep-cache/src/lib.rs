@@ -177,7 +177,7 @@ pub use self::service::{CACHE_STATUS, Cache, X_CACHE};
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub use self::store::RedisStore;
 pub use self::store::{
-    BoxFuture, CacheStore, MemoryStore, StoreError, StoreErrorKind, TieredStore,
+    BoxFuture, CacheStore, MemoryStore, StoreError, StoreErrorKind, TieredStore, ValueTtl,
 };
 
 /// Internals the crate's benchmarks measure. **Not public API**: no stability promise, may change

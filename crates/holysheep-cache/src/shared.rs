@@ -9,8 +9,8 @@ use crate::flight::Flight;
 use crate::key::{CacheKey, KeyPolicy};
 use crate::store::{CacheStore, StoreError};
 
-/// How often, at most, a failing store is logged at warn.
-const WARN_EVERY: Duration = Duration::from_secs(10);
+/// How often, at most, a failing store (or one Redis node) is logged at warn.
+pub(crate) const WARN_EVERY: Duration = Duration::from_secs(10);
 
 pub(crate) struct Shared {
     pub(crate) store: Arc<dyn CacheStore>,
@@ -72,15 +72,16 @@ impl Shared {
     }
 }
 
-#[derive(Default)]
-struct WarnLimiter {
+/// Admits one log line per [`WARN_EVERY`], counting the ones it holds back.
+#[derive(Debug, Default)]
+pub(crate) struct WarnLimiter {
     last: Mutex<Option<Instant>>,
     suppressed: AtomicU64,
 }
 
 impl WarnLimiter {
     /// `Some(skipped since the last log)` when this one may be logged.
-    fn admit(&self) -> Option<u64> {
+    pub(crate) fn admit(&self) -> Option<u64> {
         let mut last = lock(&self.last);
         let now = Instant::now();
         if last.is_some_and(|at| now.duration_since(at) < WARN_EVERY) {

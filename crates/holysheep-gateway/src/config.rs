@@ -177,6 +177,11 @@ section! {
         /// Per-operation Redis bound in ms; slower answers count as misses [default: 50]
         #[arg(long = "cache-redis-timeout-ms", env = "HOLYSHEEP_CACHE_REDIS_TIMEOUT_MS", value_name = "MS")]
         redis_timeout_ms: u64,
+        /// Longest an instance serves its memory copy of a Redis entry without asking Redis
+        /// again, in seconds: the bound on how stale its answers are after another instance
+        /// refreshed the entry (0: always ask Redis) [default: 10]
+        #[arg(long = "cache-front-ttl-secs", env = "HOLYSHEEP_CACHE_FRONT_TTL_SECS", value_name = "SECONDS")]
+        front_ttl_secs: u64,
         /// How cache keys are derived: canonical or python-compat [default: canonical]
         #[arg(long = "cache-key-scheme", env = "HOLYSHEEP_CACHE_KEY_SCHEME", value_name = "SCHEME")]
         key_scheme: KeyScheme,
@@ -528,7 +533,7 @@ impl Config {
 /// This is the one link from a setting to its default: the README table, the example TOML file
 /// and `--help` are checked against it by the tests.
 pub fn default_of(key: &str) -> Option<String> {
-    use holysheep::cache::{CacheLayer, KeyScheme as Scheme, RedisStore};
+    use holysheep::cache::{CacheLayer, KeyScheme as Scheme, RedisStore, TieredStore};
     use holysheep::client::Builder as Client;
     use holysheep::pool_limit::PoolLimitLayer as Pool;
     use holysheep::retry::RetryLayer as Retry;
@@ -562,6 +567,7 @@ pub fn default_of(key: &str) -> Option<String> {
         "cache.memory_max_bytes" => StackBuilder::DEFAULT_MEMORY_CACHE_BYTES.to_string(),
         "cache.redis" => "none".to_owned(),
         "cache.redis_timeout_ms" => millis(RedisStore::DEFAULT_TIMEOUT),
+        "cache.front_ttl_secs" => secs(TieredStore::<(), ()>::DEFAULT_FRONT_TTL),
         "cache.key_scheme" => Scheme::default().to_string(),
         _ => return None,
     })
