@@ -16,7 +16,7 @@ use tower::Service;
 
 use crate::body::{Plan, Recorder, Recording, ResponseBody};
 use crate::control::RequestControl;
-use crate::convert::{Endpoint, json_to_sse, sse_to_json, strip_usage};
+use crate::convert::{Endpoint, good_entry, json_to_sse, sse_to_json, strip_usage};
 use crate::entry::{Entry, EntryBody};
 use crate::error::CoalesceError;
 use crate::flight::{End, Followed, Follower, Head, Joined, Lead, Shape, join};
@@ -102,6 +102,14 @@ impl<S> Cache<S> {
     /// How many coalesced upstream calls are in flight (keys other requests can join).
     pub fn in_flight(&self) -> usize {
         self.shared.flights().len()
+    }
+
+    /// How many values read from the store were not served since the cache was built: values
+    /// that are not an entry, and (from a store shared with others, see
+    /// [`CacheStore::is_shared`]) entries that are not a good answer. Each was a miss whose
+    /// answer replaced it.
+    pub fn invalid_entries(&self) -> u64 {
+        self.shared.invalid_entries()
     }
 }
 
@@ -268,15 +276,18 @@ where
         fwd = Fwd::Miss;
         match shared.store.get(ctx.key.as_str()).await {
             Ok(Some(value)) => match Entry::decode(value) {
+                // Read back from a store others may write to: served only if it is still the
+                // good answer it was when stored. Otherwise a miss, whose answer replaces it.
+                Some(entry) if shared.check_reads && !good_entry(ctx.endpoint, &entry) => {
+                    shared.invalid_entry(&ctx.key, "not a good answer");
+                }
                 Some(entry) if ctx.control.accepts_age(entry.age()) => {
                     if let Some(res) = from_entry(&entry, &ctx, CacheOutcome::Hit, STATUS_HIT) {
                         return Ok(res);
                     }
                 }
                 Some(_) => fwd = Fwd::Stale,
-                None => {
-                    tracing::debug!(key = %ctx.key, "undecodable cache entry; served as a miss")
-                }
+                None => shared.invalid_entry(&ctx.key, "not an entry"),
             },
             Ok(None) => {}
             Err(error) => shared.store_failed("get", &error),
@@ -459,32 +470,48 @@ fn live(head: &Head, follower: Follower, ctx: &Ctx) -> Response<ResponseBody> {
     res
 }
 
-/// An answer from an entry, in the shape the request asked for. `None` when the entry cannot be
-/// rendered in that shape (the request then goes upstream).
+/// An answer from an entry, in the shape the request asked for. `None` when the entry cannot
+/// give that shape without losing something the request asked for (the request then goes
+/// upstream, and its answer replaces the entry):
+///
+/// - a stream with a usage chunk (`stream_options.include_usage`) from an entry without usage;
+/// - one JSON (which always carries `usage`) from a stream recorded without a usage chunk;
+/// - a shape the answer has no form for (multi-part assistant content as a stream, embeddings
+///   as a stream).
+///
+/// The content type is the route's own (`application/json`, `text/event-stream`): the stored
+/// one is kept only when it names the same media type (e.g. with a `charset`).
 fn from_entry(
     entry: &Entry,
     ctx: &Ctx,
     outcome: CacheOutcome,
     status: HeaderValue,
 ) -> Option<Response<ResponseBody>> {
+    let include_usage = ctx.shape.include_usage;
     let (body, content_type) = match (entry.body(), ctx.shape.stream) {
         (EntryBody::Json(body), false) => (
             ResponseBody::full(body.clone()),
-            entry.content_type().clone(),
+            route_type(entry.content_type(), JSON),
         ),
         (EntryBody::Json(body), true) => (
-            ResponseBody::chunks(json_to_sse(ctx.endpoint, body, ctx.shape.include_usage)?),
+            ResponseBody::chunks(json_to_sse(ctx.endpoint, body, include_usage)?),
             EVENT_STREAM,
         ),
         (EntryBody::Stream { chunks, has_usage }, true) => {
-            let chunks = if *has_usage && !ctx.shape.include_usage {
-                strip_usage(chunks)
-            } else {
-                chunks.clone()
+            let chunks = match (*has_usage, include_usage) {
+                (false, true) => return None,
+                (true, false) => strip_usage(chunks),
+                _ => chunks.clone(),
             };
-            (ResponseBody::chunks(chunks), entry.content_type().clone())
+            (
+                ResponseBody::chunks(chunks),
+                route_type(entry.content_type(), EVENT_STREAM),
+            )
         }
-        (EntryBody::Stream { chunks, .. }, false) => {
+        (EntryBody::Stream { chunks, has_usage }, false) => {
+            if !has_usage {
+                return None;
+            }
             (ResponseBody::full(sse_to_json(ctx.endpoint, chunks)?), JSON)
         }
     };
@@ -497,6 +524,21 @@ fn from_entry(
     }
     mark(&mut res, outcome, status, ctx.model.clone());
     Some(res)
+}
+
+/// `stored` when its media type is `expected`'s, else `expected`.
+fn route_type(stored: &HeaderValue, expected: HeaderValue) -> HeaderValue {
+    let media = stored
+        .as_bytes()
+        .split(|&b| b == b';')
+        .next()
+        .unwrap_or_default()
+        .trim_ascii();
+    if media.eq_ignore_ascii_case(expected.as_bytes()) {
+        stored.clone()
+    } else {
+        expected
+    }
 }
 
 fn mark<B>(

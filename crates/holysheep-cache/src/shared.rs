@@ -22,7 +22,12 @@ pub(crate) struct Shared {
     pub(crate) coalesce: bool,
     pub(crate) cache_streams: bool,
     pub(crate) flights: Mutex<HashMap<CacheKey, Arc<Flight>>>,
+    /// Whether values read from the store are checked before they are served
+    /// ([`CacheStore::is_shared`]).
+    pub(crate) check_reads: bool,
+    invalid: AtomicU64,
     warn: WarnLimiter,
+    invalid_warn: WarnLimiter,
 }
 
 impl Shared {
@@ -38,6 +43,7 @@ impl Shared {
         cache_streams: bool,
     ) -> Self {
         Self {
+            check_reads: store.is_shared(),
             store,
             policy,
             ttl,
@@ -47,7 +53,9 @@ impl Shared {
             coalesce,
             cache_streams,
             flights: Mutex::new(HashMap::new()),
+            invalid: AtomicU64::new(0),
             warn: WarnLimiter::default(),
+            invalid_warn: WarnLimiter::default(),
         }
     }
 
@@ -69,6 +77,27 @@ impl Shared {
         } else {
             tracing::debug!(store = self.store.kind(), op, error = %error, "cache store failed");
         }
+    }
+}
+
+impl Shared {
+    /// Counts a value read from the store that is not served, and logs it at warn (at most
+    /// once per [`WARN_EVERY`]): a store that holds such values is written by someone else.
+    pub(crate) fn invalid_entry(&self, key: &CacheKey, why: &'static str) {
+        self.invalid.fetch_add(1, Ordering::Relaxed);
+        if let Some(suppressed) = self.invalid_warn.admit() {
+            tracing::warn!(
+                store = self.store.kind(),
+                %key,
+                why,
+                suppressed,
+                "cache entry refused; the request is served as a miss and its answer replaces it"
+            );
+        }
+    }
+
+    pub(crate) fn invalid_entries(&self) -> u64 {
+        self.invalid.load(Ordering::Relaxed)
     }
 }
 
