@@ -6,7 +6,7 @@ use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use holysheep_core::BoxError;
-use holysheep_core::signal::{CacheOutcome, Namespace, RequestModel};
+use holysheep_core::signal::{CacheOutcome, Namespace, PoolSlot, RequestModel};
 use http::header::{AGE, CONTENT_TYPE};
 use http::request::Parts;
 use http::{HeaderName, HeaderValue, Method, Request, Response, StatusCode};
@@ -18,7 +18,7 @@ use crate::body::{Plan, Recorder, Recording, ResponseBody};
 use crate::control::RequestControl;
 use crate::convert::{Endpoint, good_entry, json_to_sse, sse_to_json, strip_usage};
 use crate::entry::{Entry, EntryBody};
-use crate::error::CoalesceError;
+use crate::error::{CoalesceError, share};
 use crate::flight::{End, Followed, Follower, Head, Joined, Lead, Shape, join};
 use crate::future::ResponseFuture;
 use crate::key::{CacheKey, KeyRequest, ParsedBody};
@@ -127,8 +127,8 @@ impl<S: fmt::Debug> fmt::Debug for Cache<S> {
         f.debug_struct("Cache")
             .field("inner", &self.inner)
             .field("store", &self.shared.store.kind())
-            .field("ttl", &self.shared.ttl)
-            .field("upstream", &self.shared.upstream)
+            .field("ttl", &self.shared.settings.ttl)
+            .field("upstream", &self.shared.settings.upstream)
             .finish_non_exhaustive()
     }
 }
@@ -195,7 +195,7 @@ fn classify(shared: &Shared, parts: &Parts, bytes: &Bytes) -> Result<Ctx, Header
         return Err(STATUS_METHOD);
     }
     let control = RequestControl::from_headers(&parts.headers);
-    if control.no_store || bytes.len() > shared.max_body_bytes {
+    if control.no_store || bytes.len() > shared.settings.max_body_bytes {
         return Err(STATUS_BYPASS);
     }
     let endpoint = Endpoint::from_path(parts.uri.path()).ok_or(STATUS_BYPASS)?;
@@ -215,7 +215,7 @@ fn classify(shared: &Shared, parts: &Parts, bytes: &Bytes) -> Result<Ctx, Header
         .policy
         .key(&KeyRequest {
             path: target,
-            upstream: &shared.upstream,
+            upstream: &shared.settings.upstream,
             namespace: namespace.map(Namespace::as_str),
             body: &body,
         })
@@ -295,26 +295,37 @@ where
     }
 
     let mut rejoins = 0;
+    let mut joined = shared
+        .settings
+        .coalesce
+        .then(|| join(&shared, &ctx.key, ctx.shape));
     let lead = loop {
-        if !shared.coalesce || rejoins >= MAX_REJOINS {
-            break Lead::alone(ctx.shape);
-        }
-        match join(&shared, &ctx.key, ctx.shape) {
-            Joined::Leader(lead) => break lead,
-            Joined::Follower(mut follower) => match follower.wait().await {
-                Followed::Live(head) => return Ok(live(&head, follower, &ctx)),
-                Followed::Entry(entry) => {
-                    match from_entry(&entry, &ctx, CacheOutcome::Coalesced, STATUS_COLLAPSED) {
-                        Some(res) => return Ok(res),
-                        None => rejoins = MAX_REJOINS,
-                    }
+        let follower = match joined.take() {
+            None => break Lead::alone(ctx.shape),
+            Some(Joined::Leader(lead)) => break lead,
+            Some(Joined::Follower(follower)) => follower,
+        };
+        let mut follower = follower;
+        match follower.wait().await {
+            Followed::Live(head) => return Ok(live(&head, follower, &ctx)),
+            Followed::Entry(entry) => {
+                match from_entry(&entry, &ctx, CacheOutcome::Coalesced, STATUS_COLLAPSED) {
+                    Some(res) => return Ok(res),
+                    // Not in this shape without a loss: to the flight made for this shape.
+                    None => joined = Some(follower.hand_off(&shared, &ctx.key)),
                 }
-                Followed::Failed(message) => {
-                    return Err(CoalesceError::leader_failed(message).into());
+            }
+            Followed::HandOff => joined = Some(follower.hand_off(&shared, &ctx.key)),
+            Followed::Failed(error) => {
+                return Err(CoalesceError::leader_failed(error).into());
+            }
+            Followed::Rejoin => {
+                drop(follower);
+                rejoins += 1;
+                if rejoins < MAX_REJOINS {
+                    joined = Some(join(&shared, &ctx.key, ctx.shape));
                 }
-                Followed::Rejoin => rejoins += 1,
-                Followed::Alone => rejoins = MAX_REJOINS,
-            },
+            }
         }
     };
     lead_call(shared, inner, parts, bytes, ctx, lead, fwd).await
@@ -343,7 +354,12 @@ where
     let res = match call_upstream(inner, req).await {
         Ok(res) => res,
         Err(error) => {
-            lead.fail(&error.to_string());
+            // Followers get the leader's own error (in their chain), so they are answered as
+            // it is: a shed's 503 and Retry-After, a timeout's 504.
+            lead.unregister();
+            let followers = lead.flight().state().followers;
+            let (error, shared) = share(error, followers);
+            lead.fail(shared);
             return Err(error);
         }
     };
@@ -357,13 +373,12 @@ where
                 .get(..17)
                 .is_some_and(|p| p.eq_ignore_ascii_case("text/event-stream"))
         });
-    if lead.is_registered() {
-        lead.head(Head {
-            status: head.status,
-            version: head.version,
-            headers: head.headers.clone(),
-        });
-    }
+    let slot = head.extensions.get::<PoolSlot>().cloned();
+    let shared_head = Head {
+        status: head.status,
+        version: head.version,
+        headers: head.headers.clone(),
+    };
     let Ctx {
         key,
         endpoint,
@@ -372,75 +387,91 @@ where
         ..
     } = ctx;
 
-    if head.status != StatusCode::OK {
+    let (recording, stored) = if head.status != StatusCode::OK {
         // Never stored. Kept only for followers that already joined; nobody new may join.
         lead.unregister();
         let followers = lead.flight().state().followers;
-        let body = if followers > 0 {
-            let recorder = Recorder::new(
-                Arc::clone(&shared),
-                key,
-                lead,
-                endpoint,
-                content_type.unwrap_or(JSON),
-                false,
-                None,
-                false,
-            );
-            Recording::new(body, recorder).into_body()
-        } else {
+        if followers == 0 {
             lead.end(End::Complete(None));
-            ResponseBody::passthrough(body)
-        };
-        let status = format!(
-            "holysheep; fwd={}; fwd-status={}",
-            fwd.as_str(),
-            head.status.as_u16()
+            let status = forwarded_status(fwd, head.status);
+            let mut res = Response::from_parts(head, ResponseBody::passthrough(body));
+            mark(&mut res, CacheOutcome::Miss, status, model);
+            return Ok(res);
+        }
+        let recorder = Recorder::new(
+            Arc::clone(&shared),
+            key,
+            lead,
+            endpoint,
+            shared_head,
+            content_type.unwrap_or(JSON),
+            false,
+            None,
+            false,
+            slot,
         );
-        let mut res = Response::from_parts(head, body);
-        mark(
-            &mut res,
-            CacheOutcome::Miss,
-            HeaderValue::from_str(&status).unwrap_or(STATUS_BYPASS),
-            model,
-        );
-        return Ok(res);
-    }
-
-    let plan = control
-        .ttl(shared.ttl)
-        .filter(|_| !is_sse || shared.cache_streams)
-        .map(|ttl| Plan { ttl });
-    let default_type = if is_sse { EVENT_STREAM } else { JSON };
-    let recorder = Recorder::new(
-        Arc::clone(&shared),
-        key,
-        lead,
-        endpoint,
-        content_type.unwrap_or(default_type),
-        true,
-        plan,
-        is_sse,
-    );
-    let mut recording = Recording::new(body, recorder);
-    // A JSON answer arrives whole anyway: read it first so the head can say `stored`. A stream
-    // is forwarded chunk by chunk; whether it is stored is known only at its end.
-    let stored = if is_sse {
-        false
+        let mut recording = Recording::new(body, recorder);
+        if is_sse {
+            recording.publish();
+        } else {
+            // Followers get an error body whole, or the leader's failure.
+            recording.prefetch(shared.settings.max_entry_bytes).await?;
+        }
+        (recording, None)
     } else {
-        recording.prefetch(shared.max_entry_bytes).await?
+        let plan = control
+            .ttl(shared.settings.ttl)
+            .filter(|_| !is_sse || shared.settings.cache_streams)
+            .map(|ttl| Plan { ttl });
+        let default_type = if is_sse { EVENT_STREAM } else { JSON };
+        let recorder = Recorder::new(
+            Arc::clone(&shared),
+            key,
+            lead,
+            endpoint,
+            shared_head,
+            content_type.unwrap_or(default_type),
+            true,
+            plan,
+            is_sse,
+            slot,
+        );
+        let mut recording = Recording::new(body, recorder);
+        // A stream is forwarded chunk by chunk (followers follow it live); whether it is stored
+        // is known only at its end. A JSON answer arrives whole anyway: it is read first (up to
+        // the entry bound), so its head can say `stored`, and so that neither the caller nor a
+        // follower ever gets the head of a JSON answer whose body was then cut: that is a
+        // failed call, for all.
+        let stored = if is_sse {
+            recording.publish();
+            false
+        } else {
+            recording.prefetch(shared.settings.max_entry_bytes).await?
+        };
+        (recording, Some(stored))
     };
     let status = match (fwd, stored) {
-        (Fwd::Miss, false) => HeaderValue::from_static("holysheep; fwd=miss"),
-        (Fwd::Miss, true) => HeaderValue::from_static("holysheep; fwd=miss; stored"),
-        (Fwd::Request, false) => HeaderValue::from_static("holysheep; fwd=request"),
-        (Fwd::Request, true) => HeaderValue::from_static("holysheep; fwd=request; stored"),
-        (Fwd::Stale, false) => HeaderValue::from_static("holysheep; fwd=stale"),
-        (Fwd::Stale, true) => HeaderValue::from_static("holysheep; fwd=stale; stored"),
+        (fwd, None) => forwarded_status(fwd, head.status),
+        (Fwd::Miss, Some(false)) => HeaderValue::from_static("holysheep; fwd=miss"),
+        (Fwd::Miss, Some(true)) => HeaderValue::from_static("holysheep; fwd=miss; stored"),
+        (Fwd::Request, Some(false)) => HeaderValue::from_static("holysheep; fwd=request"),
+        (Fwd::Request, Some(true)) => HeaderValue::from_static("holysheep; fwd=request; stored"),
+        (Fwd::Stale, Some(false)) => HeaderValue::from_static("holysheep; fwd=stale"),
+        (Fwd::Stale, Some(true)) => HeaderValue::from_static("holysheep; fwd=stale; stored"),
     };
     let mut res = Response::from_parts(head, recording.into_body());
     mark(&mut res, CacheOutcome::Miss, status, model);
     Ok(res)
+}
+
+/// `Cache-Status` of an answer that is not a `200`: never stored.
+fn forwarded_status(fwd: Fwd, status: StatusCode) -> HeaderValue {
+    let status = format!(
+        "holysheep; fwd={}; fwd-status={}",
+        fwd.as_str(),
+        status.as_u16()
+    );
+    HeaderValue::from_str(&status).unwrap_or(STATUS_BYPASS)
 }
 
 /// Drives a clone of the inner service to readiness, then calls it.

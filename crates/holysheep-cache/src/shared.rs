@@ -12,15 +12,24 @@ use crate::store::{CacheStore, StoreError};
 /// How often, at most, a failing store (or one Redis node) is logged at warn.
 pub(crate) const WARN_EVERY: Duration = Duration::from_secs(10);
 
-pub(crate) struct Shared {
-    pub(crate) store: Arc<dyn CacheStore>,
-    pub(crate) policy: Arc<dyn KeyPolicy>,
+/// What a [`CacheLayer`](crate::CacheLayer) is configured with (its docs say what each is).
+#[derive(Debug, Clone)]
+pub(crate) struct Settings {
     pub(crate) ttl: Duration,
     pub(crate) max_entry_bytes: usize,
     pub(crate) max_body_bytes: usize,
     pub(crate) upstream: Arc<str>,
     pub(crate) coalesce: bool,
     pub(crate) cache_streams: bool,
+    pub(crate) read_ahead: usize,
+    pub(crate) finish_timeout: Duration,
+    pub(crate) finish_max_bytes: usize,
+}
+
+pub(crate) struct Shared {
+    pub(crate) store: Arc<dyn CacheStore>,
+    pub(crate) policy: Arc<dyn KeyPolicy>,
+    pub(crate) settings: Settings,
     pub(crate) flights: Mutex<HashMap<CacheKey, Arc<Flight>>>,
     /// Whether values read from the store are checked before they are served
     /// ([`CacheStore::is_shared`]).
@@ -31,27 +40,16 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
-    #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         store: Arc<dyn CacheStore>,
         policy: Arc<dyn KeyPolicy>,
-        ttl: Duration,
-        max_entry_bytes: usize,
-        max_body_bytes: usize,
-        upstream: Arc<str>,
-        coalesce: bool,
-        cache_streams: bool,
+        settings: Settings,
     ) -> Self {
         Self {
             check_reads: store.is_shared(),
             store,
             policy,
-            ttl,
-            max_entry_bytes,
-            max_body_bytes,
-            upstream,
-            coalesce,
-            cache_streams,
+            settings,
             flights: Mutex::new(HashMap::new()),
             invalid: AtomicU64::new(0),
             warn: WarnLimiter::default(),

@@ -1276,3 +1276,213 @@ async fn entries_read_from_a_shared_store_are_checked() {
     assert_eq!(cache.invalid_entries(), 0);
     assert_eq!(calls.load(Ordering::SeqCst), 0);
 }
+
+/// Starts `n` identical requests against `cache` (shaped by `body_of(i)`), waits until all but
+/// the leader follow it, then opens `gate`; the replies, in order.
+async fn group(
+    cache: &Cache<Inner>,
+    gate: &Notify,
+    n: usize,
+    body_of: impl Fn(usize) -> Value,
+) -> Vec<Result<Response<crate::ResponseBody>, BoxError>> {
+    let tasks: Vec<_> = (0..n).map(|i| call(cache, request(&body_of(i)))).collect();
+    let tasks: Vec<_> = tasks.into_iter().map(tokio::spawn).collect();
+    wait_followers(cache, &chat("hi"), n - 1).await;
+    gate.notify_one();
+    let mut out = Vec::new();
+    for task in tasks {
+        out.push(
+            tokio::time::timeout(Duration::from_secs(10), task)
+                .await
+                .expect("nobody hangs")
+                .unwrap(),
+        );
+    }
+    out
+}
+
+/// An inner service whose calls wait for `gate`, then answer with `answer(request body)`.
+fn held<F>(calls: &Arc<AtomicUsize>, gate: &Arc<Notify>, answer: F) -> Inner
+where
+    F: Fn(Value) -> Result<Response<TestBody>, BoxError> + Clone + Send + Sync + 'static,
+{
+    let calls = Arc::clone(calls);
+    let gate = Arc::clone(gate);
+    tower::util::BoxCloneService::new(service_fn(move |req: Request<Full<Bytes>>| {
+        let n = calls.fetch_add(1, Ordering::SeqCst);
+        let gate = Arc::clone(&gate);
+        let answer = answer.clone();
+        async move {
+            if n == 0 {
+                gate.notified().await;
+            }
+            let bytes = req.into_body().collect().await?.to_bytes();
+            answer(serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+        }
+    }))
+}
+
+/// Issue 18, item 5: followers fail as their leader does: a shed is a 503 with `Retry-After`
+/// for all, a timeout a 504 for all.
+#[tokio::test]
+async fn followers_fail_as_their_leader_does() {
+    use holysheep_core::error::{Overloaded, error_response};
+    let cases: [(fn() -> BoxError, StatusCode); 2] = [
+        (
+            || Overloaded::new(Duration::from_secs(2)).into(),
+            StatusCode::SERVICE_UNAVAILABLE,
+        ),
+        (
+            || std::io::Error::from(std::io::ErrorKind::TimedOut).into(),
+            StatusCode::GATEWAY_TIMEOUT,
+        ),
+    ];
+    for (error, status) in cases {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let gate = Arc::new(Notify::new());
+        let cache = layer().layer(held(&calls, &gate, move |_| Err(error())));
+        let replies = group(&cache, &gate, 10, |_| chat("hi")).await;
+        for reply in replies {
+            let error = reply.expect_err("the call failed");
+            let res = error_response(&*error);
+            assert_eq!(res.status(), status, "{error}");
+            if status == StatusCode::SERVICE_UNAVAILABLE {
+                assert_eq!(res.headers()["retry-after"], "2");
+            }
+        }
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+    }
+}
+
+/// Issue 18, item 5: a JSON answer the upstream cut is a failure for the leader and every
+/// follower, never a `200` with part of a body.
+#[tokio::test]
+async fn a_cut_json_answer_is_a_failure_for_all() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let gate = Arc::new(Notify::new());
+    let whole = completion("a long answer that the upstream cuts").to_string();
+    let cache = layer().layer(held(&calls, &gate, move |_| {
+        let (tx, mut res) = channel_response();
+        res.headers_mut()
+            .insert("content-type", HeaderValue::from_static("application/json"));
+        res.headers_mut()
+            .insert("content-length", HeaderValue::from(whole.len()));
+        tx.send(Ok(Bytes::copy_from_slice(&whole.as_bytes()[..20])))
+            .unwrap();
+        tx.send(Err(std::io::Error::from(
+            std::io::ErrorKind::ConnectionReset,
+        )
+        .into()))
+            .unwrap();
+        Ok(res)
+    }));
+    let replies = group(&cache, &gate, 10, |i| {
+        if i % 2 == 0 {
+            chat("hi")
+        } else {
+            chat_stream("hi", false)
+        }
+    })
+    .await;
+    for reply in replies {
+        let error = reply.expect_err("no head for a cut JSON answer");
+        assert_eq!(
+            holysheep_core::error::ErrorClass::of(&*error),
+            holysheep_core::error::ErrorClass::Connect,
+            "{error}"
+        );
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+}
+
+/// Issue 18, item 3: an answer that cannot be stored (too large, or not a good answer) costs
+/// at most one more upstream call per shape for the whole group of identical requests.
+#[tokio::test]
+async fn an_unstorable_answer_costs_one_more_call_per_shape() {
+    let big = "x".repeat(4096);
+    type Answer = fn(&str, Value) -> Response<TestBody>;
+    let answers: [(&str, Answer); 2] = [
+        ("too large", |text, body| {
+            if body.get("stream").is_some() {
+                sse_response(stream_chunks(text))
+            } else {
+                json_response(StatusCode::OK, completion(text))
+            }
+        }),
+        ("not a good answer", |_, body| {
+            if body.get("stream").is_some() {
+                sse_response(vec![Bytes::from_static(b"data: {\"choices\":[]}\n\n")])
+            } else {
+                json_response(
+                    StatusCode::OK,
+                    json!({"object": "chat.completion", "choices": []}),
+                )
+            }
+        }),
+    ];
+    for (what, answer) in answers {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let gate = Arc::new(Notify::new());
+        let text = big.clone();
+        let cache = layer()
+            .max_entry_bytes(1024)
+            .layer(held(&calls, &gate, move |body| Ok(answer(&text, body))));
+        let replies = group(&cache, &gate, 60, |i| {
+            if i % 2 == 0 {
+                chat("hi")
+            } else {
+                chat_stream("hi", false)
+            }
+        })
+        .await;
+        for reply in replies {
+            let res = reply.expect("answered");
+            assert_eq!(res.status(), StatusCode::OK, "{what}");
+            res.into_body().collect().await.expect("a whole body");
+        }
+        assert!(
+            calls.load(Ordering::SeqCst) <= 2,
+            "{what}: {} upstream calls for 60 requests of two shapes",
+            calls.load(Ordering::SeqCst)
+        );
+        settle(&cache).await;
+    }
+}
+
+/// Issue 18, item 3: followers of another shape that an answer cannot serve share one new
+/// call, and get the whole answer from it.
+#[tokio::test]
+async fn other_shapes_share_the_call_made_for_them() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let gate = Arc::new(Notify::new());
+    // A stream without a usage chunk cannot become a JSON answer (which carries usage).
+    let cache = layer().layer(held(&calls, &gate, |body| {
+        Ok(if body.get("stream").is_some() {
+            sse_response(stream_chunks("shared"))
+        } else {
+            json_response(StatusCode::OK, completion("shared"))
+        })
+    }));
+    let replies = group(&cache, &gate, 20, |i| {
+        if i == 0 {
+            chat_stream("hi", false)
+        } else {
+            chat("hi")
+        }
+    })
+    .await;
+    for (i, reply) in replies.into_iter().enumerate() {
+        let res = reply.expect("answered");
+        let body = res.into_body().collect().await.unwrap().to_bytes();
+        if i > 0 {
+            let v: Value = serde_json::from_slice(&body).expect("one JSON");
+            assert_eq!(v["choices"][0]["message"]["content"], "shared");
+            assert!(v["usage"]["total_tokens"].as_u64().is_some());
+        }
+    }
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        2,
+        "the stream, and one for the JSON ones"
+    );
+}
