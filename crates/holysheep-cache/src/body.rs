@@ -421,6 +421,9 @@ pub(crate) struct Recording {
     /// Frames read ahead by [`prefetch`](Self::prefetch), not yet given to the client.
     pending: VecDeque<Frame<Bytes>>,
     stored: bool,
+    /// Whether it is handed to [`drive`]: when that task is dropped (it gave up, or the runtime
+    /// shuts down), nothing reads on.
+    driven: bool,
 }
 
 impl Recording {
@@ -435,6 +438,7 @@ impl Recording {
             recorder: Some(recorder),
             pending: VecDeque::new(),
             stored: false,
+            driven: false,
         }
     }
 
@@ -520,6 +524,7 @@ impl Recording {
             });
         let pending = std::mem::take(&mut self.pending);
         let (tx, rx) = mpsc::unbounded_channel();
+        self.driven = true;
         handle.spawn(drive(self, Some(Feed::new(tx, read_ahead))));
         ResponseBody {
             kind: Kind::Driven { pending, rx },
@@ -722,6 +727,9 @@ async fn drive(mut recording: Recording, mut feed: Option<Feed>) {
 
 impl Drop for Recording {
     fn drop(&mut self) {
+        if self.driven {
+            return;
+        }
         let (Some(body), Some(recorder)) = (self.body.take(), self.recorder.take()) else {
             return;
         };
@@ -738,6 +746,7 @@ impl Drop for Recording {
                 recorder: Some(recorder),
                 pending: VecDeque::new(),
                 stored: false,
+                driven: true,
             },
             None,
         ));
