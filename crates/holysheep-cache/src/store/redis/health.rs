@@ -75,8 +75,9 @@ impl Gate {
         self.down_until.load(Ordering::Relaxed) != 0
     }
 
-    /// Whether an operation may go to the node now.
-    pub(super) fn pass(&self) -> Pass<'_> {
+    /// Whether an operation may go to the node now; a probe that fails puts the node down for
+    /// `pause` again.
+    pub(super) fn pass(&self, pause: Duration) -> Pass<'_> {
         let until = self.down_until.load(Ordering::Relaxed);
         if until == 0 {
             return Pass::Up;
@@ -90,6 +91,7 @@ impl Gate {
         }
         Pass::Probe(Probe {
             gate: self,
+            pause,
             passed: false,
         })
     }
@@ -123,6 +125,7 @@ impl Gate {
 /// (the probe failed, timed out or was cancelled).
 pub(super) struct Probe<'a> {
     gate: &'a Gate,
+    pause: Duration,
     passed: bool,
 }
 
@@ -138,11 +141,8 @@ impl Drop for Probe<'_> {
     fn drop(&mut self) {
         if !self.passed {
             // Down again from now: the pause restarts, without a new log line.
-            let until = self.gate.down_until.load(Ordering::Relaxed);
-            let pause = until.saturating_sub(now_ns()).max(1);
-            self.gate
-                .down_until
-                .store(now_ns().saturating_add(pause), Ordering::Relaxed);
+            let until = now_ns().saturating_add(nanos(self.pause)).max(1);
+            self.gate.down_until.store(until, Ordering::Relaxed);
             self.gate.probing.store(false, Ordering::Release);
         }
     }
@@ -385,24 +385,37 @@ mod tests {
 
     #[test]
     fn a_failed_gate_fails_fast_then_lets_one_probe_through() {
+        let minute = Duration::from_secs(60);
         let gate = Gate::new("n:1");
-        assert!(matches!(gate.pass(), Pass::Up));
-        gate.failed(Duration::from_secs(60), &StoreError::unavailable("refused"));
-        assert!(matches!(gate.pass(), Pass::Down(left) if left > Duration::from_secs(50)));
+        assert!(matches!(gate.pass(minute), Pass::Up));
+        gate.failed(minute, &StoreError::unavailable("refused"));
+        assert!(matches!(gate.pass(minute), Pass::Down(left) if left > Duration::from_secs(50)));
 
         let eager = Gate::new("n:2");
         eager.failed(Duration::ZERO, &StoreError::unavailable("refused"));
-        let Pass::Probe(probe) = eager.pass() else {
+        let Pass::Probe(probe) = eager.pass(Duration::ZERO) else {
             panic!("the pause is over: probe")
         };
-        assert!(matches!(eager.pass(), Pass::Down(_)), "one probe at a time");
+        assert!(
+            matches!(eager.pass(Duration::ZERO), Pass::Down(_)),
+            "one probe at a time"
+        );
         drop(probe);
         assert!(eager.is_down(), "an unpassed probe leaves the node down");
-        let Pass::Probe(probe) = eager.pass() else {
+        let Pass::Probe(probe) = eager.pass(minute) else {
+            panic!("probe again")
+        };
+        drop(probe);
+        assert!(
+            matches!(eager.pass(minute), Pass::Down(left) if left > Duration::from_secs(50)),
+            "a failed probe restarts the whole pause"
+        );
+        eager.failed(Duration::ZERO, &StoreError::unavailable("refused"));
+        let Pass::Probe(probe) = eager.pass(minute) else {
             panic!("probe again")
         };
         probe.passed();
-        assert!(matches!(eager.pass(), Pass::Up));
+        assert!(matches!(eager.pass(minute), Pass::Up));
     }
 
     #[test]

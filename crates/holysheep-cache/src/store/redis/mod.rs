@@ -267,7 +267,7 @@ impl RedisStore {
             (None, Health::Single(gate)) => gate,
             (None, Health::Cluster(cluster)) => cluster.whole(),
         };
-        let probe = match gate.pass() {
+        let probe = match gate.pass(self.retry_interval) {
             Pass::Up => None,
             Pass::Down(left) => {
                 // The key's slot may have moved to a live master (a failover): look again.
