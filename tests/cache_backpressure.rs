@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures_util::StreamExt;
 use holysheep_cache::{CacheLayer, MemoryStore};
 use holysheep_pool_limit::PoolLimitLayer;
 use holysheep_testkit::{chat_request, stream_body, wait_until};
@@ -55,24 +56,32 @@ const READ_AHEAD: usize = 16 << 10;
 const ENTRY: usize = 64 << 10;
 const ANSWER_CHUNKS: usize = 4096;
 
-use futures_util::StreamExt;
+/// A cache with small bounds over an upstream that answers `ANSWER_CHUNKS` KiB, counting in
+/// `pulled` what was read from it.
+fn bounded_cache(
+    pulled: &Arc<AtomicUsize>,
+) -> impl tower::Service<
+    Request<Full<Bytes>>,
+    Response = Response<holysheep_cache::ResponseBody>,
+    Error = holysheep_core::BoxError,
+> + Clone {
+    let pulled = Arc::clone(pulled);
+    let upstream = service_fn(move |_req: Request<Full<Bytes>>| {
+        let pulled = Arc::clone(&pulled);
+        async move { Ok::<_, Infallible>(counted(ANSWER_CHUNKS, &pulled)) }
+    });
+    CacheLayer::new(MemoryStore::new(16 << 20))
+        .read_ahead(READ_AHEAD)
+        .max_entry_bytes(ENTRY)
+        .layer(upstream)
+}
 
 /// A caller that reads nothing holds the upstream read to the read-ahead bound: the rest of
 /// the answer is not buffered for it. When it reads, it gets all of it.
 #[tokio::test]
 async fn a_caller_that_stops_reading_holds_the_upstream_read() {
     let pulled = Arc::new(AtomicUsize::new(0));
-    let upstream = {
-        let pulled = Arc::clone(&pulled);
-        service_fn(move |_req: Request<Full<Bytes>>| {
-            let pulled = Arc::clone(&pulled);
-            async move { Ok::<_, Infallible>(counted(ANSWER_CHUNKS, &pulled)) }
-        })
-    };
-    let svc = CacheLayer::new(MemoryStore::new(16 << 20))
-        .read_ahead(READ_AHEAD)
-        .max_entry_bytes(ENTRY)
-        .layer(upstream);
+    let svc = bounded_cache(&pulled);
     let body = stream_body("gpt-4.1", "read nothing", false);
     let res = svc.oneshot(chat_request(&body)).await.expect("answered");
     let held = settled(&pulled).await;
@@ -90,17 +99,7 @@ async fn a_caller_that_stops_reading_holds_the_upstream_read() {
 #[tokio::test]
 async fn a_follower_that_stops_reading_holds_the_shared_read() {
     let pulled = Arc::new(AtomicUsize::new(0));
-    let upstream = {
-        let pulled = Arc::clone(&pulled);
-        service_fn(move |_req: Request<Full<Bytes>>| {
-            let pulled = Arc::clone(&pulled);
-            async move { Ok::<_, Infallible>(counted(ANSWER_CHUNKS, &pulled)) }
-        })
-    };
-    let svc = CacheLayer::new(MemoryStore::new(16 << 20))
-        .read_ahead(READ_AHEAD)
-        .max_entry_bytes(ENTRY)
-        .layer(upstream);
+    let svc = bounded_cache(&pulled);
     let body = stream_body("gpt-4.1", "follow and stall", false);
     let leader = svc
         .clone()

@@ -387,77 +387,55 @@ where
         ..
     } = ctx;
 
-    let (recording, stored) = if head.status != StatusCode::OK {
+    let ok = head.status == StatusCode::OK;
+    if !ok {
         // Never stored. Kept only for followers that already joined; nobody new may join.
         lead.unregister();
-        let followers = lead.flight().state().followers;
-        if followers == 0 {
+        if lead.flight().state().followers == 0 {
             lead.end(End::Complete(None));
             let status = forwarded_status(fwd, head.status);
             let mut res = Response::from_parts(head, ResponseBody::passthrough(body));
             mark(&mut res, CacheOutcome::Miss, status, model);
             return Ok(res);
         }
-        let recorder = Recorder::new(
-            Arc::clone(&shared),
-            key,
-            lead,
-            endpoint,
-            shared_head,
-            content_type.unwrap_or(JSON),
-            false,
-            None,
-            false,
-            slot,
-        );
-        let mut recording = Recording::new(body, recorder);
-        if is_sse {
-            recording.publish();
-        } else {
-            // Followers get an error body whole, or the leader's failure.
-            recording.prefetch(shared.settings.max_entry_bytes).await?;
-        }
-        (recording, None)
+    }
+    let plan = control
+        .ttl(shared.settings.ttl)
+        .filter(|_| ok && (!is_sse || shared.settings.cache_streams))
+        .map(|ttl| Plan { ttl });
+    let default_type = if ok && is_sse { EVENT_STREAM } else { JSON };
+    let recorder = Recorder::new(
+        Arc::clone(&shared),
+        key,
+        lead,
+        endpoint,
+        shared_head,
+        content_type.unwrap_or(default_type),
+        ok,
+        plan,
+        ok && is_sse,
+        slot,
+    );
+    let mut recording = Recording::new(body, recorder);
+    // A stream is forwarded chunk by chunk (followers follow it live); whether it is stored is
+    // known only at its end. A JSON answer (or error body) arrives whole anyway: it is read
+    // first (up to the entry bound), so its head can say `stored`, and so that neither the
+    // caller nor a follower ever gets the head of a JSON answer whose body was then cut: that
+    // is a failed call, for all.
+    let stored = if is_sse {
+        recording.publish();
+        false
     } else {
-        let plan = control
-            .ttl(shared.settings.ttl)
-            .filter(|_| !is_sse || shared.settings.cache_streams)
-            .map(|ttl| Plan { ttl });
-        let default_type = if is_sse { EVENT_STREAM } else { JSON };
-        let recorder = Recorder::new(
-            Arc::clone(&shared),
-            key,
-            lead,
-            endpoint,
-            shared_head,
-            content_type.unwrap_or(default_type),
-            true,
-            plan,
-            is_sse,
-            slot,
-        );
-        let mut recording = Recording::new(body, recorder);
-        // A stream is forwarded chunk by chunk (followers follow it live); whether it is stored
-        // is known only at its end. A JSON answer arrives whole anyway: it is read first (up to
-        // the entry bound), so its head can say `stored`, and so that neither the caller nor a
-        // follower ever gets the head of a JSON answer whose body was then cut: that is a
-        // failed call, for all.
-        let stored = if is_sse {
-            recording.publish();
-            false
-        } else {
-            recording.prefetch(shared.settings.max_entry_bytes).await?
-        };
-        (recording, Some(stored))
+        recording.prefetch(shared.settings.max_entry_bytes).await?
     };
-    let status = match (fwd, stored) {
-        (fwd, None) => forwarded_status(fwd, head.status),
-        (Fwd::Miss, Some(false)) => HeaderValue::from_static("holysheep; fwd=miss"),
-        (Fwd::Miss, Some(true)) => HeaderValue::from_static("holysheep; fwd=miss; stored"),
-        (Fwd::Request, Some(false)) => HeaderValue::from_static("holysheep; fwd=request"),
-        (Fwd::Request, Some(true)) => HeaderValue::from_static("holysheep; fwd=request; stored"),
-        (Fwd::Stale, Some(false)) => HeaderValue::from_static("holysheep; fwd=stale"),
-        (Fwd::Stale, Some(true)) => HeaderValue::from_static("holysheep; fwd=stale; stored"),
+    let status = match (ok, fwd, stored) {
+        (false, fwd, _) => forwarded_status(fwd, head.status),
+        (true, Fwd::Miss, false) => HeaderValue::from_static("holysheep; fwd=miss"),
+        (true, Fwd::Miss, true) => HeaderValue::from_static("holysheep; fwd=miss; stored"),
+        (true, Fwd::Request, false) => HeaderValue::from_static("holysheep; fwd=request"),
+        (true, Fwd::Request, true) => HeaderValue::from_static("holysheep; fwd=request; stored"),
+        (true, Fwd::Stale, false) => HeaderValue::from_static("holysheep; fwd=stale"),
+        (true, Fwd::Stale, true) => HeaderValue::from_static("holysheep; fwd=stale; stored"),
     };
     let mut res = Response::from_parts(head, recording.into_body());
     mark(&mut res, CacheOutcome::Miss, status, model);

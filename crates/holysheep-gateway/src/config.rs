@@ -11,6 +11,9 @@
 //! `HOLYSHEEP_API_KEY` and client keys from `HOLYSHEEP_GATEWAY_KEYS` only, and both are
 //! [`Secret`]s whose `Debug` shows nothing.
 
+// The settings' doc comments are their `--help` text, which shows a default URL as it is.
+#![allow(rustdoc::bare_urls)]
+
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

@@ -1301,6 +1301,15 @@ async fn group(
     out
 }
 
+/// Every other request of a group asks for a stream.
+fn half_streamed(i: usize) -> Value {
+    if i.is_multiple_of(2) {
+        chat("hi")
+    } else {
+        chat_stream("hi", false)
+    }
+}
+
 /// An inner service whose calls wait for `gate`, then answer with `answer(request body)`.
 fn held<F>(calls: &Arc<AtomicUsize>, gate: &Arc<Notify>, answer: F) -> Inner
 where
@@ -1376,14 +1385,7 @@ async fn a_cut_json_answer_is_a_failure_for_all() {
             .unwrap();
         Ok(res)
     }));
-    let replies = group(&cache, &gate, 10, |i| {
-        if i % 2 == 0 {
-            chat("hi")
-        } else {
-            chat_stream("hi", false)
-        }
-    })
-    .await;
+    let replies = group(&cache, &gate, 10, half_streamed).await;
     for reply in replies {
         let error = reply.expect_err("no head for a cut JSON answer");
         assert_eq!(
@@ -1427,14 +1429,7 @@ async fn an_unstorable_answer_costs_one_more_call_per_shape() {
         let cache = layer()
             .max_entry_bytes(1024)
             .layer(held(&calls, &gate, move |body| Ok(answer(&text, body))));
-        let replies = group(&cache, &gate, 60, |i| {
-            if i % 2 == 0 {
-                chat("hi")
-            } else {
-                chat_stream("hi", false)
-            }
-        })
-        .await;
+        let replies = group(&cache, &gate, 60, half_streamed).await;
         for reply in replies {
             let res = reply.expect("answered");
             assert_eq!(res.status(), StatusCode::OK, "{what}");
