@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use holysheep_cache::{CacheStore, RedisStore};
+use holysheep_cache::{CacheStore, MemoryStore, RedisStore, TieredStore};
 use holysheep_testkit::redis::{RedisCluster, RedisServer, free_port, unique_prefix};
 
 /// A roomy bound for the functional tests: the machine is shared and noisy.
@@ -230,4 +230,42 @@ async fn redis_cluster_spreads_keys_and_reads_them_back() {
         total += n;
     }
     assert_eq!(total, keys.len() as u64);
+}
+
+/// Issue 18, item 2: an instance's memory copy of a Redis entry expires with the Redis entry,
+/// whatever the front TTL.
+#[tokio::test]
+async fn a_memory_copy_expires_with_its_redis_entry() {
+    let server = RedisServer::from_env_or_start().expect("a Redis for the test");
+    let redis = RedisStore::connect(server.url())
+        .await
+        .expect("a valid URL")
+        .timeout(OP_TIMEOUT);
+    wait_until_reachable(&redis, Duration::from_secs(10)).await;
+    let tiered = |redis: RedisStore| {
+        TieredStore::new(MemoryStore::new(1 << 20), redis).front_ttl(Duration::from_secs(60))
+    };
+    let (a, b) = (tiered(redis.clone()), tiered(redis.clone()));
+    let key = format!("{}:k", unique_prefix("tiered-ttl"));
+    a.put(&key, Bytes::from_static(b"v"), Duration::from_secs(2))
+        .await
+        .expect("put");
+    let (_, left) = redis
+        .get_with_ttl(&key)
+        .await
+        .expect("get")
+        .expect("present");
+    assert!(left.is_some_and(|left| left <= Duration::from_secs(2)));
+    assert!(b.get(&key).await.expect("get").is_some(), "a hit on B...");
+    assert!(
+        b.front().get(&key).await.expect("get").is_some(),
+        "...copied"
+    );
+    tokio::time::sleep(Duration::from_millis(3_000)).await;
+    assert_eq!(redis.get(&key).await.expect("get"), None);
+    assert_eq!(
+        b.get(&key).await.expect("get"),
+        None,
+        "B's copy expired with the Redis entry"
+    );
 }

@@ -9,6 +9,7 @@ use http::{HeaderValue, Response};
 
 use crate::body::ResponseBody;
 use crate::control::RequestControl;
+use crate::convert::good_entry;
 use crate::entry::Entry;
 use crate::key::CacheKey;
 use crate::service::{Ctx, STATUS_HIT, from_entry};
@@ -55,7 +56,7 @@ impl CacheAccess {
 
     /// The upstream base URL the cache hashes into its keys.
     pub fn upstream(&self) -> &str {
-        &self.shared.upstream
+        &self.shared.settings.upstream
     }
 
     /// The request's `Cache-Control` directives, as the cache read them.
@@ -66,7 +67,7 @@ impl CacheAccess {
     /// How long the entry written for this request lives: the layer's TTL, lowered by the
     /// request's `max-age`. `None` when nothing is written.
     pub fn ttl(&self) -> Option<Duration> {
-        self.ctx.control.ttl(self.shared.ttl)
+        self.ctx.control.ttl(self.shared.settings.ttl)
     }
 
     /// Answers this request from the entry stored under `key`, as a hit: `x-cache: HIT`,
@@ -82,8 +83,14 @@ impl CacheAccess {
             }
         };
         let Some(entry) = Entry::decode(value) else {
+            self.shared.invalid_entry(key, "not an entry");
             return EntryLookup::Unusable;
         };
+        // The same check as the cache's own reads: a store others write to may hold anything.
+        if self.shared.check_reads && !good_entry(self.ctx.endpoint, &entry) {
+            self.shared.invalid_entry(key, "not a good answer");
+            return EntryLookup::Unusable;
+        }
         if !self.ctx.control.accepts_age(entry.age()) {
             return EntryLookup::Unusable;
         }

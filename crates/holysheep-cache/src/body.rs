@@ -4,24 +4,27 @@
 use std::collections::VecDeque;
 use std::fmt;
 use std::future::poll_fn;
-use std::pin::Pin;
+use std::pin::{Pin, pin};
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
+use futures_util::future::{Either, select};
 use futures_util::stream::BoxStream;
 use futures_util::{Stream, StreamExt};
 use holysheep_core::BoxError;
+use holysheep_core::signal::{DetachedSlot, PoolSlot};
 use http::HeaderValue;
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::combinators::UnsyncBoxBody;
-use tokio::sync::mpsc;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::time::Instant;
 
 use crate::convert::{Endpoint, SseCheck, sse_to_json, valid_json};
 use crate::entry::{Entry, EntryBody};
-use crate::error::CoalesceError;
-use crate::flight::{End, Follower, Lead, Registration};
+use crate::error::{CoalesceError, share};
+use crate::flight::{End, Follower, Head, Lead, Registration};
 use crate::key::{CacheKey, KeyScheme};
 use crate::shared::Shared;
 
@@ -37,20 +40,29 @@ use crate::shared::Shared;
 /// entry is judged and written only when the body ends.
 ///
 /// An upstream body still open when the response head is returned is read by a spawned task,
-/// which records each chunk and forwards it to the leader's client over an unbounded channel: a
-/// follower never waits on the leader's client, and a slow leader's client never slows the
-/// followers (the channel holds at most the answer itself).
+/// which records each chunk and feeds it to the leader's client, so a follower never depends on
+/// the leader's client being polled. **Memory is bounded whatever the readers do**: the task
+/// reads the upstream body at most [`read_ahead`](crate::CacheLayer::read_ahead) bytes (256 KiB
+/// by default) ahead of the leader's client and of each live follower, and waits for the
+/// slowest otherwise (backpressure to the upstream); the answer is kept whole only up to the
+/// entry bound, while it may still be stored.
 ///
 /// **When the leader's client goes away mid-answer**, the task keeps reading the upstream body
-/// to its end if followers are sharing it or the answer could still be stored (a `200` within
-/// the entry bound) — the tokens are paid for either way — and stores the answer if it
-/// completes. It stops early, dropping the upstream body, once the answer has outgrown the entry
-/// bound with no follower left, and at once if nobody needs the rest. Either way the cache never
-/// holds a partial answer. (Without a tokio runtime the body is read inline by the client, and
-/// the same rule applies when the body is dropped.)
+/// for the followers sharing it, and, when none is left, to finish and store the answer — the
+/// tokens are paid for either way — within the [finish budget](crate::CacheLayer::finish_budget)
+/// (15 s and 256 KiB by default) and only while no other request waits for a slot of the pool
+/// limit below, if there is one (the body holds one of its slots, counted as detached
+/// meanwhile). It stops early, dropping the upstream body and freeing its slot, when the
+/// budget is spent, when a request waits for a slot, once the answer has outgrown the entry
+/// bound, and at once if nobody needs the rest. Either way the cache never holds a partial
+/// answer. (Without a tokio runtime the body is read inline by the client, and dropped with it.)
 pub struct ResponseBody {
     kind: Kind,
 }
+
+/// A frame the reading task feeds to the leader's client, with the room it takes in the client's
+/// buffer, given back as the client takes the frame.
+type Fed = (Result<Frame<Bytes>, BoxError>, Option<OwnedSemaphorePermit>);
 
 enum Kind {
     Full(Option<Bytes>),
@@ -60,7 +72,7 @@ enum Kind {
     Follow(BoxStream<'static, Result<Bytes, BoxError>>),
     Driven {
         pending: VecDeque<Frame<Bytes>>,
-        rx: mpsc::UnboundedReceiver<Result<Frame<Bytes>, BoxError>>,
+        rx: mpsc::UnboundedReceiver<Fed>,
     },
     Passthrough(UnsyncBoxBody<Bytes, BoxError>),
 }
@@ -145,7 +157,8 @@ impl Body for ResponseBody {
                 .map(|c| c.map(|c| c.map(Frame::data))),
             Kind::Driven { pending, rx } => match pending.pop_front() {
                 Some(frame) => Poll::Ready(Some(Ok(frame))),
-                None => rx.poll_recv(cx),
+                // The permit is dropped here: the room is free again.
+                None => rx.poll_recv(cx).map(|fed| fed.map(|(frame, _room)| frame)),
             },
             Kind::Passthrough(inner) => Pin::new(inner).poll_frame(cx),
         }
@@ -182,7 +195,7 @@ fn follow_stream(
         match follower.chunk(pos).await {
             Ok(Some(chunk)) => Some((Ok(chunk), Some((follower, pos + 1)))),
             Ok(None) => None,
-            Err(message) => Some((Err(CoalesceError::stream_failed(message).into()), None)),
+            Err(error) => Some((Err(CoalesceError::stream_failed(error).into()), None)),
         }
     })
 }
@@ -199,12 +212,18 @@ pub(crate) struct Recorder {
     lead: Lead,
     endpoint: Endpoint,
     content_type: HeaderValue,
+    /// The response head, until followers get it: at once for a stream, once a JSON answer is
+    /// read whole (or up to the entry bound), so that followers never get a JSON head before its
+    /// whole body; a body that fails before is the call's failure, for all.
+    head: Option<Head>,
     /// Judge the answer at its end (a `200`); off for error answers kept only for followers.
     judge: bool,
     plan: Option<Plan>,
     sse: Option<SseCheck>,
     overflowed: bool,
     stored: bool,
+    /// The pool slot the upstream body holds, when a pool limit below says so.
+    slot: Option<PoolSlot>,
 }
 
 impl Recorder {
@@ -214,10 +233,12 @@ impl Recorder {
         key: CacheKey,
         lead: Lead,
         endpoint: Endpoint,
+        head: Head,
         content_type: HeaderValue,
         judge: bool,
         plan: Option<Plan>,
         sse: bool,
+        slot: Option<PoolSlot>,
     ) -> Self {
         Self {
             shared,
@@ -225,11 +246,20 @@ impl Recorder {
             lead,
             endpoint,
             content_type,
+            head: Some(head),
             judge,
             plan,
             sse: sse.then(SseCheck::default),
             overflowed: false,
             stored: false,
+            slot,
+        }
+    }
+
+    /// Gives followers the response head (once).
+    fn publish(&mut self) {
+        if let Some(head) = self.head.take() {
+            self.lead.head(head);
         }
     }
 
@@ -242,12 +272,8 @@ impl Recorder {
         }
         let flight = Arc::clone(self.lead.flight());
         let mut state = flight.state();
-        let mut overflow = false;
-        if state.retaining {
-            state.chunks.push(chunk.clone());
-            state.size += chunk.len();
-            overflow = !self.overflowed && state.size > self.shared.max_entry_bytes;
-        }
+        state.push(chunk.clone());
+        let overflow = !self.overflowed && state.size > self.shared.settings.max_entry_bytes;
         let followers = state.followers;
         drop(state);
         if overflow {
@@ -255,30 +281,40 @@ impl Recorder {
             self.judge = false;
             self.plan = None;
             self.sse = None;
-            // Out of the map first; after that no follower can join, so the count is final.
+            // Out of the map first; after that no follower can join.
             self.lead.unregister();
-            let mut state = flight.state();
-            if state.followers == 0 {
-                state.retaining = false;
-                state.chunks = Vec::new();
-            }
-        }
-        if followers > 0 {
+            // Past the entry bound, chunks are kept only until every follower has read them.
+            flight.state().start_trimming();
+            flight.notify();
+        } else if followers > 0 {
             flight.notify();
         }
     }
 
-    fn on_error(&mut self, error: &BoxError) {
-        self.lead.end(End::Error(Arc::from(error.to_string())));
+    /// The upstream body failed: the leader gets `error` back, its followers share it.
+    fn on_error(&mut self, error: BoxError) -> BoxError {
+        self.lead.unregister();
+        let followers = self.lead.flight().state().followers;
+        let (error, shared) = share(error, followers);
+        if self.head.is_some() {
+            // Followers never got a head: for them too the call failed.
+            self.lead.fail(shared);
+        } else {
+            self.lead.end(End::Error(shared));
+        }
+        error
     }
 
     fn on_end(&mut self) {
+        self.publish();
         let flight = Arc::clone(self.lead.flight());
         let entry = {
-            let state = flight.state();
+            let mut state = flight.state();
             // Judging costs a parse: skip it when neither the store nor a follower needs it.
             if self.judge && (self.plan.is_some() || state.followers > 0) {
-                self.judge_entry(&state.chunks)
+                state
+                    .all_chunks()
+                    .and_then(|chunks| self.judge_entry(chunks))
             } else {
                 None
             }
@@ -325,12 +361,19 @@ impl Recorder {
         }
     }
 
-    fn worth_draining(&self) -> bool {
-        if self.lead.is_finished() {
-            return false;
-        }
-        let followers = self.lead.flight().state().followers;
-        followers > 0 || (self.plan.is_some() && !self.overflowed)
+    fn followers(&self) -> usize {
+        self.lead.flight().state().followers
+    }
+
+    /// Whether the rest of the answer could still be stored.
+    fn worth_storing(&self) -> bool {
+        !self.lead.is_finished() && self.plan.is_some() && !self.overflowed
+    }
+
+    /// Stops reading an answer nobody waits for: nothing is stored, the flight is abandoned.
+    fn give_up(&mut self, why: &'static str) {
+        self.plan = None;
+        tracing::debug!(key = %self.key, why, "stopped reading an answer its caller left");
     }
 }
 
@@ -378,6 +421,9 @@ pub(crate) struct Recording {
     /// Frames read ahead by [`prefetch`](Self::prefetch), not yet given to the client.
     pending: VecDeque<Frame<Bytes>>,
     stored: bool,
+    /// Whether it is handed to [`drive`]: when that task is dropped (it gave up, or the runtime
+    /// shuts down), nothing reads on.
+    driven: bool,
 }
 
 impl Recording {
@@ -392,6 +438,14 @@ impl Recording {
             recorder: Some(recorder),
             pending: VecDeque::new(),
             stored: false,
+            driven: false,
+        }
+    }
+
+    /// Gives followers the response head now (a stream: they follow it live).
+    pub(crate) fn publish(&mut self) {
+        if let Some(recorder) = &mut self.recorder {
+            recorder.publish();
         }
     }
 
@@ -410,7 +464,7 @@ impl Recording {
                 Poll::Ready(Some(Ok(frame)))
             }
             Some(Err(error)) => {
-                recorder.on_error(&error);
+                let error = recorder.on_error(error);
                 self.body = None;
                 self.recorder = None;
                 Poll::Ready(Some(Err(error)))
@@ -433,7 +487,8 @@ impl Recording {
     }
 
     /// Reads the upstream body ahead, up to `limit` bytes, so a whole JSON answer is judged (and
-    /// its store write started) before the response head is sent. Returns whether it was stored.
+    /// its store write started) before the response head is sent, then gives followers the
+    /// head. Returns whether it was stored; a body that failed meanwhile fails the call.
     pub(crate) async fn prefetch(&mut self, limit: usize) -> Result<bool, BoxError> {
         let mut read = 0usize;
         while read <= limit && self.body.is_some() {
@@ -446,13 +501,14 @@ impl Recording {
                 None => break,
             }
         }
+        self.publish();
         Ok(self.stored)
     }
 
-    /// The client's body. An upstream body still open is read by a spawned task from here on,
-    /// so followers never wait on the leader's client, and a leader's client that goes away
-    /// does not stop the answer others share (the task then reads on only while that is worth
-    /// it, see [`Recorder::worth_draining`]). Without a runtime the body is read inline.
+    /// The client's body. An upstream body still open is read by a spawned task from here on
+    /// (see [`drive`]), so followers never wait on the leader's client, and a leader's client
+    /// that goes away does not stop the answer others share. Without a runtime the body is
+    /// read inline.
     pub(crate) fn into_body(mut self) -> ResponseBody {
         if self.body.is_none() {
             return ResponseBody::record(self);
@@ -460,9 +516,16 @@ impl Recording {
         let Ok(handle) = tokio::runtime::Handle::try_current() else {
             return ResponseBody::record(self);
         };
+        let read_ahead = self
+            .recorder
+            .as_ref()
+            .map_or(crate::CacheLayer::DEFAULT_READ_AHEAD_BYTES, |r| {
+                r.shared.settings.read_ahead
+            });
         let pending = std::mem::take(&mut self.pending);
         let (tx, rx) = mpsc::unbounded_channel();
-        handle.spawn(drive(self, tx));
+        self.driven = true;
+        handle.spawn(drive(self, Some(Feed::new(tx, read_ahead))));
         ResponseBody {
             kind: Kind::Driven { pending, rx },
         }
@@ -491,40 +554,169 @@ impl Recording {
     }
 }
 
-/// Reads the upstream body, recording it and forwarding it to the leader's client. The channel
-/// is unbounded so a slow client never slows the followers; it holds at most the answer itself.
-async fn drive(
-    mut recording: Recording,
-    tx: mpsc::UnboundedSender<Result<Frame<Bytes>, BoxError>>,
-) {
-    let mut client = Some(tx);
-    loop {
-        if client
-            .as_ref()
-            .is_some_and(mpsc::UnboundedSender::is_closed)
-        {
-            client = None;
+/// The leader's client, as the reading task feeds it: at most `read_ahead` bytes (and one
+/// chunk) waiting for it.
+struct Feed {
+    tx: mpsc::UnboundedSender<Fed>,
+    room: Arc<Semaphore>,
+    read_ahead: u32,
+}
+
+impl Feed {
+    fn new(tx: mpsc::UnboundedSender<Fed>, read_ahead: usize) -> Self {
+        let read_ahead = u32::try_from(read_ahead.min(Semaphore::MAX_PERMITS))
+            .unwrap_or(u32::MAX)
+            .max(1);
+        Self {
+            tx,
+            room: Arc::new(Semaphore::new(read_ahead as usize)),
+            read_ahead,
         }
-        if client.is_none()
-            && !recording
-                .recorder
-                .as_ref()
-                .is_some_and(Recorder::worth_draining)
-        {
+    }
+
+    fn is_closed(&self) -> bool {
+        self.tx.is_closed()
+    }
+
+    /// Waits for room for `frame` in the client's buffer, then hands it over; `Err` once the
+    /// client is gone.
+    async fn send(&self, frame: Frame<Bytes>) -> Result<(), ()> {
+        let len = frame.data_ref().map_or(0, Bytes::len);
+        // A chunk larger than the whole buffer waits for all of it, then goes alone.
+        let need = u32::try_from(len)
+            .unwrap_or(u32::MAX)
+            .clamp(1, self.read_ahead);
+        let room = Arc::clone(&self.room).acquire_many_owned(need);
+        let room = match select(pin!(room), pin!(self.tx.closed())).await {
+            Either::Left((Ok(room), _)) => room,
+            _ => return Err(()),
+        };
+        self.tx.send((Ok(frame), Some(room))).map_err(|_| ())
+    }
+
+    fn fail(self, error: BoxError) {
+        let _ = self.tx.send((Err(error), None));
+    }
+}
+
+/// How often an answer read for nobody checks its budget and the pool while it waits for the
+/// upstream.
+const BUDGET_CHECK_EVERY: Duration = Duration::from_millis(20);
+
+/// An answer read for the cache alone (its caller and every follower gone), within the finish
+/// budget, counting its pool slot as detached meanwhile.
+struct Alone {
+    since: Instant,
+    read: usize,
+    timeout: Duration,
+    max_bytes: usize,
+    slot: Option<PoolSlot>,
+    _detached: Option<DetachedSlot>,
+}
+
+impl Alone {
+    fn start(recorder: &Recorder) -> Self {
+        let settings = &recorder.shared.settings;
+        Self {
+            since: Instant::now(),
+            read: 0,
+            timeout: settings.finish_timeout,
+            max_bytes: settings.finish_max_bytes,
+            slot: recorder.slot.clone(),
+            _detached: recorder.slot.as_ref().map(PoolSlot::detach),
+        }
+    }
+
+    /// Why reading on must stop now, if it must.
+    fn stop(&self) -> Option<&'static str> {
+        if self.since.elapsed() >= self.timeout {
+            Some("the finish budget's time is spent")
+        } else if self.read >= self.max_bytes {
+            Some("the finish budget's bytes are spent")
+        } else if self.slot.as_ref().is_some_and(PoolSlot::is_contended) {
+            Some("another request waits for an upstream slot")
+        } else {
+            None
+        }
+    }
+
+    /// The next upstream frame, or why reading stopped first.
+    async fn read(
+        &mut self,
+        recording: &mut Recording,
+    ) -> Result<Option<Result<Frame<Bytes>, BoxError>>, &'static str> {
+        let mut next = pin!(poll_fn(|cx| recording.poll_upstream(cx)));
+        loop {
+            let left = self.timeout.saturating_sub(self.since.elapsed());
+            let tick = tokio::time::sleep(BUDGET_CHECK_EVERY.min(left));
+            match select(next.as_mut(), pin!(tick)).await {
+                Either::Left((frame, _)) => {
+                    if let Some(Ok(frame)) = &frame {
+                        self.read += frame.data_ref().map_or(0, Bytes::len);
+                    }
+                    return Ok(frame);
+                }
+                Either::Right(_) => {
+                    if let Some(why) = self.stop() {
+                        return Err(why);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Reads the upstream body: records it, feeds the leader's client (`feed`, while it is there)
+/// and the followers, each at most the read-ahead bound behind, and finishes it for the cache
+/// within the budget once nobody reads (see [`ResponseBody`]).
+async fn drive(mut recording: Recording, mut feed: Option<Feed>) {
+    let mut alone: Option<Alone> = None;
+    loop {
+        if feed.as_ref().is_some_and(Feed::is_closed) {
+            feed = None;
+        }
+        let Some(recorder) = recording.recorder.as_mut() else {
+            return;
+        };
+        let read_ahead = recorder.shared.settings.read_ahead;
+        let flight = Arc::clone(recorder.lead.flight());
+        if feed.is_some() || recorder.followers() > 0 {
+            alone = None;
+        } else if !recorder.worth_storing() {
             // Dropping the recording drops the upstream body: nobody needs the rest.
             return;
+        } else {
+            let budget = alone.get_or_insert_with(|| Alone::start(recorder));
+            if let Some(why) = budget.stop() {
+                recorder.give_up(why);
+                return;
+            }
         }
-        match poll_fn(|cx| recording.poll_upstream(cx)).await {
+        let frame = match &mut alone {
+            Some(budget) => match budget.read(&mut recording).await {
+                Ok(frame) => frame,
+                Err(why) => {
+                    if let Some(recorder) = &mut recording.recorder {
+                        recorder.give_up(why);
+                    }
+                    return;
+                }
+            },
+            None => poll_fn(|cx| recording.poll_upstream(cx)).await,
+        };
+        match frame {
             Some(Ok(frame)) => {
-                if let Some(tx) = &client
-                    && tx.send(Ok(frame)).is_err()
+                // A follower more than the bound behind holds the upstream read back.
+                flight.wait_for_followers(read_ahead).await;
+                if let Some(client) = &feed
+                    && client.send(frame).await.is_err()
                 {
-                    client = None;
+                    feed = None;
                 }
             }
             Some(Err(error)) => {
-                if let Some(tx) = client {
-                    let _ = tx.send(Err(error));
+                if let Some(client) = feed {
+                    client.fail(error);
                 }
                 return;
             }
@@ -535,29 +727,28 @@ async fn drive(
 
 impl Drop for Recording {
     fn drop(&mut self) {
+        if self.driven {
+            return;
+        }
         let (Some(body), Some(recorder)) = (self.body.take(), self.recorder.take()) else {
             return;
         };
-        if !recorder.worth_draining() {
+        if recorder.followers() == 0 && !recorder.worth_storing() {
             return;
         }
         let Ok(handle) = tokio::runtime::Handle::try_current() else {
             return;
         };
-        handle.spawn(async move {
-            let mut rest = Recording {
+        // Read on for the followers, or for the cache within the finish budget.
+        handle.spawn(drive(
+            Recording {
                 body: Some(body),
                 recorder: Some(recorder),
                 pending: VecDeque::new(),
                 stored: false,
-            };
-            while rest.recorder.as_ref().is_some_and(Recorder::worth_draining) {
-                match poll_fn(|cx| rest.poll_upstream(cx)).await {
-                    Some(Ok(_)) => {}
-                    Some(Err(_)) | None => break,
-                }
-            }
-            // Whatever is left is dropped here; `worth_draining` is false, so no new task.
-        });
+                driven: true,
+            },
+            None,
+        ));
     }
 }

@@ -11,6 +11,8 @@ use serde::Deserialize;
 use serde::de::IgnoredAny;
 use serde_json::{Map, Value, json};
 
+use crate::entry::{Entry, EntryBody};
+
 /// Which OpenAI endpoint a cacheable request is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Endpoint {
@@ -69,6 +71,22 @@ pub(crate) fn valid_json(endpoint: Endpoint, body: &[u8]) -> bool {
     match endpoint {
         Endpoint::Chat | Endpoint::Completions => probe.choices.is_some_and(|c| !c.is_empty()),
         Endpoint::Embeddings => probe.data.is_some_and(|d| !d.is_empty()),
+    }
+}
+
+/// Whether an entry holds a good answer for `endpoint`: the check an answer passed before it was
+/// stored ([`valid_json`], or a complete stream), made again on an entry read back from a store
+/// others may write to. A stream entry's usage flag must also be true to its chunks.
+pub(crate) fn good_entry(endpoint: Endpoint, entry: &Entry) -> bool {
+    match entry.body() {
+        EntryBody::Json(body) => valid_json(endpoint, body),
+        EntryBody::Stream { chunks, has_usage } => {
+            let mut check = SseCheck::default();
+            for chunk in chunks {
+                check.push(chunk);
+            }
+            check.complete() && check.has_usage() == *has_usage
+        }
     }
 }
 
@@ -177,17 +195,19 @@ pub(crate) fn strip_usage(chunks: &[Bytes]) -> Vec<Bytes> {
     out
 }
 
+/// Top-level fields that are the chunk sequence's own framing, never part of an answer:
+/// OpenAI pads stream chunks with a random `obfuscation` string.
+const STREAM_ONLY: &[&str] = &["obfuscation"];
+
+/// The top-level fields every chunk (or the whole answer) repeats: all but `object`, `choices`
+/// and `usage`, which each form writes itself, and [`STREAM_ONLY`] ones.
 fn copy_common(src: &Map<String, Value>, object: &str) -> Map<String, Value> {
     let mut out = Map::new();
-    for field in [
-        "id",
-        "created",
-        "model",
-        "system_fingerprint",
-        "service_tier",
-    ] {
-        if let Some(v) = src.get(field) {
-            out.insert(field.to_owned(), v.clone());
+    for (field, value) in src {
+        if !matches!(field.as_str(), "object" | "choices" | "usage")
+            && !STREAM_ONLY.contains(&field.as_str())
+        {
+            out.insert(field.clone(), value.clone());
         }
     }
     out.insert("object".to_owned(), Value::from(object));
@@ -200,8 +220,26 @@ fn event(common: &Map<String, Value>, choices: Vec<Value>) -> Bytes {
     encode_event(&Value::Object(chunk).to_string())
 }
 
+/// A choice's fields besides those each form spells its own way (`index`, `message` / `delta`
+/// / `text`, `finish_reason`, `logprobs`): `content_filter_results` and the like, which the
+/// stream carries on its finish chunk.
+fn choice_extras(choice: &Map<String, Value>) -> impl Iterator<Item = (&String, &Value)> {
+    choice.iter().filter(|(field, value)| {
+        !matches!(
+            field.as_str(),
+            "index" | "message" | "delta" | "text" | "finish_reason" | "logprobs"
+        ) && !value.is_null()
+    })
+}
+
 /// A whole JSON answer as a valid chunk sequence: role chunk, content chunk(s), finish chunk,
-/// usage chunk when asked for, `[DONE]`. `None` when the answer cannot be expressed as a stream.
+/// usage chunk when asked for, `[DONE]`.
+///
+/// Nothing the answer holds is dropped: every top-level field is repeated on each chunk, a
+/// choice's `logprobs` ride on its content chunk, its other fields on its finish chunk, and
+/// every message field becomes a delta. `None` when the answer cannot be expressed as a stream
+/// without losing something the client asked for: multi-part assistant content, or a usage
+/// chunk asked for (`include_usage`) when the answer has no `usage`.
 pub(crate) fn json_to_sse(
     endpoint: Endpoint,
     body: &[u8],
@@ -210,6 +248,10 @@ pub(crate) fn json_to_sse(
     let v: Value = serde_json::from_slice(body).ok()?;
     let obj = v.as_object()?;
     let choices = obj.get("choices")?.as_array()?;
+    let usage = obj.get("usage").filter(|u| !u.is_null());
+    if include_usage && usage.is_none() {
+        return None;
+    }
     let mut out = Vec::new();
     let common = match endpoint {
         Endpoint::Chat => copy_common(obj, "chat.completion.chunk"),
@@ -223,12 +265,16 @@ pub(crate) fn json_to_sse(
             .cloned()
             .unwrap_or(Value::from(position));
         let finish = choice.get("finish_reason").cloned().unwrap_or(Value::Null);
+        let logprobs = choice.get("logprobs").cloned().unwrap_or(Value::Null);
         if endpoint == Endpoint::Completions {
             let text = choice.get("text").and_then(Value::as_str).unwrap_or("");
-            out.push(event(
-                &common,
-                vec![json!({"index": index, "text": text, "logprobs": null, "finish_reason": finish})],
-            ));
+            let mut piece = Map::new();
+            piece.insert("index".to_owned(), index);
+            piece.insert("text".to_owned(), Value::from(text));
+            piece.insert("logprobs".to_owned(), logprobs);
+            piece.insert("finish_reason".to_owned(), finish);
+            piece.extend(choice_extras(choice).map(|(k, v)| (k.clone(), v.clone())));
+            out.push(event(&common, vec![Value::Object(piece)]));
             continue;
         }
         let message = choice.get("message")?.as_object()?;
@@ -236,16 +282,36 @@ pub(crate) fn json_to_sse(
             .get("role")
             .and_then(Value::as_str)
             .unwrap_or("assistant");
-        let piece = |delta: Value, finish: Value| {
-            event(
-                &common,
-                vec![json!({"index": index, "delta": delta, "finish_reason": finish})],
-            )
+        let piece = |delta: Value, logprobs: Option<Value>, finish: Value| {
+            let mut choice = Map::new();
+            choice.insert("index".to_owned(), index.clone());
+            choice.insert("delta".to_owned(), delta);
+            if let Some(logprobs) = logprobs {
+                choice.insert("logprobs".to_owned(), logprobs);
+            }
+            choice.insert("finish_reason".to_owned(), finish);
+            choice
         };
-        out.push(piece(json!({"role": role, "content": ""}), Value::Null));
+        // The logprobs go on the content chunk, or on the finish chunk when there is none.
+        let mut logprobs = Some(logprobs).filter(|l| !l.is_null());
+        out.push(event(
+            &common,
+            vec![Value::Object(piece(
+                json!({"role": role, "content": ""}),
+                None,
+                Value::Null,
+            ))],
+        ));
         match message.get("content") {
             Some(Value::String(text)) if !text.is_empty() => {
-                out.push(piece(json!({"content": text}), Value::Null));
+                out.push(event(
+                    &common,
+                    vec![Value::Object(piece(
+                        json!({"content": text}),
+                        logprobs.take(),
+                        Value::Null,
+                    ))],
+                ));
             }
             None | Some(Value::Null) | Some(Value::String(_)) => {}
             // Multi-part assistant content has no delta form.
@@ -255,7 +321,14 @@ pub(crate) fn json_to_sse(
             match field.as_str() {
                 "role" | "content" | "tool_calls" => {}
                 _ if value.is_null() => {}
-                _ => out.push(piece(json!({ field: value }), Value::Null)),
+                _ => out.push(event(
+                    &common,
+                    vec![Value::Object(piece(
+                        json!({ field: value }),
+                        None,
+                        Value::Null,
+                    ))],
+                )),
             }
         }
         if let Some(calls) = message.get("tool_calls").and_then(Value::as_array)
@@ -267,11 +340,20 @@ pub(crate) fn json_to_sse(
                 call.insert("index".to_owned(), Value::from(i));
                 with_index.push(Value::Object(call));
             }
-            out.push(piece(json!({"tool_calls": with_index}), Value::Null));
+            out.push(event(
+                &common,
+                vec![Value::Object(piece(
+                    json!({"tool_calls": with_index}),
+                    None,
+                    Value::Null,
+                ))],
+            ));
         }
-        out.push(piece(json!({}), finish));
+        let mut last = piece(json!({}), logprobs.take(), finish);
+        last.extend(choice_extras(choice).map(|(k, v)| (k.clone(), v.clone())));
+        out.push(event(&common, vec![Value::Object(last)]));
     }
-    if include_usage && let Some(usage) = obj.get("usage").filter(|u| !u.is_null()) {
+    if include_usage && let Some(usage) = usage {
         let mut chunk = common.clone();
         chunk.insert("choices".to_owned(), Value::Array(Vec::new()));
         chunk.insert("usage".to_owned(), usage.clone());
@@ -286,16 +368,35 @@ struct Acc {
     role: Option<String>,
     content: String,
     has_content: bool,
-    text_fields: Map<String, Value>,
+    /// Message fields besides role, content and tool calls, merged across deltas.
+    message_extras: Map<String, Value>,
     tool_calls: BTreeMap<u64, Map<String, Value>>,
     finish_reason: Value,
+    logprobs: Value,
+    /// Choice fields besides index, delta, finish reason and logprobs.
+    choice_extras: Map<String, Value>,
 }
 
-fn append_str(map: &mut Map<String, Value>, field: &str, piece: &str) {
-    match map.get_mut(field) {
-        Some(Value::String(s)) => s.push_str(piece),
-        _ => {
-            map.insert(field.to_owned(), Value::from(piece));
+/// Merges a delta into what was assembled so far, as streams spell pieces of one value:
+/// strings are appended, arrays extended, objects merged field by field; a `null` adds
+/// nothing; anything else replaces.
+fn merge(target: &mut Value, piece: &Value) {
+    match (target, piece) {
+        (_, Value::Null) => {}
+        (Value::String(t), Value::String(p)) => t.push_str(p),
+        (Value::Array(t), Value::Array(p)) => t.extend(p.iter().cloned()),
+        (Value::Object(t), Value::Object(p)) => merge_fields(t, p),
+        (t, p) => *t = p.clone(),
+    }
+}
+
+fn merge_fields(target: &mut Map<String, Value>, piece: &Map<String, Value>) {
+    for (field, value) in piece {
+        match target.get_mut(field) {
+            Some(existing) if !existing.is_null() => merge(existing, value),
+            _ => {
+                target.insert(field.clone(), value.clone());
+            }
         }
     }
 }
@@ -308,23 +409,13 @@ fn merge_tool_call(acc: &mut Acc, position: usize, delta: &Map<String, Value>) {
     let slot = acc.tool_calls.entry(index).or_default();
     for (field, value) in delta {
         match (field.as_str(), value) {
-            ("index", _) => {}
-            ("function", Value::Object(function)) => {
+            ("index", _) | (_, Value::Null) => {}
+            ("function", Value::Object(_)) => {
                 let target = slot
                     .entry("function")
                     .or_insert_with(|| Value::Object(Map::new()));
-                if let Value::Object(target) = target {
-                    for (name, part) in function {
-                        match part {
-                            Value::String(piece) => append_str(target, name, piece),
-                            other => {
-                                target.insert(name.clone(), other.clone());
-                            }
-                        }
-                    }
-                }
+                merge(target, value);
             }
-            (_, Value::Null) => {}
             _ => {
                 slot.insert(field.clone(), value.clone());
             }
@@ -333,24 +424,30 @@ fn merge_tool_call(acc: &mut Acc, position: usize, delta: &Map<String, Value>) {
 }
 
 /// A recorded stream assembled into one completion JSON: content deltas concatenated per choice,
-/// tool call deltas merged, the finish reason, usage from the final chunk. `None` when a chunk is
-/// not JSON or the endpoint has no stream form.
+/// tool call deltas merged, every other delta field merged, logprobs concatenated, the finish
+/// reason, every top-level field (from the first chunk that has it), usage from the final chunk.
+/// `None` when a chunk is not JSON or the endpoint has no stream form.
 pub(crate) fn sse_to_json(endpoint: Endpoint, chunks: &[Bytes]) -> Option<Bytes> {
     if endpoint == Endpoint::Embeddings {
         return None;
     }
+    let object = match endpoint {
+        Endpoint::Chat => "chat.completion",
+        _ => "text_completion",
+    };
     let mut common: Option<Map<String, Value>> = None;
     let mut usage = Value::Null;
     let mut accs: BTreeMap<u64, Acc> = BTreeMap::new();
     for data in events(chunks) {
         let v: Value = serde_json::from_str(&data).ok()?;
         let obj = v.as_object()?;
-        if common.is_none() {
-            let object = match endpoint {
-                Endpoint::Chat => "chat.completion",
-                _ => "text_completion",
-            };
-            common = Some(copy_common(obj, object));
+        match &mut common {
+            None => common = Some(copy_common(obj, object)),
+            Some(common) => {
+                for (field, value) in copy_common(obj, object) {
+                    common.entry(field).or_insert(value);
+                }
+            }
         }
         if let Some(u) = obj.get("usage").filter(|u| !u.is_null()) {
             usage = u.clone();
@@ -362,6 +459,9 @@ pub(crate) fn sse_to_json(endpoint: Endpoint, chunks: &[Bytes]) -> Option<Bytes>
             .flatten()
             .enumerate()
         {
+            let Some(choice) = choice.as_object() else {
+                continue;
+            };
             let index = choice
                 .get("index")
                 .and_then(Value::as_u64)
@@ -369,6 +469,15 @@ pub(crate) fn sse_to_json(endpoint: Endpoint, chunks: &[Bytes]) -> Option<Bytes>
             let acc = accs.entry(index).or_default();
             if let Some(f) = choice.get("finish_reason").filter(|f| !f.is_null()) {
                 acc.finish_reason = f.clone();
+            }
+            if let Some(logprobs) = choice.get("logprobs") {
+                merge(&mut acc.logprobs, logprobs);
+            }
+            for (field, value) in choice_extras(choice) {
+                merge_fields(
+                    &mut acc.choice_extras,
+                    &Map::from_iter([(field.clone(), value.clone())]),
+                );
             }
             if endpoint == Endpoint::Completions {
                 if let Some(text) = choice.get("text").and_then(Value::as_str) {
@@ -387,6 +496,7 @@ pub(crate) fn sse_to_json(endpoint: Endpoint, chunks: &[Bytes]) -> Option<Bytes>
                         // The role chunk carries `content: ""` even before tool calls.
                         acc.has_content |= !piece.is_empty();
                     }
+                    ("role" | "content", _) => {}
                     ("tool_calls", Value::Array(calls)) => {
                         for (i, call) in calls.iter().enumerate() {
                             if let Some(call) = call.as_object() {
@@ -394,8 +504,11 @@ pub(crate) fn sse_to_json(endpoint: Endpoint, chunks: &[Bytes]) -> Option<Bytes>
                             }
                         }
                     }
-                    (_, Value::String(piece)) => append_str(&mut acc.text_fields, field, piece),
-                    _ => {}
+                    (_, Value::Null) => {}
+                    _ => merge_fields(
+                        &mut acc.message_extras,
+                        &Map::from_iter([(field.clone(), value.clone())]),
+                    ),
                 }
             }
         }
@@ -404,28 +517,33 @@ pub(crate) fn sse_to_json(endpoint: Endpoint, chunks: &[Bytes]) -> Option<Bytes>
     let choices = accs
         .into_iter()
         .map(|(index, acc)| {
+            let mut choice = Map::new();
+            choice.insert("index".to_owned(), Value::from(index));
             if endpoint == Endpoint::Completions {
-                return json!({"index": index, "text": acc.content, "logprobs": null,
-                    "finish_reason": acc.finish_reason});
-            }
-            let mut message = Map::new();
-            message.insert(
-                "role".to_owned(),
-                Value::from(acc.role.unwrap_or_else(|| "assistant".to_owned())),
-            );
-            let content = if acc.has_content || acc.tool_calls.is_empty() {
-                Value::from(acc.content)
+                choice.insert("text".to_owned(), Value::from(acc.content));
             } else {
-                Value::Null
-            };
-            message.insert("content".to_owned(), content);
-            message.extend(acc.text_fields);
-            if !acc.tool_calls.is_empty() {
-                let calls = acc.tool_calls.into_values().map(Value::Object).collect();
-                message.insert("tool_calls".to_owned(), Value::Array(calls));
+                let mut message = Map::new();
+                message.insert(
+                    "role".to_owned(),
+                    Value::from(acc.role.unwrap_or_else(|| "assistant".to_owned())),
+                );
+                let content = if acc.has_content || acc.tool_calls.is_empty() {
+                    Value::from(acc.content)
+                } else {
+                    Value::Null
+                };
+                message.insert("content".to_owned(), content);
+                message.extend(acc.message_extras);
+                if !acc.tool_calls.is_empty() {
+                    let calls = acc.tool_calls.into_values().map(Value::Object).collect();
+                    message.insert("tool_calls".to_owned(), Value::Array(calls));
+                }
+                choice.insert("message".to_owned(), Value::Object(message));
             }
-            json!({"index": index, "message": message, "logprobs": null,
-                "finish_reason": acc.finish_reason})
+            choice.insert("logprobs".to_owned(), acc.logprobs);
+            choice.insert("finish_reason".to_owned(), acc.finish_reason);
+            choice.extend(acc.choice_extras);
+            Value::Object(choice)
         })
         .collect();
     out.insert("choices".to_owned(), Value::Array(choices));
@@ -496,6 +614,49 @@ mod tests {
         let without = json_to_sse(Endpoint::Chat, body.as_bytes(), false).unwrap();
         assert!(!check(&without).has_usage());
         assert_eq!(strip_usage(&chunks), without);
+    }
+
+    /// Issue 18, item 4: nothing the answer holds is dropped on the way through a stream and
+    /// back: unknown top-level, choice and message fields, logprobs.
+    #[test]
+    fn every_field_survives_a_round_trip() {
+        let mut original = completion();
+        original["citations"] = json!(["https://example.com"]);
+        original["choices"][0]["logprobs"] =
+            json!({"content": [{"token": "Hello", "logprob": -0.1}], "refusal": null});
+        original["choices"][0]["content_filter_results"] = json!({"hate": {"filtered": false}});
+        original["choices"][0]["message"]["annotations"] = json!([{"type": "url_citation"}]);
+        original["choices"][0]["message"]["refusal"] = json!("no");
+        let chunks = json_to_sse(Endpoint::Chat, original.to_string().as_bytes(), true).unwrap();
+        assert!(check(&chunks).complete());
+        let back: Value =
+            serde_json::from_slice(&sse_to_json(Endpoint::Chat, &chunks).unwrap()).unwrap();
+        assert_eq!(back, original);
+        assert_eq!(
+            json_to_sse(Endpoint::Chat, back.to_string().as_bytes(), true).unwrap(),
+            chunks,
+            "and the same stream again"
+        );
+        // A usage chunk cannot be made from an answer without usage.
+        let mut bare = original.clone();
+        bare.as_object_mut().unwrap().remove("usage");
+        assert!(json_to_sse(Endpoint::Chat, bare.to_string().as_bytes(), true).is_none());
+        assert!(json_to_sse(Endpoint::Chat, bare.to_string().as_bytes(), false).is_some());
+    }
+
+    #[test]
+    fn stream_only_fields_stay_in_the_stream() {
+        let chunk = json!({"id": "c", "object": "chat.completion.chunk", "created": 1, "model": "m",
+            "obfuscation": "xyz",
+            "choices": [{"index": 0, "delta": {"role": "assistant", "content": "a"}, "finish_reason": "stop"}]});
+        let chunks = [
+            encode_event(&chunk.to_string()),
+            Bytes::from_static(DONE_EVENT),
+        ];
+        let v: Value =
+            serde_json::from_slice(&sse_to_json(Endpoint::Chat, &chunks).unwrap()).unwrap();
+        assert!(v.get("obfuscation").is_none());
+        assert_eq!(v["choices"][0]["message"]["content"], "a");
     }
 
     #[test]

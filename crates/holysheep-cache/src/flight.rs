@@ -6,23 +6,33 @@
 //! `Bytes`, never copied) and wakes followers through a `watch` channel. A follower replays the
 //! chunks so far and then follows live.
 //!
+//! A flight keeps its chunks whole while the answer may still be stored (up to the entry bound);
+//! past it, only as far back as its slowest follower has read, and the leader's recorder waits
+//! (backpressure to the upstream read) while a follower is more than the read-ahead bound
+//! behind. Every follower has a cursor for that.
+//!
+//! A follower the answer cannot serve (another shape, and no entry came of it) is handed off to
+//! the flight made for its shape ([`Follower::hand_off`]): one per shape, for the whole group.
+//!
 //! A flight leaves the map on every path: when the answer ends (after its store write, so that
 //! requests arriving meanwhile still share it), on an upstream error, when its recording grows
 //! past the entry bound, and in [`Lead`]'s `Drop` — which also covers a dropped or panicking
 //! leader future. A flight is only ever removed by the leader that registered it.
 
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::Bytes;
 use http::{HeaderMap, StatusCode, Version};
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 
 use crate::entry::Entry;
+use crate::error::SharedError;
 use crate::key::CacheKey;
 use crate::shared::{Shared, lock};
 
 /// The shape of answer a request asked for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub(crate) struct Shape {
     pub(crate) stream: bool,
     pub(crate) include_usage: bool,
@@ -32,6 +42,14 @@ impl Shape {
     /// Whether an answer made for `leader` can be replayed byte for byte to `self`.
     fn replays(self, leader: Shape) -> bool {
         self.stream == leader.stream && (!self.stream || self.include_usage == leader.include_usage)
+    }
+
+    /// The shapes one answer serves alike: `include_usage` means nothing without a stream.
+    fn class(self) -> Shape {
+        Shape {
+            stream: self.stream,
+            include_usage: self.stream && self.include_usage,
+        }
     }
 }
 
@@ -45,11 +63,11 @@ pub(crate) struct Head {
 
 #[derive(Debug)]
 pub(crate) enum Phase {
-    /// The leader is waiting for the upstream response head.
+    /// The leader is waiting for the upstream response head (and, for a JSON answer, its body).
     Waiting,
     Head(Arc<Head>),
-    /// The leader's upstream call failed before a response; followers get the message.
-    Failed(Arc<str>),
+    /// The leader's upstream call failed before a head was published; followers get its error.
+    Failed(SharedError),
     /// The leader went away before a response (dropped or panicked).
     Abandoned,
 }
@@ -58,21 +76,93 @@ pub(crate) enum Phase {
 pub(crate) enum End {
     /// The body ended; the entry is `Some` when the answer was a good one.
     Complete(Option<Arc<Entry>>),
-    /// The upstream body failed.
-    Error(Arc<str>),
-    /// The leader went away mid-body and nobody drove the rest.
+    /// The upstream body failed midway.
+    Error(SharedError),
+    /// The leader stopped reading the body before its end.
     Abandoned,
 }
 
 #[derive(Debug)]
 pub(crate) struct FlightState {
     pub(crate) phase: Phase,
-    pub(crate) chunks: Vec<Bytes>,
+    /// The chunks kept, the first being chunk number `base` of the answer.
+    chunks: VecDeque<Bytes>,
+    base: usize,
+    /// Bytes of the answer so far.
     pub(crate) size: usize,
-    /// Whether chunks are still kept (for followers, or for the entry).
-    pub(crate) retaining: bool,
+    /// Bytes of `chunks`.
+    kept: usize,
+    /// Whether chunks are dropped once every follower has read them: the answer can no longer
+    /// be stored, nor joined from its start.
+    trimming: bool,
     pub(crate) end: Option<End>,
     pub(crate) followers: usize,
+    /// Each follower that may read chunks, and the chunk it reads next.
+    cursors: Vec<(u64, usize)>,
+    next_follower: u64,
+    /// Whether a follower may still join through [`Follower::hand_off`] and replay the answer
+    /// from its first chunk.
+    joinable: bool,
+    /// The flights made for followers this one's answer cannot serve, one per shape; held
+    /// while this flight is, so a late follower can still replay one that already ended.
+    successors: HashMap<Shape, Arc<Flight>>,
+}
+
+impl FlightState {
+    /// Keeps a chunk of the answer.
+    pub(crate) fn push(&mut self, chunk: Bytes) {
+        self.size += chunk.len();
+        self.kept += chunk.len();
+        self.chunks.push_back(chunk);
+        self.trim();
+    }
+
+    /// From now on keeps chunks only until every follower has read them.
+    pub(crate) fn start_trimming(&mut self) {
+        self.trimming = true;
+        self.joinable = false;
+        self.trim();
+    }
+
+    /// The whole answer, when every chunk is still kept.
+    pub(crate) fn all_chunks(&mut self) -> Option<&[Bytes]> {
+        (self.base == 0 && !self.trimming).then(|| &*self.chunks.make_contiguous())
+    }
+
+    /// Bytes some follower has yet to read, while trimming; 0 otherwise.
+    pub(crate) fn backlog(&self) -> usize {
+        if self.trimming && !self.cursors.is_empty() {
+            self.kept
+        } else {
+            0
+        }
+    }
+
+    /// Drops the chunks every follower has read; whether any was dropped.
+    fn trim(&mut self) -> bool {
+        if !self.trimming {
+            return false;
+        }
+        let read = self
+            .cursors
+            .iter()
+            .map(|&(_, next)| next)
+            .min()
+            .unwrap_or(self.base + self.chunks.len());
+        let mut dropped = false;
+        while self.base < read
+            && let Some(chunk) = self.chunks.pop_front()
+        {
+            self.kept -= chunk.len();
+            self.base += 1;
+            dropped = true;
+        }
+        dropped
+    }
+
+    fn forget_cursor(&mut self, id: u64) {
+        self.cursors.retain(|&(follower, _)| follower != id);
+    }
 }
 
 /// One upstream call shared by identical requests.
@@ -81,6 +171,8 @@ pub(crate) struct Flight {
     shape: Shape,
     state: Mutex<FlightState>,
     tx: watch::Sender<()>,
+    /// Woken when a follower reads (or leaves), for a recorder waiting on the slowest one.
+    read: Notify,
 }
 
 impl Flight {
@@ -89,13 +181,20 @@ impl Flight {
             shape,
             state: Mutex::new(FlightState {
                 phase: Phase::Waiting,
-                chunks: Vec::new(),
+                chunks: VecDeque::new(),
+                base: 0,
                 size: 0,
-                retaining: true,
+                kept: 0,
+                trimming: false,
                 end: None,
                 followers: 0,
+                cursors: Vec::new(),
+                next_follower: 0,
+                joinable: true,
+                successors: HashMap::new(),
             }),
             tx: watch::Sender::new(()),
+            read: Notify::new(),
         }
     }
 
@@ -106,6 +205,33 @@ impl Flight {
     pub(crate) fn notify(&self) {
         self.tx.send_replace(());
     }
+
+    /// Waits until no follower is more than `bound` bytes behind.
+    pub(crate) async fn wait_for_followers(&self, bound: usize) {
+        loop {
+            let read = self.read.notified();
+            if self.state().backlog() <= bound {
+                return;
+            }
+            read.await;
+        }
+    }
+
+    /// A new follower of this flight, in `state` (locked by the caller).
+    fn follower(self: &Arc<Self>, state: &mut FlightState, shape: Shape) -> Follower {
+        // Subscribed under the state lock, so no update after the caller read it is missed.
+        let rx = self.tx.subscribe();
+        let id = state.next_follower;
+        state.next_follower += 1;
+        state.followers += 1;
+        state.cursors.push((id, state.base));
+        Follower {
+            flight: Arc::clone(self),
+            rx,
+            shape,
+            id,
+        }
+    }
 }
 
 /// Registers `key` as in flight, or joins the flight already there.
@@ -113,10 +239,10 @@ pub(crate) fn join(shared: &Arc<Shared>, key: &CacheKey, shape: Shape) -> Joined
     let mut flights = shared.flights();
     if let Some(flight) = flights.get(key) {
         let flight = Arc::clone(flight);
-        // Subscribe before reading the state, so no update between the two is missed.
-        let rx = flight.tx.subscribe();
-        flight.state().followers += 1;
-        return Joined::Follower(Follower { flight, rx, shape });
+        let mut state = flight.state();
+        let follower = flight.follower(&mut state, shape);
+        drop(state);
+        return Joined::Follower(follower);
     }
     let flight = Arc::new(Flight::new(shape));
     flights.insert(key.clone(), Arc::clone(&flight));
@@ -166,8 +292,10 @@ pub(crate) struct Lead {
 impl Lead {
     /// A leader nobody can join (coalescing off, or a follower going upstream on its own).
     pub(crate) fn alone(shape: Shape) -> Self {
+        let flight = Arc::new(Flight::new(shape));
+        flight.state().joinable = false;
         Self {
-            flight: Arc::new(Flight::new(shape)),
+            flight,
             registration: None,
             finished: false,
         }
@@ -177,14 +305,10 @@ impl Lead {
         &self.flight
     }
 
-    /// Whether followers may join (or have joined).
-    pub(crate) fn is_registered(&self) -> bool {
-        self.registration.is_some()
-    }
-
-    /// Stops new followers from joining.
+    /// Stops new followers from joining, in the map and by hand-off.
     pub(crate) fn unregister(&mut self) {
         self.registration = None;
+        self.flight.state().joinable = false;
     }
 
     /// Hands the registration over, e.g. to the task that writes the entry, so the flight stays
@@ -193,10 +317,10 @@ impl Lead {
         self.registration.take()
     }
 
-    /// The upstream call failed before a response.
-    pub(crate) fn fail(mut self, message: &str) {
+    /// The upstream call failed before a head was published: followers get `error`.
+    pub(crate) fn fail(&mut self, error: SharedError) {
         self.unregister();
-        self.flight.state().phase = Phase::Failed(Arc::from(message));
+        self.flight.state().phase = Phase::Failed(error);
         self.finished = true;
         self.flight.notify();
     }
@@ -207,11 +331,17 @@ impl Lead {
         self.flight.notify();
     }
 
-    /// Ends the flight. The registration, if still held, is dropped here unless taken before.
+    /// Ends the flight. The registration, if still held, is dropped here unless taken before;
+    /// a flight that ended with all its chunks may still be joined by hand-off.
     pub(crate) fn end(&mut self, end: End) {
-        self.flight.state().end = Some(end);
+        self.registration = None;
+        let mut state = self.flight.state();
+        if !matches!(end, End::Complete(_)) {
+            state.joinable = false;
+        }
+        state.end = Some(end);
+        drop(state);
         self.finished = true;
-        self.unregister();
         self.flight.notify();
     }
 
@@ -224,13 +354,20 @@ impl Drop for Lead {
     fn drop(&mut self) {
         // Unregister first: once out of the map, nobody new can join an abandoned flight.
         self.registration = None;
-        if !self.finished {
-            let mut state = self.flight.state();
-            if matches!(state.phase, Phase::Waiting) {
-                state.phase = Phase::Abandoned;
-            } else if state.end.is_none() {
-                state.end = Some(End::Abandoned);
-            }
+        let mut state = self.flight.state();
+        // A head never published leaves followers nothing to follow, even when the body ended
+        // (a JSON answer read whole before its head, then the leader dropped).
+        let abandoned = if matches!(state.phase, Phase::Waiting) {
+            state.phase = Phase::Abandoned;
+            true
+        } else if !self.finished && state.end.is_none() {
+            state.end = Some(End::Abandoned);
+            true
+        } else {
+            false
+        };
+        if abandoned {
+            state.joinable = false;
             drop(state);
             self.flight.notify();
         }
@@ -243,12 +380,12 @@ pub(crate) enum Followed {
     Live(Arc<Head>),
     /// The leader's answer ended well, in another shape: serve it from this entry.
     Entry(Arc<Entry>),
-    /// The leader's upstream call failed with this message.
-    Failed(Arc<str>),
+    /// The leader's call failed: answer with its error.
+    Failed(SharedError),
     /// The leader went away before an answer it could share: try again (another flight may form).
     Rejoin,
-    /// The leader's answer cannot be shared in this shape: go upstream alone.
-    Alone,
+    /// The leader's answer cannot serve this shape: go to the flight made for it.
+    HandOff,
 }
 
 /// A follower's side of a flight.
@@ -256,6 +393,7 @@ pub(crate) struct Follower {
     flight: Arc<Flight>,
     rx: watch::Receiver<()>,
     shape: Shape,
+    id: u64,
 }
 
 impl Follower {
@@ -273,55 +411,130 @@ impl Follower {
     }
 
     fn check(&self) -> Option<Followed> {
-        let state = self.flight.state();
-        match &state.phase {
-            Phase::Waiting => None,
-            Phase::Failed(message) => Some(Followed::Failed(Arc::clone(message))),
-            Phase::Abandoned => Some(Followed::Rejoin),
+        let mut state = self.flight.state();
+        let followed = match &state.phase {
+            Phase::Waiting => return None,
+            Phase::Failed(error) => Followed::Failed(Arc::clone(error)),
+            Phase::Abandoned => Followed::Rejoin,
             Phase::Head(head) => {
                 // An error answer is shape-free: share it (a 429 must not become 100 calls).
                 if head.status != StatusCode::OK || self.shape.replays(self.flight.shape) {
                     return Some(Followed::Live(Arc::clone(head)));
                 }
-                match &state.end {
-                    None => None,
-                    Some(End::Complete(Some(entry))) => Some(Followed::Entry(Arc::clone(entry))),
-                    Some(End::Complete(None)) => Some(Followed::Alone),
-                    Some(End::Error(_) | End::Abandoned) => Some(Followed::Rejoin),
+                if state.trimming {
+                    // Too large to store: no entry will come of it.
+                    Followed::HandOff
+                } else {
+                    match &state.end {
+                        None => return None,
+                        Some(End::Complete(Some(entry))) => Followed::Entry(Arc::clone(entry)),
+                        Some(End::Complete(None)) => Followed::HandOff,
+                        Some(End::Error(error)) => Followed::Failed(Arc::clone(error)),
+                        Some(End::Abandoned) => Followed::Rejoin,
+                    }
                 }
             }
+        };
+        // This follower reads no chunk: it must not hold the trimming back.
+        state.forget_cursor(self.id);
+        let trimmed = state.trim();
+        drop(state);
+        if trimmed {
+            self.flight.read.notify_one();
         }
+        Some(followed)
     }
 
     /// The next chunk at `pos` of the leader's body: `Ok(Some)` a chunk, `Ok(None)` the end,
     /// `Err` the leader's body failed or was abandoned. Waits while nothing new is there.
-    pub(crate) async fn chunk(&mut self, pos: usize) -> Result<Option<Bytes>, Arc<str>> {
+    pub(crate) async fn chunk(&mut self, pos: usize) -> Result<Option<Bytes>, SharedError> {
         loop {
             {
-                let state = self.flight.state();
-                if let Some(chunk) = state.chunks.get(pos) {
+                let mut state = self.flight.state();
+                if let Some(cursor) = state.cursors.iter_mut().find(|(id, _)| *id == self.id) {
+                    cursor.1 = pos;
+                }
+                if state.trim() {
+                    self.flight.read.notify_one();
+                }
+                if let Some(chunk) = pos
+                    .checked_sub(state.base)
+                    .and_then(|i| state.chunks.get(i))
+                {
                     return Ok(Some(chunk.clone()));
+                }
+                if pos < state.base {
+                    // Never: chunks are dropped only once every cursor is past them.
+                    return Err(Arc::new(std::io::Error::other(
+                        "the shared answer moved on without this reader",
+                    )));
                 }
                 match &state.end {
                     Some(End::Complete(_)) => return Ok(None),
-                    Some(End::Error(message)) => return Err(Arc::clone(message)),
-                    Some(End::Abandoned) => {
-                        return Err(Arc::from("the shared upstream answer was abandoned"));
-                    }
+                    Some(End::Error(error)) => return Err(Arc::clone(error)),
+                    Some(End::Abandoned) => return Err(abandoned()),
                     None => {}
                 }
             }
             if self.rx.changed().await.is_err() {
-                return Err(Arc::from("the shared upstream answer was abandoned"));
+                return Err(abandoned());
             }
         }
     }
+
+    /// This follower's flight cannot serve its shape: it follows the one flight made for that
+    /// shape among this flight's followers, or leads it when it is the first (so each shape
+    /// costs at most one more upstream call for the whole group). The new flight is also
+    /// registered for newcomers when the key is free.
+    pub(crate) fn hand_off(self, shared: &Arc<Shared>, key: &CacheKey) -> Joined {
+        let class = self.shape.class();
+        let mut state = self.flight.state();
+        if let Some(next) = state.successors.get(&class).cloned() {
+            let mut next_state = next.state();
+            if next_state.joinable {
+                let follower = next.follower(&mut next_state, self.shape);
+                return Joined::Follower(follower);
+            }
+        }
+        let next = Arc::new(Flight::new(self.shape));
+        state.successors.insert(class, Arc::clone(&next));
+        drop(state);
+        let registration = {
+            let mut flights = shared.flights();
+            if flights.contains_key(key) {
+                None
+            } else {
+                flights.insert(key.clone(), Arc::clone(&next));
+                Some(Registration {
+                    shared: Arc::clone(shared),
+                    key: key.clone(),
+                    flight: Arc::clone(&next),
+                })
+            }
+        };
+        Joined::Leader(Lead {
+            flight: next,
+            registration,
+            finished: false,
+        })
+    }
+}
+
+fn abandoned() -> SharedError {
+    Arc::new(std::io::Error::other(
+        "the shared upstream answer was abandoned",
+    ))
 }
 
 impl Drop for Follower {
     fn drop(&mut self) {
         let mut state = self.flight.state();
         state.followers = state.followers.saturating_sub(1);
+        state.forget_cursor(self.id);
+        state.trim();
+        drop(state);
+        // The recorder may be waiting on this follower.
+        self.flight.read.notify_one();
     }
 }
 
@@ -329,20 +542,11 @@ impl Drop for Follower {
 mod tests {
     use super::*;
     use crate::key::{DefaultKeyPolicy, KeyPolicy, KeyRequest, ParsedBody};
+    use crate::layer::CacheLayer;
     use crate::store::MemoryStore;
-    use std::time::Duration;
 
     fn shared() -> Arc<Shared> {
-        Arc::new(Shared::new(
-            Arc::new(MemoryStore::new(1 << 20)),
-            Arc::new(DefaultKeyPolicy::new()),
-            Duration::from_secs(60),
-            1 << 20,
-            1 << 20,
-            Arc::from("http://up"),
-            true,
-            true,
-        ))
+        CacheLayer::new(MemoryStore::new(1 << 20)).shared_for_tests()
     }
 
     fn key() -> CacheKey {
@@ -362,6 +566,19 @@ mod tests {
         include_usage: false,
     };
 
+    const STREAM: Shape = Shape {
+        stream: true,
+        include_usage: false,
+    };
+
+    fn ok_head() -> Head {
+        Head {
+            status: StatusCode::OK,
+            version: Version::HTTP_11,
+            headers: HeaderMap::new(),
+        }
+    }
+
     #[tokio::test]
     async fn dropped_leader_unregisters_and_followers_rejoin() {
         let s = shared();
@@ -380,18 +597,17 @@ mod tests {
     #[tokio::test]
     async fn failure_reaches_followers() {
         let s = shared();
-        let Joined::Leader(lead) = join(&s, &key(), JSON) else {
+        let Joined::Leader(mut lead) = join(&s, &key(), JSON) else {
             panic!()
         };
         let Joined::Follower(mut f) = join(&s, &key(), JSON) else {
             panic!()
         };
-        let waiter =
-            tokio::spawn(
-                async move { matches!(f.wait().await, Followed::Failed(m) if &*m == "boom") },
-            );
+        let waiter = tokio::spawn(async move {
+            matches!(f.wait().await, Followed::Failed(e) if e.to_string() == "boom")
+        });
         tokio::task::yield_now().await;
-        lead.fail("boom");
+        lead.fail(Arc::new(std::io::Error::other("boom")));
         assert!(waiter.await.unwrap());
         assert!(s.flights().is_empty());
     }
@@ -402,12 +618,8 @@ mod tests {
         let Joined::Leader(mut lead) = join(&s, &key(), JSON) else {
             panic!()
         };
-        lead.head(Head {
-            status: StatusCode::OK,
-            version: Version::HTTP_11,
-            headers: HeaderMap::new(),
-        });
-        lead.flight().state().chunks.push(Bytes::from_static(b"a"));
+        lead.head(ok_head());
+        lead.flight().state().push(Bytes::from_static(b"a"));
         let Joined::Follower(mut f) = join(&s, &key(), JSON) else {
             panic!()
         };
@@ -415,7 +627,7 @@ mod tests {
         assert_eq!(f.chunk(0).await.unwrap().unwrap(), "a");
         let next = tokio::spawn(async move { (f.chunk(1).await, f) });
         tokio::task::yield_now().await;
-        lead.flight().state().chunks.push(Bytes::from_static(b"b"));
+        lead.flight().state().push(Bytes::from_static(b"b"));
         lead.flight().notify();
         let (got, mut f) = next.await.unwrap();
         assert_eq!(got.unwrap().unwrap(), "b");
@@ -423,5 +635,75 @@ mod tests {
         assert_eq!(f.chunk(2).await.unwrap(), None);
         drop(f);
         assert_eq!(lead.flight().state().followers, 0);
+    }
+
+    /// Issue 11, item 2: past the entry bound, a flight keeps only what its slowest follower
+    /// has not read, and says how far behind that follower is.
+    #[tokio::test]
+    async fn trimming_keeps_what_followers_still_need() {
+        let s = shared();
+        let Joined::Leader(lead) = join(&s, &key(), STREAM) else {
+            panic!()
+        };
+        let Joined::Follower(mut slow) = join(&s, &key(), STREAM) else {
+            panic!()
+        };
+        let Joined::Follower(mut fast) = join(&s, &key(), STREAM) else {
+            panic!()
+        };
+        lead.head(ok_head());
+        let flight = Arc::clone(lead.flight());
+        for piece in [&b"aa"[..], b"bb", b"cc"] {
+            flight.state().push(Bytes::copy_from_slice(piece));
+        }
+        flight.state().start_trimming();
+        assert_eq!(flight.state().backlog(), 6, "nobody read anything yet");
+        for pos in 0..3 {
+            fast.chunk(pos).await.unwrap().unwrap();
+        }
+        assert_eq!(flight.state().backlog(), 6, "the slow one holds it all");
+        assert_eq!(slow.chunk(2).await.unwrap().unwrap(), "cc");
+        assert_eq!(flight.state().backlog(), 2, "read up to the third chunk");
+        drop(slow);
+        assert_eq!(
+            flight.state().backlog(),
+            2,
+            "the fast one reads the third next"
+        );
+        drop(fast);
+        assert_eq!(flight.state().backlog(), 0);
+        assert!(flight.state().all_chunks().is_none());
+        drop(lead);
+    }
+
+    /// Issue 18, item 3: followers of another shape are handed to one new flight per shape.
+    #[tokio::test]
+    async fn hand_off_makes_one_flight_per_shape() {
+        let s = shared();
+        let Joined::Leader(mut lead) = join(&s, &key(), STREAM) else {
+            panic!()
+        };
+        let followers: Vec<Follower> = (0..3)
+            .map(|_| match join(&s, &key(), JSON) {
+                Joined::Follower(f) => f,
+                Joined::Leader(_) => panic!("the flight is registered"),
+            })
+            .collect();
+        lead.head(ok_head());
+        lead.end(End::Complete(None));
+        let mut leaders = 0;
+        let mut next = Vec::new();
+        for mut f in followers {
+            assert!(matches!(f.wait().await, Followed::HandOff));
+            match f.hand_off(&s, &key()) {
+                Joined::Leader(lead) => {
+                    leaders += 1;
+                    next.push(lead);
+                }
+                Joined::Follower(f) => assert!(f.shape.replays(JSON)),
+            }
+        }
+        assert_eq!(leaders, 1, "one more upstream call for the three");
+        assert_eq!(s.flights().len(), 1, "and newcomers can join it");
     }
 }

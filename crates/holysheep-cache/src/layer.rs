@@ -8,7 +8,7 @@ use tower_layer::Layer;
 
 use crate::key::{DefaultKeyPolicy, KeyPolicy};
 use crate::service::Cache;
-use crate::shared::Shared;
+use crate::shared::{Settings, Shared};
 use crate::store::CacheStore;
 
 /// Builds [`Cache`] services. Holds configuration only; each service it builds gets its own
@@ -31,12 +31,7 @@ use crate::store::CacheStore;
 pub struct CacheLayer {
     store: Arc<dyn CacheStore>,
     policy: Arc<dyn KeyPolicy>,
-    ttl: Duration,
-    max_entry_bytes: usize,
-    max_body_bytes: usize,
-    upstream: Arc<str>,
-    coalesce: bool,
-    cache_streams: bool,
+    settings: Settings,
 }
 
 impl CacheLayer {
@@ -48,9 +43,17 @@ impl CacheLayer {
     pub const DEFAULT_MAX_BODY_BYTES: usize = 4 << 20;
     /// The default upstream base URL hashed into keys.
     pub const DEFAULT_UPSTREAM: &'static str = holysheep_core::DEFAULT_BASE_URL;
+    /// The default of [`read_ahead`](Self::read_ahead): 256 KiB.
+    pub const DEFAULT_READ_AHEAD_BYTES: usize = 256 << 10;
+    /// The default time bound of [`finish_budget`](Self::finish_budget): 15 s.
+    pub const DEFAULT_FINISH_TIMEOUT: Duration = Duration::from_secs(15);
+    /// The default bytes bound of [`finish_budget`](Self::finish_budget): 256 KiB.
+    pub const DEFAULT_FINISH_MAX_BYTES: usize = 256 << 10;
 
     /// A layer over `store` with the defaults: TTL 3600 s, entries up to 1 MiB, request bodies
-    /// parsed up to 4 MiB, [`DefaultKeyPolicy`], coalescing on, streams cached.
+    /// parsed up to 4 MiB, [`DefaultKeyPolicy`], coalescing on, streams cached, reads 256 KiB
+    /// ahead of the slowest reader at most, and an answer whose caller went away finished for
+    /// the cache within 15 s and 256 KiB.
     pub fn new(store: impl CacheStore) -> Self {
         Self::with_store(Arc::new(store))
     }
@@ -60,25 +63,30 @@ impl CacheLayer {
         Self {
             store,
             policy: Arc::new(DefaultKeyPolicy::new()),
-            ttl: Self::DEFAULT_TTL,
-            max_entry_bytes: Self::DEFAULT_MAX_ENTRY_BYTES,
-            max_body_bytes: Self::DEFAULT_MAX_BODY_BYTES,
-            upstream: Arc::from(Self::DEFAULT_UPSTREAM),
-            coalesce: true,
-            cache_streams: true,
+            settings: Settings {
+                ttl: Self::DEFAULT_TTL,
+                max_entry_bytes: Self::DEFAULT_MAX_ENTRY_BYTES,
+                max_body_bytes: Self::DEFAULT_MAX_BODY_BYTES,
+                upstream: Arc::from(Self::DEFAULT_UPSTREAM),
+                coalesce: true,
+                cache_streams: true,
+                read_ahead: Self::DEFAULT_READ_AHEAD_BYTES,
+                finish_timeout: Self::DEFAULT_FINISH_TIMEOUT,
+                finish_max_bytes: Self::DEFAULT_FINISH_MAX_BYTES,
+            },
         }
     }
 
     /// How long an entry lives. A request's `Cache-Control: max-age=N` lowers it for the entry
     /// that request writes. A zero TTL stores nothing.
     pub fn ttl(mut self, ttl: Duration) -> Self {
-        self.ttl = ttl;
+        self.settings.ttl = ttl;
         self
     }
 
     /// The largest answer body that is stored; larger answers pass through uncached.
     pub fn max_entry_bytes(mut self, bytes: usize) -> Self {
-        self.max_entry_bytes = bytes;
+        self.settings.max_entry_bytes = bytes;
         self
     }
 
@@ -86,7 +94,7 @@ impl CacheLayer {
     /// (The body is buffered either way: the inner service takes a `Full<Bytes>`; bound request
     /// sizes in front of the cache.)
     pub fn max_body_bytes(mut self, bytes: usize) -> Self {
-        self.max_body_bytes = bytes;
+        self.settings.max_body_bytes = bytes;
         self
     }
 
@@ -98,20 +106,60 @@ impl CacheLayer {
 
     /// The upstream base URL, hashed into canonical keys so two upstreams never share answers.
     pub fn upstream(mut self, base_url: impl AsRef<str>) -> Self {
-        self.upstream = Arc::from(base_url.as_ref());
+        self.settings.upstream = Arc::from(base_url.as_ref());
         self
     }
 
     /// Whether identical misses in flight share one upstream call. Default: on.
     pub fn coalesce(mut self, on: bool) -> Self {
-        self.coalesce = on;
+        self.settings.coalesce = on;
         self
     }
 
     /// Whether streamed (SSE) answers are stored. Default: on. Off, streams still coalesce.
     pub fn cache_streams(mut self, on: bool) -> Self {
-        self.cache_streams = on;
+        self.settings.cache_streams = on;
         self
+    }
+
+    /// How far, in bytes, the upstream read may run ahead of the slowest reader of an answer:
+    /// the caller, and each coalesced follower replaying it live. Default: 256 KiB.
+    ///
+    /// This bounds what one answer buffers, whatever its readers do: when a reader stops
+    /// reading, the upstream read waits (backpressure) instead of buffering the rest of the
+    /// answer, so a shared answer moves at the pace of its slowest reader. (An answer is also
+    /// kept whole, up to [`max_entry_bytes`](Self::max_entry_bytes), while it may still be
+    /// stored.) One upstream chunk larger than the bound is let through whole.
+    pub fn read_ahead(mut self, bytes: usize) -> Self {
+        self.settings.read_ahead = bytes.max(1);
+        self
+    }
+
+    /// How long, and how many more bytes, an answer is read after its caller (and every
+    /// follower) went away, to finish and store it. Default: 15 s and 256 KiB.
+    ///
+    /// The tokens are paid for either way, so a streamed answer whose caller hung up is still
+    /// read to its end and stored, but only within this budget, and only while no other
+    /// request waits for an upstream slot: the body holds one of the pool limit's slots while it
+    /// is read (`PoolLimitLayer` says whether others wait, and counts the slot as detached
+    /// meanwhile). Past the budget, or as soon as a request waits, the upstream body is dropped
+    /// and its slot freed; nothing is stored. A zero budget never reads on.
+    pub fn finish_budget(mut self, time: Duration, bytes: usize) -> Self {
+        self.settings.finish_timeout = time;
+        self.settings.finish_max_bytes = bytes;
+        self
+    }
+}
+
+#[cfg(test)]
+impl CacheLayer {
+    /// The state a service built from this layer shares.
+    pub(crate) fn shared_for_tests(&self) -> Arc<Shared> {
+        Arc::new(Shared::new(
+            Arc::clone(&self.store),
+            Arc::clone(&self.policy),
+            self.settings.clone(),
+        ))
     }
 }
 
@@ -119,12 +167,7 @@ impl fmt::Debug for CacheLayer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("CacheLayer")
             .field("store", &self.store.kind())
-            .field("ttl", &self.ttl)
-            .field("max_entry_bytes", &self.max_entry_bytes)
-            .field("max_body_bytes", &self.max_body_bytes)
-            .field("upstream", &self.upstream)
-            .field("coalesce", &self.coalesce)
-            .field("cache_streams", &self.cache_streams)
+            .field("settings", &self.settings)
             .finish_non_exhaustive()
     }
 }
@@ -136,12 +179,7 @@ impl<S> Layer<S> for CacheLayer {
         let shared = Shared::new(
             Arc::clone(&self.store),
             Arc::clone(&self.policy),
-            self.ttl,
-            self.max_entry_bytes,
-            self.max_body_bytes,
-            Arc::clone(&self.upstream),
-            self.coalesce,
-            self.cache_streams,
+            self.settings.clone(),
         );
         Cache::from_parts(inner, Arc::new(shared))
     }

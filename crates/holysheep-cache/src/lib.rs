@@ -58,15 +58,22 @@
 //!
 //! A stream is **recorded while it is forwarded**: the client gets each chunk as it arrives,
 //! and the entry is written (in a spawned task, never delaying the client) only when the stream
-//! completed. If the client goes away mid-stream, the upstream is still read to the end in a
-//! task and the answer stored if it completes (see [`ResponseBody`]). A whole JSON answer is read
-//! before its head is sent, so its head can say whether it was stored.
+//! completed. The upstream is read at most [`CacheLayer::read_ahead`] (256 KiB) ahead of the
+//! slowest reader, so memory stays bounded whatever clients do. If the client goes away
+//! mid-stream, the rest is still read in a task and the answer stored if it completes, within
+//! [`CacheLayer::finish_budget`] (15 s, 256 KiB) and only while no request waits for the pool
+//! slot it holds (see [`ResponseBody`]). A whole JSON answer is read before its head is sent (up
+//! to the entry bound), so its head can say whether it was stored, and so that no JSON answer
+//! the upstream cut ever reaches anyone with a `200` head.
 //!
 //! A hit answers in the shape the request asked for: a `stream: true` request gets SSE (a stored
 //! stream replays its chunks; a stored JSON answer becomes role, content, finish, optional usage
 //! chunks and `[DONE]`), a plain request gets one JSON (a stored stream is assembled: content
 //! deltas concatenated per choice, tool call deltas merged, finish reason, usage). A stored
 //! stream's usage chunk is left out for a request without `stream_options.include_usage`.
+//! Conversions carry every field (`logprobs`, fields this crate does not know); where the entry
+//! lacks what the request asks for (a usage chunk, or the `usage` every JSON answer has), the
+//! lookup is a miss instead, and the fresh answer replaces the entry.
 //!
 //! # Stored values
 //!
@@ -88,15 +95,27 @@
 //! Both are read back whatever the layer's scheme: a value that starts with `{` is taken as plain
 //! JSON. Anything else that is not a well-formed envelope is a miss.
 //!
+//! A value read from a store others may write to ([`CacheStore::is_shared`]: Redis, and tiers in
+//! front of it) is served only if it passes the check an answer passed before it was stored (a
+//! good completion, a complete stream whose usage flag is true), and always with the route's
+//! content type (`application/json` or `text/event-stream`; a stored one is kept only when it
+//! names the same media type). Anything else is a miss, counted in [`Cache::invalid_entries`] and
+//! logged, and the fresh answer replaces it.
+//!
 //! # Coalescing
 //!
 //! Concurrent identical misses make one upstream call. A follower asking for the same shape as
 //! the leader replays the leader's response live: the head at once, the chunks so far, then
-//! each chunk as it arrives. A follower asking for the other shape waits for the end and is
-//! served from the finished entry. An error answer (a `429`, a `500`) is replayed to every
-//! follower rather than multiplied upstream. If the leader's upstream call fails, followers get
-//! a [`CoalesceError`] at once; if the leader's request is dropped (or panics) before an answer,
-//! followers form a new flight (at most twice, then each goes upstream alone). The leader's
+//! each chunk as it arrives (a JSON answer only once it is whole). A follower asking for the
+//! other shape waits for the end and is served from the finished entry; when the answer cannot
+//! serve it (too large to store, not a good answer, or not convertible without loss), it goes to
+//! the one new flight made for its shape, so the whole group costs at most one more upstream
+//! call per shape. An error answer (a `429`, a `500`) is replayed to every follower rather than
+//! multiplied upstream. If the leader's upstream call fails, or a JSON answer is cut, followers
+//! get a [`CoalesceError`] at once whose `source()` is the leader's own error, so they are
+//! answered as the leader is (a shed's `503` with `Retry-After`, a timeout's `504`); if the
+//! leader's request is dropped (or panics) before an answer, followers form a new flight (at
+//! most twice, then each goes upstream alone). The leader's
 //! client going away mid-answer does not cut the followers' answer: an upstream body is read by
 //! a spawned task, never by one client, so no follower waits on the leader's client.
 //!
@@ -143,10 +162,14 @@
 //! - [`MemoryStore`]: in-process, bounded by total bytes, per-entry TTL.
 //! - `RedisStore`: one Redis node or a Redis Cluster, shared by every gateway instance (cargo
 //!   feature `redis`, on by default).
-//! - [`TieredStore`]: a fast front store (memory) in front of a shared back store (Redis).
+//! - [`TieredStore`]: a fast front store (memory) in front of a shared back store (Redis). A
+//!   front copy lives no longer than the back entry has left, and at most
+//!   [`TieredStore::front_ttl`] (10 s): the bound on how stale an instance is after another
+//!   refreshed an entry.
 //!
 //! A store is a soft dependency: a failing get is a miss, a failing put is ignored; both are
 //! logged at warn, at most once every 10 s (the rest at debug). Never an error to the client.
+//! In a Redis Cluster, health is kept per master: a dead master costs only its own keys.
 //!
 //! # Keys
 //!
@@ -188,7 +211,7 @@ pub use self::service::{CACHE_STATUS, Cache, X_CACHE};
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub use self::store::RedisStore;
 pub use self::store::{
-    BoxFuture, CacheStore, MemoryStore, StoreError, StoreErrorKind, TieredStore,
+    BoxFuture, CacheStore, MemoryStore, StoreError, StoreErrorKind, TieredStore, ValueTtl,
 };
 
 /// Internals the crate's benchmarks measure. **Not public API**: no stability promise, may change

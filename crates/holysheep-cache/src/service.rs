@@ -6,7 +6,7 @@ use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use holysheep_core::BoxError;
-use holysheep_core::signal::{CacheOutcome, Namespace, RequestModel};
+use holysheep_core::signal::{CacheOutcome, Namespace, PoolSlot, RequestModel};
 use http::header::{AGE, CONTENT_TYPE};
 use http::request::Parts;
 use http::{HeaderName, HeaderValue, Method, Request, Response, StatusCode};
@@ -17,9 +17,9 @@ use tower::Service;
 use crate::access::CacheAccess;
 use crate::body::{Plan, Recorder, Recording, ResponseBody};
 use crate::control::RequestControl;
-use crate::convert::{Endpoint, json_to_sse, sse_to_json, strip_usage};
+use crate::convert::{Endpoint, good_entry, json_to_sse, sse_to_json, strip_usage};
 use crate::entry::{Entry, EntryBody};
-use crate::error::CoalesceError;
+use crate::error::{CoalesceError, share};
 use crate::flight::{End, Followed, Follower, Head, Joined, Lead, Shape, join};
 use crate::future::ResponseFuture;
 use crate::key::{CacheKey, KeyRequest, ParsedBody};
@@ -104,6 +104,14 @@ impl<S> Cache<S> {
     pub fn in_flight(&self) -> usize {
         self.shared.flights().len()
     }
+
+    /// How many values read from the store were not served since the cache was built: values
+    /// that are not an entry, and (from a store shared with others, see
+    /// [`CacheStore::is_shared`]) entries that are not a good answer. Each was a miss whose
+    /// answer replaced it.
+    pub fn invalid_entries(&self) -> u64 {
+        self.shared.invalid_entries()
+    }
 }
 
 impl<S: Clone> Clone for Cache<S> {
@@ -120,8 +128,8 @@ impl<S: fmt::Debug> fmt::Debug for Cache<S> {
         f.debug_struct("Cache")
             .field("inner", &self.inner)
             .field("store", &self.shared.store.kind())
-            .field("ttl", &self.shared.ttl)
-            .field("upstream", &self.shared.upstream)
+            .field("ttl", &self.shared.settings.ttl)
+            .field("upstream", &self.shared.settings.upstream)
             .finish_non_exhaustive()
     }
 }
@@ -159,7 +167,7 @@ where
 #[derive(Clone)]
 pub(crate) struct Ctx {
     pub(crate) key: CacheKey,
-    endpoint: Endpoint,
+    pub(crate) endpoint: Endpoint,
     shape: Shape,
     pub(crate) control: RequestControl,
     model: Option<RequestModel>,
@@ -189,7 +197,7 @@ fn classify(shared: &Shared, parts: &Parts, bytes: &Bytes) -> Result<Ctx, Header
         return Err(STATUS_METHOD);
     }
     let control = RequestControl::from_headers(&parts.headers);
-    if control.no_store || bytes.len() > shared.max_body_bytes {
+    if control.no_store || bytes.len() > shared.settings.max_body_bytes {
         return Err(STATUS_BYPASS);
     }
     let endpoint = Endpoint::from_path(parts.uri.path()).ok_or(STATUS_BYPASS)?;
@@ -200,11 +208,16 @@ fn classify(shared: &Shared, parts: &Parts, bytes: &Bytes) -> Result<Ctx, Header
         return Err(STATUS_BYPASS);
     }
     let namespace = parts.extensions.get::<Namespace>();
+    // The query is forwarded, so it is keyed (see `KeyRequest::path`).
+    let target = match (parts.uri.query(), parts.uri.path_and_query()) {
+        (Some(query), Some(target)) if !query.is_empty() => target.as_str(),
+        _ => parts.uri.path(),
+    };
     let key = shared
         .policy
         .key(&KeyRequest {
-            path: parts.uri.path(),
-            upstream: &shared.upstream,
+            path: target,
+            upstream: &shared.settings.upstream,
             namespace: namespace.map(Namespace::as_str),
             body: &body,
         })
@@ -265,15 +278,18 @@ where
         fwd = Fwd::Miss;
         match shared.store.get(ctx.key.as_str()).await {
             Ok(Some(value)) => match Entry::decode(value) {
+                // Read back from a store others may write to: served only if it is still the
+                // good answer it was when stored. Otherwise a miss, whose answer replaces it.
+                Some(entry) if shared.check_reads && !good_entry(ctx.endpoint, &entry) => {
+                    shared.invalid_entry(ctx.key.as_str(), "not a good answer");
+                }
                 Some(entry) if ctx.control.accepts_age(entry.age()) => {
                     if let Some(res) = from_entry(&entry, &ctx, CacheOutcome::Hit, STATUS_HIT) {
                         return Ok(res);
                     }
                 }
                 Some(_) => fwd = Fwd::Stale,
-                None => {
-                    tracing::debug!(key = %ctx.key, "undecodable cache entry; served as a miss")
-                }
+                None => shared.invalid_entry(ctx.key.as_str(), "not an entry"),
             },
             Ok(None) => {}
             Err(error) => shared.store_failed("get", &error),
@@ -281,26 +297,37 @@ where
     }
 
     let mut rejoins = 0;
+    let mut joined = shared
+        .settings
+        .coalesce
+        .then(|| join(&shared, &ctx.key, ctx.shape));
     let lead = loop {
-        if !shared.coalesce || rejoins >= MAX_REJOINS {
-            break Lead::alone(ctx.shape);
-        }
-        match join(&shared, &ctx.key, ctx.shape) {
-            Joined::Leader(lead) => break lead,
-            Joined::Follower(mut follower) => match follower.wait().await {
-                Followed::Live(head) => return Ok(live(&head, follower, &ctx)),
-                Followed::Entry(entry) => {
-                    match from_entry(&entry, &ctx, CacheOutcome::Coalesced, STATUS_COLLAPSED) {
-                        Some(res) => return Ok(res),
-                        None => rejoins = MAX_REJOINS,
-                    }
+        let follower = match joined.take() {
+            None => break Lead::alone(ctx.shape),
+            Some(Joined::Leader(lead)) => break lead,
+            Some(Joined::Follower(follower)) => follower,
+        };
+        let mut follower = follower;
+        match follower.wait().await {
+            Followed::Live(head) => return Ok(live(&head, follower, &ctx)),
+            Followed::Entry(entry) => {
+                match from_entry(&entry, &ctx, CacheOutcome::Coalesced, STATUS_COLLAPSED) {
+                    Some(res) => return Ok(res),
+                    // Not in this shape without a loss: to the flight made for this shape.
+                    None => joined = Some(follower.hand_off(&shared, &ctx.key)),
                 }
-                Followed::Failed(message) => {
-                    return Err(CoalesceError::leader_failed(message).into());
+            }
+            Followed::HandOff => joined = Some(follower.hand_off(&shared, &ctx.key)),
+            Followed::Failed(error) => {
+                return Err(CoalesceError::leader_failed(error).into());
+            }
+            Followed::Rejoin => {
+                drop(follower);
+                rejoins += 1;
+                if rejoins < MAX_REJOINS {
+                    joined = Some(join(&shared, &ctx.key, ctx.shape));
                 }
-                Followed::Rejoin => rejoins += 1,
-                Followed::Alone => rejoins = MAX_REJOINS,
-            },
+            }
         }
     };
     lead_call(shared, inner, parts, bytes, ctx, lead, fwd).await
@@ -331,7 +358,12 @@ where
     let res = match call_upstream(inner, req).await {
         Ok(res) => res,
         Err(error) => {
-            lead.fail(&error.to_string());
+            // Followers get the leader's own error (in their chain), so they are answered as
+            // it is: a shed's 503 and Retry-After, a timeout's 504.
+            lead.unregister();
+            let followers = lead.flight().state().followers;
+            let (error, shared) = share(error, followers);
+            lead.fail(shared);
             return Err(error);
         }
     };
@@ -345,13 +377,12 @@ where
                 .get(..17)
                 .is_some_and(|p| p.eq_ignore_ascii_case("text/event-stream"))
         });
-    if lead.is_registered() {
-        lead.head(Head {
-            status: head.status,
-            version: head.version,
-            headers: head.headers.clone(),
-        });
-    }
+    let slot = head.extensions.get::<PoolSlot>().cloned();
+    let shared_head = Head {
+        status: head.status,
+        version: head.version,
+        headers: head.headers.clone(),
+    };
     let Ctx {
         key,
         endpoint,
@@ -360,79 +391,76 @@ where
         ..
     } = ctx;
 
-    // A layer inside answered from this cache's entries (`CacheAccess`): passed on as it is.
+    // A layer inside answered from this cache's entries (`CacheAccess`): passed on as it is,
+    // and never stored again under this request's key.
     let inner_hit = head.extensions.get::<CacheOutcome>() == Some(&CacheOutcome::Hit);
-    if head.status != StatusCode::OK || inner_hit {
+    let ok = head.status == StatusCode::OK;
+    if !ok || inner_hit {
         // Never stored. Kept only for followers that already joined; nobody new may join.
         lead.unregister();
-        let followers = lead.flight().state().followers;
-        let body = if followers > 0 {
-            let recorder = Recorder::new(
-                Arc::clone(&shared),
-                key,
-                lead,
-                endpoint,
-                content_type.unwrap_or(JSON),
-                false,
-                None,
-                false,
-            );
-            Recording::new(body, recorder).into_body()
-        } else {
+        if lead.flight().state().followers == 0 {
             lead.end(End::Complete(None));
-            ResponseBody::passthrough(body)
-        };
-        let status = format!(
-            "holysheep; fwd={}; fwd-status={}",
-            fwd.as_str(),
-            head.status.as_u16()
-        );
-        let mut res = Response::from_parts(head, body);
-        if !inner_hit {
-            mark(
-                &mut res,
-                CacheOutcome::Miss,
-                HeaderValue::from_str(&status).unwrap_or(STATUS_BYPASS),
-                model,
-            );
+            let status = forwarded_status(fwd, head.status);
+            let mut res = Response::from_parts(head, ResponseBody::passthrough(body));
+            if !inner_hit {
+                mark(&mut res, CacheOutcome::Miss, status, model);
+            }
+            return Ok(res);
         }
-        return Ok(res);
     }
-
     let plan = control
-        .ttl(shared.ttl)
-        .filter(|_| !is_sse || shared.cache_streams)
+        .ttl(shared.settings.ttl)
+        .filter(|_| ok && !inner_hit && (!is_sse || shared.settings.cache_streams))
         .map(|ttl| Plan { ttl });
-    let default_type = if is_sse { EVENT_STREAM } else { JSON };
+    let default_type = if ok && is_sse { EVENT_STREAM } else { JSON };
     let recorder = Recorder::new(
         Arc::clone(&shared),
         key,
         lead,
         endpoint,
+        shared_head,
         content_type.unwrap_or(default_type),
-        true,
+        ok,
         plan,
-        is_sse,
+        ok && is_sse,
+        slot,
     );
     let mut recording = Recording::new(body, recorder);
-    // A JSON answer arrives whole anyway: read it first so the head can say `stored`. A stream
-    // is forwarded chunk by chunk; whether it is stored is known only at its end.
+    // A stream is forwarded chunk by chunk (followers follow it live); whether it is stored is
+    // known only at its end. A JSON answer (or error body) arrives whole anyway: it is read
+    // first (up to the entry bound), so its head can say `stored`, and so that neither the
+    // caller nor a follower ever gets the head of a JSON answer whose body was then cut: that
+    // is a failed call, for all.
     let stored = if is_sse {
+        recording.publish();
         false
     } else {
-        recording.prefetch(shared.max_entry_bytes).await?
+        recording.prefetch(shared.settings.max_entry_bytes).await?
     };
-    let status = match (fwd, stored) {
-        (Fwd::Miss, false) => HeaderValue::from_static("holysheep; fwd=miss"),
-        (Fwd::Miss, true) => HeaderValue::from_static("holysheep; fwd=miss; stored"),
-        (Fwd::Request, false) => HeaderValue::from_static("holysheep; fwd=request"),
-        (Fwd::Request, true) => HeaderValue::from_static("holysheep; fwd=request; stored"),
-        (Fwd::Stale, false) => HeaderValue::from_static("holysheep; fwd=stale"),
-        (Fwd::Stale, true) => HeaderValue::from_static("holysheep; fwd=stale; stored"),
+    let status = match (ok, fwd, stored) {
+        (false, fwd, _) => forwarded_status(fwd, head.status),
+        (true, Fwd::Miss, false) => HeaderValue::from_static("holysheep; fwd=miss"),
+        (true, Fwd::Miss, true) => HeaderValue::from_static("holysheep; fwd=miss; stored"),
+        (true, Fwd::Request, false) => HeaderValue::from_static("holysheep; fwd=request"),
+        (true, Fwd::Request, true) => HeaderValue::from_static("holysheep; fwd=request; stored"),
+        (true, Fwd::Stale, false) => HeaderValue::from_static("holysheep; fwd=stale"),
+        (true, Fwd::Stale, true) => HeaderValue::from_static("holysheep; fwd=stale; stored"),
     };
     let mut res = Response::from_parts(head, recording.into_body());
-    mark(&mut res, CacheOutcome::Miss, status, model);
+    if !inner_hit {
+        mark(&mut res, CacheOutcome::Miss, status, model);
+    }
     Ok(res)
+}
+
+/// `Cache-Status` of an answer that is not a `200`: never stored.
+fn forwarded_status(fwd: Fwd, status: StatusCode) -> HeaderValue {
+    let status = format!(
+        "holysheep; fwd={}; fwd-status={}",
+        fwd.as_str(),
+        status.as_u16()
+    );
+    HeaderValue::from_str(&status).unwrap_or(STATUS_BYPASS)
 }
 
 /// Drives a clone of the inner service to readiness, then calls it.
@@ -462,32 +490,48 @@ fn live(head: &Head, follower: Follower, ctx: &Ctx) -> Response<ResponseBody> {
     res
 }
 
-/// An answer from an entry, in the shape the request asked for. `None` when the entry cannot be
-/// rendered in that shape (the request then goes upstream).
+/// An answer from an entry, in the shape the request asked for. `None` when the entry cannot
+/// give that shape without losing something the request asked for (the request then goes
+/// upstream, and its answer replaces the entry):
+///
+/// - a stream with a usage chunk (`stream_options.include_usage`) from an entry without usage;
+/// - one JSON (which always carries `usage`) from a stream recorded without a usage chunk;
+/// - a shape the answer has no form for (multi-part assistant content as a stream, embeddings
+///   as a stream).
+///
+/// The content type is the route's own (`application/json`, `text/event-stream`): the stored
+/// one is kept only when it names the same media type (e.g. with a `charset`).
 pub(crate) fn from_entry(
     entry: &Entry,
     ctx: &Ctx,
     outcome: CacheOutcome,
     status: HeaderValue,
 ) -> Option<Response<ResponseBody>> {
+    let include_usage = ctx.shape.include_usage;
     let (body, content_type) = match (entry.body(), ctx.shape.stream) {
         (EntryBody::Json(body), false) => (
             ResponseBody::full(body.clone()),
-            entry.content_type().clone(),
+            route_type(entry.content_type(), JSON),
         ),
         (EntryBody::Json(body), true) => (
-            ResponseBody::chunks(json_to_sse(ctx.endpoint, body, ctx.shape.include_usage)?),
+            ResponseBody::chunks(json_to_sse(ctx.endpoint, body, include_usage)?),
             EVENT_STREAM,
         ),
         (EntryBody::Stream { chunks, has_usage }, true) => {
-            let chunks = if *has_usage && !ctx.shape.include_usage {
-                strip_usage(chunks)
-            } else {
-                chunks.clone()
+            let chunks = match (*has_usage, include_usage) {
+                (false, true) => return None,
+                (true, false) => strip_usage(chunks),
+                _ => chunks.clone(),
             };
-            (ResponseBody::chunks(chunks), entry.content_type().clone())
+            (
+                ResponseBody::chunks(chunks),
+                route_type(entry.content_type(), EVENT_STREAM),
+            )
         }
-        (EntryBody::Stream { chunks, .. }, false) => {
+        (EntryBody::Stream { chunks, has_usage }, false) => {
+            if !has_usage {
+                return None;
+            }
             (ResponseBody::full(sse_to_json(ctx.endpoint, chunks)?), JSON)
         }
     };
@@ -500,6 +544,21 @@ pub(crate) fn from_entry(
     }
     mark(&mut res, outcome, status, ctx.model.clone());
     Some(res)
+}
+
+/// `stored` when its media type is `expected`'s, else `expected`.
+fn route_type(stored: &HeaderValue, expected: HeaderValue) -> HeaderValue {
+    let media = stored
+        .as_bytes()
+        .split(|&b| b == b';')
+        .next()
+        .unwrap_or_default()
+        .trim_ascii();
+    if media.eq_ignore_ascii_case(expected.as_bytes()) {
+        stored.clone()
+    } else {
+        expected
+    }
 }
 
 fn mark<B>(

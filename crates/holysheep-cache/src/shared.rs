@@ -9,45 +9,51 @@ use crate::flight::Flight;
 use crate::key::{CacheKey, KeyPolicy};
 use crate::store::{CacheStore, StoreError};
 
-/// How often, at most, a failing store is logged at warn.
-const WARN_EVERY: Duration = Duration::from_secs(10);
+/// How often, at most, a failing store (or one Redis node) is logged at warn.
+pub(crate) const WARN_EVERY: Duration = Duration::from_secs(10);
 
-pub(crate) struct Shared {
-    pub(crate) store: Arc<dyn CacheStore>,
-    pub(crate) policy: Arc<dyn KeyPolicy>,
+/// What a [`CacheLayer`](crate::CacheLayer) is configured with (its docs say what each is).
+#[derive(Debug, Clone)]
+pub(crate) struct Settings {
     pub(crate) ttl: Duration,
     pub(crate) max_entry_bytes: usize,
     pub(crate) max_body_bytes: usize,
     pub(crate) upstream: Arc<str>,
     pub(crate) coalesce: bool,
     pub(crate) cache_streams: bool,
+    pub(crate) read_ahead: usize,
+    pub(crate) finish_timeout: Duration,
+    pub(crate) finish_max_bytes: usize,
+}
+
+pub(crate) struct Shared {
+    pub(crate) store: Arc<dyn CacheStore>,
+    pub(crate) policy: Arc<dyn KeyPolicy>,
+    pub(crate) settings: Settings,
     pub(crate) flights: Mutex<HashMap<CacheKey, Arc<Flight>>>,
+    /// Whether values read from the store are checked before they are served
+    /// ([`CacheStore::is_shared`]).
+    pub(crate) check_reads: bool,
+    invalid: AtomicU64,
     warn: WarnLimiter,
+    invalid_warn: WarnLimiter,
 }
 
 impl Shared {
-    #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         store: Arc<dyn CacheStore>,
         policy: Arc<dyn KeyPolicy>,
-        ttl: Duration,
-        max_entry_bytes: usize,
-        max_body_bytes: usize,
-        upstream: Arc<str>,
-        coalesce: bool,
-        cache_streams: bool,
+        settings: Settings,
     ) -> Self {
         Self {
+            check_reads: store.is_shared(),
             store,
             policy,
-            ttl,
-            max_entry_bytes,
-            max_body_bytes,
-            upstream,
-            coalesce,
-            cache_streams,
+            settings,
             flights: Mutex::new(HashMap::new()),
+            invalid: AtomicU64::new(0),
             warn: WarnLimiter::default(),
+            invalid_warn: WarnLimiter::default(),
         }
     }
 
@@ -72,15 +78,37 @@ impl Shared {
     }
 }
 
-#[derive(Default)]
-struct WarnLimiter {
+impl Shared {
+    /// Counts a value read from the store that is not served, and logs it at warn (at most
+    /// once per [`WARN_EVERY`]): a store that holds such values is written by someone else.
+    pub(crate) fn invalid_entry(&self, key: &str, why: &'static str) {
+        self.invalid.fetch_add(1, Ordering::Relaxed);
+        if let Some(suppressed) = self.invalid_warn.admit() {
+            tracing::warn!(
+                store = self.store.kind(),
+                %key,
+                why,
+                suppressed,
+                "cache entry refused; the request is served as a miss and its answer replaces it"
+            );
+        }
+    }
+
+    pub(crate) fn invalid_entries(&self) -> u64 {
+        self.invalid.load(Ordering::Relaxed)
+    }
+}
+
+/// Admits one log line per [`WARN_EVERY`], counting the ones it holds back.
+#[derive(Debug, Default)]
+pub(crate) struct WarnLimiter {
     last: Mutex<Option<Instant>>,
     suppressed: AtomicU64,
 }
 
 impl WarnLimiter {
     /// `Some(skipped since the last log)` when this one may be logged.
-    fn admit(&self) -> Option<u64> {
+    pub(crate) fn admit(&self) -> Option<u64> {
         let mut last = lock(&self.last);
         let now = Instant::now();
         if last.is_some_and(|at| now.duration_since(at) < WARN_EVERY) {

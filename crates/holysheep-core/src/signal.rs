@@ -4,7 +4,7 @@
 //! [`RequestModel`] and [`Namespace`] on requests; `CacheLayer` puts [`CacheOutcome`] (and a copy
 //! of [`RequestModel`]) on responses; `SemanticCacheLayer` puts [`SemanticHit`] beside
 //! `CacheOutcome::Hit` on its hits; `RetryLayer` puts [`Attempts`] on responses; `MetricsLayer`
-//! reads them all.
+//! reads them all. `PoolLimitLayer` puts [`PoolSlot`] on responses, which `CacheLayer` reads.
 
 use std::sync::Arc;
 
@@ -98,5 +98,112 @@ impl Namespace {
     /// The namespace's name.
     pub fn as_str(&self) -> &str {
         &self.0
+    }
+}
+
+/// The upstream pool slot a response's body holds until it ends. A response extension set by
+/// `PoolLimitLayer`, read by `CacheLayer`.
+///
+/// When a caller goes away mid-answer, the cache may read the rest of the answer to store it.
+/// It does so only within a budget, and only while no other request waits for a slot of the
+/// pool ([`is_contended`](Self::is_contended)); meanwhile it holds a [`DetachedSlot`], which the
+/// pool counts, so that a slot held for no caller shows in metrics instead of hiding behind an
+/// in-flight gauge that already went down.
+#[derive(Clone)]
+pub struct PoolSlot {
+    pool: Arc<dyn SlotPool>,
+}
+
+/// The pool behind a [`PoolSlot`]; implemented by pool limits.
+pub trait SlotPool: Send + Sync + 'static {
+    /// Whether a request is waiting for a slot of this pool now.
+    fn is_contended(&self) -> bool;
+
+    /// A body holding a slot is now read for no caller (`true`), or no longer is (`false`).
+    fn set_detached(&self, detached: bool);
+}
+
+impl PoolSlot {
+    /// The slot of a body that holds one of `pool`'s slots.
+    pub fn new(pool: Arc<dyn SlotPool>) -> Self {
+        Self { pool }
+    }
+
+    /// Whether a request is waiting for a slot of the pool now.
+    pub fn is_contended(&self) -> bool {
+        self.pool.is_contended()
+    }
+
+    /// Counts the slot as held for no caller until the guard is dropped.
+    pub fn detach(&self) -> DetachedSlot {
+        self.pool.set_detached(true);
+        DetachedSlot {
+            pool: Arc::clone(&self.pool),
+        }
+    }
+}
+
+impl std::fmt::Debug for PoolSlot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PoolSlot")
+            .field("contended", &self.is_contended())
+            .finish()
+    }
+}
+
+/// A slot counted as held for no caller, from [`PoolSlot::detach`] until dropped.
+#[must_use = "the slot counts as detached only while the guard lives"]
+pub struct DetachedSlot {
+    pool: Arc<dyn SlotPool>,
+}
+
+impl Drop for DetachedSlot {
+    fn drop(&mut self) {
+        self.pool.set_detached(false);
+    }
+}
+
+impl std::fmt::Debug for DetachedSlot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DetachedSlot").finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+    #[derive(Default)]
+    struct Pool {
+        waiting: AtomicBool,
+        detached: AtomicUsize,
+    }
+
+    impl SlotPool for Pool {
+        fn is_contended(&self) -> bool {
+            self.waiting.load(Ordering::Relaxed)
+        }
+
+        fn set_detached(&self, detached: bool) {
+            if detached {
+                self.detached.fetch_add(1, Ordering::Relaxed);
+            } else {
+                self.detached.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    #[test]
+    fn a_detached_slot_is_counted_while_its_guard_lives() {
+        let pool = Arc::new(Pool::default());
+        let slot = PoolSlot::new(pool.clone());
+        assert!(!slot.is_contended());
+        pool.waiting.store(true, Ordering::Relaxed);
+        assert!(slot.clone().is_contended());
+        let guard = slot.detach();
+        assert_eq!(pool.detached.load(Ordering::Relaxed), 1);
+        drop(guard);
+        assert_eq!(pool.detached.load(Ordering::Relaxed), 0);
     }
 }

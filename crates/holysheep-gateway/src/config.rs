@@ -11,6 +11,9 @@
 //! `HOLYSHEEP_API_KEY` and client keys from `HOLYSHEEP_GATEWAY_KEYS` only, and both are
 //! [`Secret`]s whose `Debug` shows nothing.
 
+// The settings' doc comments are their `--help` text, which shows a default URL as it is.
+#![allow(rustdoc::bare_urls)]
+
 use std::fmt;
 use std::net::SocketAddr;
 use std::ops::RangeInclusive;
@@ -232,6 +235,11 @@ section! {
         /// Per-operation Redis bound in ms; slower answers count as misses [default: 50]
         #[arg(long = "cache-redis-timeout-ms", env = "HOLYSHEEP_CACHE_REDIS_TIMEOUT_MS", value_name = "MS")]
         redis_timeout_ms: u64,
+        /// Longest an instance serves its memory copy of a Redis entry without asking Redis
+        /// again, in seconds: the bound on how stale its answers are after another instance
+        /// refreshed the entry (0: always ask Redis) [default: 10]
+        #[arg(long = "cache-front-ttl-secs", env = "HOLYSHEEP_CACHE_FRONT_TTL_SECS", value_name = "SECONDS")]
+        front_ttl_secs: u64,
         /// How cache keys are derived: canonical or python-compat [default: canonical]
         #[arg(long = "cache-key-scheme", env = "HOLYSHEEP_CACHE_KEY_SCHEME", value_name = "SCHEME")]
         key_scheme: KeyScheme,
@@ -778,7 +786,7 @@ pub fn range_of(key: &str) -> Option<RangeInclusive<u64>> {
 /// This is the one link from a setting to its default: the README table, the example TOML file
 /// and `--help` are checked against it by the tests.
 pub fn default_of(key: &str) -> Option<String> {
-    use holysheep::cache::{CacheLayer, KeyScheme as Scheme, RedisStore};
+    use holysheep::cache::{CacheLayer, KeyScheme as Scheme, RedisStore, TieredStore};
     use holysheep::client::Builder as Client;
     use holysheep::pool_limit::PoolLimitLayer as Pool;
     use holysheep::retry::RetryLayer as Retry;
@@ -820,6 +828,7 @@ pub fn default_of(key: &str) -> Option<String> {
         "cache.memory_max_bytes" => StackBuilder::DEFAULT_MEMORY_CACHE_BYTES.to_string(),
         "cache.redis" => "none".to_owned(),
         "cache.redis_timeout_ms" => millis(RedisStore::DEFAULT_TIMEOUT),
+        "cache.front_ttl_secs" => secs(TieredStore::<(), ()>::DEFAULT_FRONT_TTL),
         "cache.key_scheme" => Scheme::default().to_string(),
         "semantic.enabled" => "false".to_owned(),
         "semantic.tenants" => "none".to_owned(),

@@ -15,8 +15,16 @@ use crate::config::LogFormat;
 
 /// Installs the global subscriber: level from `RUST_LOG` (default `info`), text or JSON lines.
 /// A second call (tests start many gateways in one process) leaves the first in place.
+///
+/// redis-rs logs every connection attempt to a Redis node that is down at warn (hundreds a
+/// minute); the cache store logs each node's failure itself, once per node per 10 s. So the
+/// `redis` target is kept to errors unless `RUST_LOG` names it.
 pub(crate) fn init(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let mut filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let names_redis = std::env::var("RUST_LOG").is_ok_and(|spec| spec.contains("redis"));
+    if !names_redis && let Ok(directive) = "redis=error".parse() {
+        filter = filter.add_directive(directive);
+    }
     // Colours only for a terminal: escape codes in a log file or a collector are noise.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)

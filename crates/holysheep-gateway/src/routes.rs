@@ -104,6 +104,9 @@ async fn chat_completions(State(state): State<AppState>, request: Request) -> Re
         Ok(bytes) => bytes,
         Err(error) => return error.into_response(),
     };
+    if let Err(error) = reject_reserved_keys(&bytes) {
+        return error.into_response();
+    }
     let model = match validate_chat(&bytes) {
         Ok(model) => model,
         Err(error) => return error.into_response(),
@@ -117,6 +120,9 @@ async fn embeddings(State(state): State<AppState>, request: Request) -> Response
         Ok(bytes) => bytes,
         Err(error) => return error.into_response(),
     };
+    if let Err(error) = reject_reserved_keys(&bytes) {
+        return error.into_response();
+    }
     let model = match validate_embeddings(&bytes) {
         Ok(model) => model,
         Err(error) => return error.into_response(),
@@ -153,6 +159,97 @@ async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Byte
         }
         invalid_request("The request body could not be read.", None)
     })
+}
+
+/// The object keys serde_json's `Value` reads specially start with this (`…RawValue` turns an
+/// object into the JSON text of its value, with the `raw_value` feature). The upstream reads them
+/// as plain keys, so a body holding one would be validated (and cached) as another body than the
+/// one the upstream answers: it is refused instead.
+const RESERVED_KEY_PREFIX: &str = "$serde_json::private::";
+
+/// 400 when an object key anywhere in the body starts with [`RESERVED_KEY_PREFIX`].
+///
+/// Such a key is written either as it is or with `\u` escapes, so a body with neither is let
+/// through without a second parse.
+fn reject_reserved_keys(bytes: &[u8]) -> Result<(), ApiError> {
+    let literal = RESERVED_KEY_PREFIX.as_bytes();
+    let may_hold = bytes.windows(2).any(|w| w == b"\\u")
+        || bytes
+            .iter()
+            .enumerate()
+            .any(|(i, &b)| b == b'$' && bytes[i..].starts_with(literal));
+    if !may_hold {
+        return Ok(());
+    }
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    // Invalid JSON is answered by the validation that follows.
+    if serde::Deserializer::deserialize_any(&mut de, ReservedKeys).unwrap_or(false) {
+        return Err(invalid_request(
+            format!("The request body uses a reserved object key (\"{RESERVED_KEY_PREFIX}…\")."),
+            None,
+        ));
+    }
+    Ok(())
+}
+
+/// Walks a JSON text reading every key literally; `true` if one is reserved.
+struct ReservedKeys;
+
+impl<'de> serde::de::DeserializeSeed<'de> for ReservedKeys {
+    type Value = bool;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, de: D) -> Result<bool, D::Error> {
+        de.deserialize_any(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for ReservedKeys {
+    type Value = bool;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<bool, E> {
+        Ok(false)
+    }
+
+    fn visit_i64<E>(self, _: i64) -> Result<bool, E> {
+        Ok(false)
+    }
+
+    fn visit_u64<E>(self, _: u64) -> Result<bool, E> {
+        Ok(false)
+    }
+
+    fn visit_f64<E>(self, _: f64) -> Result<bool, E> {
+        Ok(false)
+    }
+
+    fn visit_str<E>(self, _: &str) -> Result<bool, E> {
+        Ok(false)
+    }
+
+    fn visit_unit<E>(self) -> Result<bool, E> {
+        Ok(false)
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<bool, A::Error> {
+        let mut found = false;
+        while let Some(reserved) = seq.next_element_seed(ReservedKeys)? {
+            found |= reserved;
+        }
+        Ok(found)
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<bool, A::Error> {
+        let mut found = false;
+        while let Some(key) = map.next_key::<String>()? {
+            found |= key.starts_with(RESERVED_KEY_PREFIX);
+            found |= map.next_value_seed(ReservedKeys)?;
+        }
+        Ok(found)
+    }
 }
 
 /// Parses the body as JSON object, or answers 400.
@@ -436,6 +533,38 @@ mod tests {
         // Unknown fields and nulls are fine.
         let extra = br#"{"model":"m","messages":[{"role":"user","content":null}],"stream":null,"tools":[]}"#;
         assert_eq!(&*validate_chat(extra).unwrap(), "m");
+    }
+
+    /// Issue 11, item 8: a body serde_json's `Value` reads as another body is refused, so
+    /// validation (and the cache key) see the body the upstream sees.
+    #[test]
+    fn reserved_serde_json_keys_are_refused() {
+        let inner = r#"{"model":"gpt-4.1","messages":[{"role":"user","content":"hi"}]}"#;
+        let wrapped = serde_json::json!({ "$serde_json::private::RawValue": inner }).to_string();
+        let nested = r#"{"model":"m","messages":[{"role":"user","content":{"$serde_json::private::RawValue":"\"hi\""}}]}"#;
+        let escaped = r#"{"model":"m","messages":[{"role":"user"}],"x":{"\u0024serde_json::private::RawValue":"1"}}"#;
+        for body in [wrapped.as_bytes(), nested.as_bytes(), escaped.as_bytes()] {
+            let error = reject_reserved_keys(body)
+                .and_then(|()| validate_chat(body).map(|_| ()))
+                .expect_err("refused");
+            assert_eq!(
+                error.status,
+                StatusCode::BAD_REQUEST,
+                "{}",
+                String::from_utf8_lossy(body)
+            );
+        }
+        for fine in [
+            inner.as_bytes(),
+            br#"{"model":"m","messages":[{"role":"user","content":"costs \u0024 5 $serde_json"}]}"#,
+            b"{not json",
+        ] {
+            assert!(
+                reject_reserved_keys(fine).is_ok(),
+                "{}",
+                String::from_utf8_lossy(fine)
+            );
+        }
     }
 
     #[test]

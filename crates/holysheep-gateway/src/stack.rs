@@ -186,7 +186,12 @@ async fn cache_store(
         settings.redis_timeout_ms.map(Duration::from_millis),
         RedisStore::timeout,
     );
-    let store: Arc<dyn CacheStore> = Arc::new(TieredStore::new(memory, redis));
+    let tiered = set(
+        TieredStore::new(memory, redis),
+        settings.front_ttl_secs.map(Duration::from_secs),
+        TieredStore::front_ttl,
+    );
+    let store: Arc<dyn CacheStore> = Arc::new(tiered);
     Ok((Arc::clone(&store), Some(store)))
 }
 

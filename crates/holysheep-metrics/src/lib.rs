@@ -57,6 +57,7 @@
 //! | `holysheep_request_duration_seconds` | histogram | `model`, `status`, `cache`, `outcome` | `gen_ai.client.operation.duration` |
 //! | `holysheep_time_to_first_byte_seconds` | histogram | `model`, `status`, `cache` | `gen_ai.client.operation.time_to_first_chunk` (streams) |
 //! | `holysheep_in_flight_requests` | gauge | — | — |
+//! | `holysheep_pool_detached_slots` (set by `PoolLimitLayer`) | gauge | — | — |
 //! | `holysheep_upstream_attempts_total` | counter | `model` | — |
 //! | `holysheep_retries_total` | counter | `model` | — |
 //! | `holysheep_shed_total` | counter | `model` | — |

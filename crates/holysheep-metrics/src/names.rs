@@ -14,6 +14,11 @@ pub const REQUEST_DURATION: &str = "holysheep_request_duration_seconds";
 pub const TIME_TO_FIRST_BYTE: &str = "holysheep_time_to_first_byte_seconds";
 /// Gauge: requests called and not yet finished (no labels).
 pub const IN_FLIGHT: &str = "holysheep_in_flight_requests";
+/// Gauge: upstream pool slots held by response bodies read for no caller (the caller went away
+/// and `CacheLayer` reads the answer on, within its budget, to store it); no labels. Set by
+/// `PoolLimitLayer` (`holysheep_pool_limit::DETACHED_SLOTS`), not by `MetricsLayer`: those
+/// requests have left [`IN_FLIGHT`] already.
+pub const POOL_DETACHED_SLOTS: &str = "holysheep_pool_detached_slots";
 /// Counter: upstream attempts, from the `Attempts` response extension, by `model`.
 pub const UPSTREAM_ATTEMPTS: &str = "holysheep_upstream_attempts_total";
 /// Counter: retries (attempts beyond the first), by `model`.
@@ -88,6 +93,11 @@ pub fn describe() {
         IN_FLIGHT,
         Unit::Count,
         "Requests called whose response body has not ended yet."
+    );
+    describe_gauge!(
+        POOL_DETACHED_SLOTS,
+        Unit::Count,
+        "Upstream pool slots held by answers read on for the cache after their caller went away."
     );
     describe_counter!(
         UPSTREAM_ATTEMPTS,

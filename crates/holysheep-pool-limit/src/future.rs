@@ -110,7 +110,10 @@ where
                     let mut permits = permits.take().expect("polled after completion");
                     permits.record(&result, Outcome::of_response);
                     return Poll::Ready(match result {
-                        Ok(res) => Ok(res.map(|body| PermitBody::new(body, permits))),
+                        Ok(mut res) => {
+                            res.extensions_mut().insert(permits.slot());
+                            Ok(res.map(|body| PermitBody::new(body, permits)))
+                        }
                         // The slots are freed as `permits` drops here.
                         Err(err) => Err(err.into()),
                     });

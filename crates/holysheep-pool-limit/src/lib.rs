@@ -7,6 +7,11 @@
 //! Server-Sent-Events stream counts as in flight for as long as it runs; the slots are freed at
 //! the end of the stream, on a body error, or when the caller drops the response.
 //!
+//! Each response carries a [`PoolSlot`](holysheep_core::signal::PoolSlot) extension: a layer
+//! above that reads a body on after its caller went away (`CacheLayer`, to store the answer)
+//! learns from it whether other requests wait for a slot, and marks the slot as held for no
+//! caller meanwhile, which [`PoolLimitHandle::detached`] and the gauge [`DETACHED_SLOTS`] count.
+//!
 //! It works on any `http::Request<B>`, so it wraps the HolySheep client as well as axum or
 //! tonic services. Readiness is honest for callers that use backpressure, and calls made
 //! without readiness still queue under the same bounds; see [`PoolLimit`]. A
@@ -98,7 +103,7 @@ pub use body::PermitBody;
 pub use error::{Overloaded, is_overloaded};
 pub use layer::PoolLimitLayer;
 pub use service::PoolLimit;
-pub use state::PoolLimitHandle;
+pub use state::{DETACHED_SLOTS, PoolLimitHandle};
 
 #[cfg(test)]
 mod tests;

@@ -13,8 +13,15 @@ use http::{Request, header::HOST};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
+use holysheep_core::signal::{PoolSlot, SlotPool};
+
 use crate::adaptive::{Adaptive, Aimd, Outcome};
 use crate::error::Overloaded;
+
+/// Gauge (`metrics` facade): pool slots held by response bodies read for no caller (a caller
+/// went away and a layer above reads the answer on to store it); [`PoolLimitHandle::detached`]
+/// counts the same.
+pub const DETACHED_SLOTS: &str = "holysheep_pool_detached_slots";
 
 /// A function that names the per-host bucket of a request; `None` selects the default bucket.
 pub(crate) type KeyFn = Arc<dyn Fn(&Parts) -> Option<String> + Send + Sync>;
@@ -106,6 +113,26 @@ pub(crate) struct Shared {
     in_flight: AtomicUsize,
     queued: AtomicUsize,
     shed: AtomicU64,
+    detached: AtomicUsize,
+}
+
+/// What `CacheLayer` asks of the pool when a caller went away mid-answer (see
+/// [`PoolSlot`](holysheep_core::signal::PoolSlot)).
+impl SlotPool for Shared {
+    fn is_contended(&self) -> bool {
+        self.queued.load(Ordering::Relaxed) > 0
+    }
+
+    fn set_detached(&self, detached: bool) {
+        let now = if detached {
+            self.detached.fetch_add(1, Ordering::Relaxed) + 1
+        } else {
+            self.detached
+                .fetch_sub(1, Ordering::Relaxed)
+                .saturating_sub(1)
+        };
+        metrics::gauge!(DETACHED_SLOTS).set(now as f64);
+    }
 }
 
 impl Shared {
@@ -133,6 +160,7 @@ impl Shared {
             in_flight: AtomicUsize::new(0),
             queued: AtomicUsize::new(0),
             shed: AtomicU64::new(0),
+            detached: AtomicUsize::new(0),
         }
     }
 
@@ -241,6 +269,12 @@ impl Permits {
         }
     }
 
+    /// The slot as a response extension, for a layer above that may read the body on after its
+    /// caller went away.
+    pub(crate) fn slot(&self) -> PoolSlot {
+        PoolSlot::new(Arc::clone(&self.shared) as Arc<dyn SlotPool>)
+    }
+
     /// Feeds the inner service's answer into the adaptive limit, if there is one.
     pub(crate) fn record<R, E>(
         &mut self,
@@ -296,6 +330,14 @@ impl PoolLimitHandle {
     /// Requests waiting for a slot now.
     pub fn queued(&self) -> usize {
         self.shared.queued.load(Ordering::Relaxed)
+    }
+
+    /// Slots held by response bodies that are read for no caller: a layer above (`CacheLayer`)
+    /// reads an answer on after its caller went away, to store it (see
+    /// [`PoolSlot`](holysheep_core::signal::PoolSlot)). Also the gauge
+    /// [`DETACHED_SLOTS`](crate::DETACHED_SLOTS). Counted in [`in_flight`](Self::in_flight) too.
+    pub fn detached(&self) -> usize {
+        self.shared.detached.load(Ordering::Relaxed)
     }
 
     /// Requests shed since the layer was built.

@@ -737,3 +737,49 @@ mod adaptive {
         assert_eq!(handle.limit(), 2);
     }
 }
+
+/// Issue 11, item 3: every answer carries its slot; a layer above learns from it whether a
+/// request waits for a slot, and a slot it marks detached is counted, in the handle and in the
+/// gauge, until the mark is dropped.
+#[tokio::test(start_paused = true)]
+async fn responses_carry_their_slot_and_detached_slots_are_counted() {
+    use holysheep_core::signal::PoolSlot;
+    use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let gauge = || {
+        snapshotter
+            .snapshot()
+            .into_vec()
+            .into_iter()
+            .find(|(key, ..)| key.key().name() == crate::DETACHED_SLOTS)
+            .map(|(.., value)| value)
+    };
+    let layer = PoolLimitLayer::new(1, 1).queue_timeout(Duration::from_secs(3));
+    let handle = layer.handle();
+    let mut svc = layer.layer(upstream());
+    let held = svc.call(to("a")).await.unwrap();
+    let slot = held
+        .extensions()
+        .get::<PoolSlot>()
+        .cloned()
+        .expect("the response says which slot it holds");
+    assert!(!slot.is_contended());
+
+    metrics::with_local_recorder(&recorder, || {
+        let detached = slot.detach();
+        assert_eq!(handle.detached(), 1);
+        assert_eq!(gauge(), Some(DebugValue::Gauge(1.0.into())));
+        drop(detached);
+        assert_eq!(handle.detached(), 0);
+        assert_eq!(gauge(), Some(DebugValue::Gauge(0.0.into())));
+    });
+
+    let queued = tokio::spawn(svc.call(to("a")));
+    tokio::task::yield_now().await;
+    assert!(slot.is_contended(), "a request waits for the slot");
+    drop(held);
+    queued.await.unwrap().unwrap();
+    assert!(!slot.is_contended());
+}

@@ -172,7 +172,13 @@ impl std::error::Error for ParseKeySchemeError {}
 /// parsed once.
 #[derive(Debug, Clone, Copy)]
 pub struct KeyRequest<'a> {
-    /// The request URI path, e.g. `"/chat/completions"` or `"/v1/embeddings"`.
+    /// The request target: the URI path, and its query string when it has a non-empty one, e.g.
+    /// `"/chat/completions"`, `"/v1/embeddings"` or `"/chat/completions?api-version=2024-10-21"`.
+    ///
+    /// The query travels upstream with the request and may change the answer (an
+    /// `api-version`), so it is keyed as part of the path: two requests that differ only in their
+    /// query never share an entry. [`KeyScheme::PythonCompat`] keys only query-less requests (the
+    /// reference Python client sends none); the rest fall back to [`KeyScheme::Canonical`].
     pub path: &'a str,
     /// The upstream base URL configured on the layer, e.g. `"https://api.holysheep.ai/v1"`.
     pub upstream: &'a str,
@@ -410,6 +416,7 @@ impl KeyPolicy for DefaultKeyPolicy {
     }
 }
 
+/// Whether `path` is a chat completions path without a query.
 fn is_chat_completions(path: &str) -> bool {
     let path = path.trim_end_matches('/');
     path == "chat/completions" || path.ends_with("/chat/completions")

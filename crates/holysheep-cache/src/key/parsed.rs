@@ -9,7 +9,7 @@
 //! of allocations however many messages it has.
 
 use std::borrow::Cow;
-use std::cell::{Cell, RefCell};
+use std::cell::RefCell;
 use std::fmt;
 use std::ops::Range;
 
@@ -36,15 +36,9 @@ pub struct ParsedBody<'a> {
 
 pub(super) enum Repr<'a> {
     Tree(Tree<'a>),
-    /// Texts that `Value` reads specially (see [`RAW_VALUE_TOKEN`]) are kept as a `Value`.
+    /// A body that was a `Value` already ([`ParsedBody::from_value`]).
     Value(Value),
 }
-
-/// An object key `Value` treats as a raw-value marker when it comes first (serde_json's
-/// `raw_value` feature, on in this workspace); `arbitrary_precision` has one for numbers.
-/// Bodies holding either are parsed as a `Value` so that they read exactly as before.
-const RAW_VALUE_TOKEN: &str = "$serde_json::private::RawValue";
-const NUMBER_TOKEN: &str = "$serde_json::private::Number";
 
 /// A parsed body: the root and the arenas its arrays and objects point into.
 pub(super) struct Tree<'a> {
@@ -91,7 +85,6 @@ impl<'a> ParsedBody<'a> {
     /// When `serde_json::from_slice::<serde_json::Value>` would fail: invalid JSON, trailing
     /// characters, nesting deeper than 128, out-of-range numbers.
     pub fn parse(bytes: &'a [u8]) -> Result<Self, serde_json::Error> {
-        let special = Cell::new(false);
         // A chat body holds roughly one node per 40 bytes; a guess, the arenas grow as needed.
         let guess = bytes.len() / 64;
         let builder = RefCell::new(Builder {
@@ -101,12 +94,9 @@ impl<'a> ParsedBody<'a> {
             entry_stack: Vec::with_capacity(16),
         });
         let mut de = serde_json::Deserializer::from_slice(bytes);
-        let parsed = NodeSeed {
-            special: &special,
-            builder: &builder,
-        }
-        .deserialize(&mut de)
-        .and_then(|node| de.end().map(|()| node));
+        let parsed = NodeSeed { builder: &builder }
+            .deserialize(&mut de)
+            .and_then(|node| de.end().map(|()| node));
         match parsed {
             Ok(root) => {
                 let Builder { items, entries, .. } = builder.into_inner();
@@ -118,9 +108,6 @@ impl<'a> ParsedBody<'a> {
                     }),
                 })
             }
-            Err(_) if special.get() => Ok(ParsedBody {
-                repr: Repr::Value(serde_json::from_slice(bytes)?),
-            }),
             Err(e) => Err(e),
         }
     }
@@ -356,10 +343,9 @@ impl<'a> Json for Node<'a> {
     }
 }
 
-/// Parses one [`Node`]; sets `special` when the text needs `Value`'s own reading.
+/// Parses one [`Node`].
 #[derive(Clone, Copy)]
 struct NodeSeed<'s, 'de> {
-    special: &'s Cell<bool>,
     builder: &'s RefCell<Builder<'de>>,
 }
 
@@ -402,7 +388,8 @@ impl<'de> Visitor<'de> for KeySeed {
     }
 }
 
-/// Mirrors `serde_json::Value`'s own visitor, so both read a text alike.
+/// Mirrors `serde_json::Value`'s own visitor, so both read a text alike (but for the private
+/// keys `Value` reads specially, which are plain keys here: see [`ParsedBody`]).
 impl<'de> Visitor<'de> for NodeSeed<'_, 'de> {
     type Value = Node<'de>;
 
@@ -468,13 +455,7 @@ impl<'de> Visitor<'de> for NodeSeed<'_, 'de> {
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
         let base = self.builder.borrow().entry_stack.len();
-        let mut first = true;
         while let Some(key) = map.next_key_seed(KeySeed)? {
-            if first && (key == RAW_VALUE_TOKEN || key == NUMBER_TOKEN) {
-                self.special.set(true);
-                return Err(de::Error::custom("body read as a serde_json::Value"));
-            }
-            first = false;
             let value = map.next_value_seed(self)?;
             self.builder.borrow_mut().entry_stack.push((key, value));
         }

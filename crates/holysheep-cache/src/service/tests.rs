@@ -10,7 +10,7 @@ use holysheep_core::signal::{CacheOutcome, Namespace, RequestModel};
 use holysheep_testkit::{
     ChatAnswer, chat_body, json_request, stream_body, stream_events, wait_until, with_header,
 };
-use http::{Method, Request, Response, StatusCode};
+use http::{HeaderValue, Method, Request, Response, StatusCode};
 use http_body::Frame;
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full, StreamBody};
@@ -220,14 +220,14 @@ async fn request_model_extension_wins() {
 async fn stream_recorded_then_replayed_and_converted() {
     let calls = Arc::new(AtomicUsize::new(0));
     let cache = layer().layer(counting(&calls, |_, _| {
-        sse_response(stream_chunks("Hello"))
+        sse_response(stream_events(&answer("Hello"), 3, true))
     }));
-    let miss = send(&cache, request(&chat_stream("hi", false))).await;
+    let miss = send(&cache, request(&chat_stream("hi", true))).await;
     assert_eq!(miss.cache_status, "holysheep; fwd=miss");
     assert_eq!(miss.content_type, "text/event-stream");
     settle(&cache).await;
 
-    let hit = send(&cache, request(&chat_stream("hi", false))).await;
+    let hit = send(&cache, request(&chat_stream("hi", true))).await;
     assert_eq!(hit.x_cache, "HIT");
     assert_eq!(hit.body, miss.body, "a stored stream replays byte for byte");
     assert_eq!(hit.content_type, "text/event-stream");
@@ -239,6 +239,141 @@ async fn stream_recorded_then_replayed_and_converted() {
     assert_eq!(v["object"], "chat.completion");
     assert_eq!(v["choices"][0]["message"]["content"], "Hello");
     assert_eq!(v["choices"][0]["finish_reason"], "stop");
+    assert_eq!(v["usage"], completion("Hello")["usage"]);
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+}
+
+/// Issue 18, item 4: a hit converted to the other shape carries everything the request asked
+/// for, or is a miss whose answer replaces the entry.
+#[tokio::test]
+async fn conversions_never_drop_what_the_request_asked_for() {
+    // A stream recorded without a usage chunk cannot give a JSON answer (which carries usage),
+    // nor a stream with a usage chunk.
+    let calls = Arc::new(AtomicUsize::new(0));
+    let cache = layer().layer(counting(&calls, |_, body| {
+        if body.get("stream").is_some() {
+            let usage = body["stream_options"]["include_usage"] == true;
+            sse_response(stream_events(&answer("Hello"), 3, usage))
+        } else {
+            json_response(StatusCode::OK, completion("Hello"))
+        }
+    }));
+    send(&cache, request(&chat_stream("hi", false))).await;
+    settle(&cache).await;
+    let with_usage = send(&cache, request(&chat_stream("hi", true))).await;
+    assert_eq!(with_usage.x_cache, "MISS", "no usage chunk to give");
+    assert!(String::from_utf8_lossy(&with_usage.body).contains("total_tokens"));
+    settle(&cache).await;
+    // That answer replaced the entry: now both shapes are whole.
+    let as_json = send(&cache, request(&chat("hi"))).await;
+    assert_eq!(as_json.x_cache, "HIT");
+    let v: Value = serde_json::from_slice(&as_json.body).unwrap();
+    assert_eq!(v["usage"], completion("Hello")["usage"]);
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+
+    let calls = Arc::new(AtomicUsize::new(0));
+    let cache = layer().layer(counting(&calls, |_, body| {
+        if body.get("stream").is_some() {
+            sse_response(stream_chunks("Hello"))
+        } else {
+            json_response(StatusCode::OK, completion("Hello"))
+        }
+    }));
+    send(&cache, request(&chat_stream("hi", false))).await;
+    settle(&cache).await;
+    let as_json = send(&cache, request(&chat("hi"))).await;
+    assert_eq!(
+        as_json.x_cache, "MISS",
+        "a JSON answer without usage is poorer"
+    );
+    let v: Value = serde_json::from_slice(&as_json.body).unwrap();
+    assert!(v["usage"]["total_tokens"].as_u64().is_some());
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+
+    // A JSON answer without usage cannot give a usage chunk.
+    let calls = Arc::new(AtomicUsize::new(0));
+    let cache = layer().layer(counting(&calls, |_, _| {
+        let mut body = completion("Hello");
+        body.as_object_mut().unwrap().remove("usage");
+        json_response(StatusCode::OK, body)
+    }));
+    send(&cache, request(&chat("hi"))).await;
+    settle(&cache).await;
+    assert_eq!(
+        send(&cache, request(&chat_stream("hi", false)))
+            .await
+            .x_cache,
+        "HIT"
+    );
+    assert_eq!(
+        send(&cache, request(&chat_stream("hi", true)))
+            .await
+            .x_cache,
+        "MISS"
+    );
+}
+
+/// Issue 18, item 4: `logprobs` (which the request keys on) survive both conversions.
+#[tokio::test]
+async fn logprobs_survive_conversion_both_ways() {
+    let token = |t: &str| json!({"token": t, "logprob": -0.5, "bytes": null, "top_logprobs": []});
+    let calls = Arc::new(AtomicUsize::new(0));
+    let cache = layer().layer(counting(&calls, move |_, _| {
+        let mut body = completion("Hi there");
+        body["choices"][0]["logprobs"] =
+            json!({"content": [token("Hi"), token(" there")], "refusal": null});
+        json_response(StatusCode::OK, body)
+    }));
+    let mut plain = chat("hi");
+    plain["logprobs"] = json!(true);
+    send(&cache, request(&plain)).await;
+    settle(&cache).await;
+    let mut streamed = plain.clone();
+    streamed["stream"] = json!(true);
+    let hit = send(&cache, request(&streamed)).await;
+    assert_eq!(hit.x_cache, "HIT");
+    let (chunks, done) = holysheep_testkit::sse_chunks(&hit.body);
+    assert!(done);
+    let tokens: Vec<Value> = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["logprobs"]["content"].as_array().cloned())
+        .flatten()
+        .collect();
+    assert_eq!(tokens, vec![token("Hi"), token(" there")]);
+
+    // And a stream with logprobs in its chunks, as one JSON.
+    let calls = Arc::new(AtomicUsize::new(0));
+    let cache = layer().layer(counting(&calls, move |_, _| {
+        let events: Vec<Bytes> = answer("Hi there")
+            .to_events(2, true)
+            .into_iter()
+            .map(|event| {
+                let text = String::from_utf8(event.to_vec()).unwrap();
+                let Some(data) = text.strip_prefix("data: ") else {
+                    return event;
+                };
+                let mut chunk: Value = serde_json::from_str(data.trim()).unwrap();
+                if let Some(content) = chunk["choices"][0]["delta"]["content"].as_str() {
+                    chunk["choices"][0]["logprobs"] = json!({"content": [token(content)]});
+                }
+                Bytes::from(format!("data: {chunk}\n\n"))
+            })
+            .chain([Bytes::from_static(b"data: [DONE]\n\n")])
+            .collect();
+        sse_response(events)
+    }));
+    send(&cache, request(&streamed)).await;
+    settle(&cache).await;
+    let hit = send(&cache, request(&plain)).await;
+    assert_eq!(hit.x_cache, "HIT");
+    let v: Value = serde_json::from_slice(&hit.body).unwrap();
+    let content: Vec<String> = v["choices"][0]["logprobs"]["content"]
+        .as_array()
+        .expect("logprobs kept")
+        .iter()
+        .map(|t| t["token"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(content.concat(), "Hi there");
     assert_eq!(calls.load(Ordering::SeqCst), 1);
 }
 
@@ -490,6 +625,40 @@ async fn tenants_are_isolated() {
     assert_eq!(calls.load(Ordering::SeqCst), 2);
 }
 
+/// Issue 11, item 10: the query string goes upstream, so it is part of the key.
+#[tokio::test]
+async fn query_strings_are_keyed() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let cache = layer().layer(counting(&calls, |_, _| {
+        json_response(StatusCode::OK, completion("x"))
+    }));
+    let at = |target: &str| json_request(Method::POST, target, None, chat("hi").to_string());
+    for (target, x_cache) in [
+        ("/v1/chat/completions?a=1", "MISS"),
+        ("/v1/chat/completions?a=2", "MISS"),
+        ("/v1/chat/completions", "MISS"),
+        ("/v1/chat/completions?a=1", "HIT"),
+        ("/v1/chat/completions?", "HIT"),
+    ] {
+        assert_eq!(send(&cache, at(target)).await.x_cache, x_cache, "{target}");
+        settle(&cache).await;
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 3);
+    // The reference Python client sends no query: with one, its scheme gives way to the
+    // canonical one, which keys the query.
+    let cache = layer()
+        .key_policy(DefaultKeyPolicy::python_compat())
+        .layer(counting(&calls, |_, _| {
+            json_response(StatusCode::OK, completion("x"))
+        }));
+    send(&cache, at("/v1/chat/completions?a=1")).await;
+    settle(&cache).await;
+    assert_eq!(
+        send(&cache, at("/v1/chat/completions?a=2")).await.x_cache,
+        "MISS"
+    );
+}
+
 #[tokio::test]
 async fn a_failing_store_is_a_miss() {
     let calls = Arc::new(AtomicUsize::new(0));
@@ -579,7 +748,7 @@ fn gated(calls: &Arc<AtomicUsize>, gate: &Arc<Semaphore>, stream: bool) -> Inner
         async move {
             gate.acquire().await.expect("gate open").forget();
             Ok::<_, BoxError>(if stream {
-                sse_response(stream_chunks("shared"))
+                sse_response(stream_events(&answer("shared"), 3, true))
             } else {
                 json_response(StatusCode::OK, completion("shared"))
             })
@@ -968,4 +1137,347 @@ async fn poll_ready_does_not_wait_for_the_inner_service() {
     }));
     let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
     assert!(Service::<Request<Full<Bytes>>>::poll_ready(&mut cache, &mut cx).is_ready());
+}
+
+/// A memory store that says it is shared with others, as Redis is.
+#[derive(Clone, Default)]
+struct SharedMemory(MemoryStore);
+
+impl crate::CacheStore for SharedMemory {
+    fn get<'a>(
+        &'a self,
+        key: &'a str,
+    ) -> crate::BoxFuture<'a, Result<Option<Bytes>, crate::StoreError>> {
+        self.0.get(key)
+    }
+
+    fn put<'a>(
+        &'a self,
+        key: &'a str,
+        value: Bytes,
+        ttl: Duration,
+    ) -> crate::BoxFuture<'a, Result<(), crate::StoreError>> {
+        self.0.put(key, value, ttl)
+    }
+
+    fn kind(&self) -> &'static str {
+        "shared-memory"
+    }
+
+    fn ping(&self) -> crate::BoxFuture<'_, Result<(), crate::StoreError>> {
+        self.0.ping()
+    }
+}
+
+fn key_of(body: &Value) -> String {
+    DefaultKeyPolicy::new()
+        .key(&crate::KeyRequest {
+            path: PATH,
+            upstream: CacheLayer::DEFAULT_UPSTREAM,
+            namespace: None,
+            body: &ParsedBody::from_value(body.clone()),
+        })
+        .unwrap()
+        .as_str()
+        .to_owned()
+}
+
+/// Issue 11, item 7: what another writer put at a real key is served only if it is a good
+/// answer, with the route's content type; anything else is a counted miss whose answer
+/// replaces it.
+#[tokio::test]
+async fn entries_read_from_a_shared_store_are_checked() {
+    use crate::CacheStore;
+    let good = Bytes::from(completion("fresh").to_string());
+    let html = HeaderValue::from_static("text/html");
+    let poisoned: Vec<(&str, Bytes)> = vec![
+        (
+            "an error",
+            Bytes::from_static(b"{\"error\":{\"message\":\"poisoned\"}}"),
+        ),
+        ("not JSON", Bytes::from_static(b"{this is not json")),
+        (
+            "HTML in an envelope",
+            Entry::json(
+                Bytes::from_static(b"<script>alert(1)</script>"),
+                html.clone(),
+            )
+            .encode(),
+        ),
+        (
+            "a stream of nothing",
+            Entry::stream(
+                Vec::new(),
+                false,
+                HeaderValue::from_static("text/event-stream"),
+            )
+            .encode(),
+        ),
+        (
+            "a stream that lies about usage",
+            Entry::stream(
+                stream_chunks("x"),
+                true,
+                HeaderValue::from_static("text/event-stream"),
+            )
+            .encode(),
+        ),
+        (
+            "an unknown format",
+            Bytes::from_static(b"HSC\x01\x09garbage"),
+        ),
+    ];
+    for (i, (what, value)) in poisoned.into_iter().enumerate() {
+        let store = SharedMemory::default();
+        let calls = Arc::new(AtomicUsize::new(0));
+        let cache = CacheLayer::new(store.clone()).layer(counting(&calls, |_, _| {
+            json_response(StatusCode::OK, completion("fresh"))
+        }));
+        let body = chat(&format!("poisoned {i}"));
+        store
+            .put(&key_of(&body), value, Duration::from_secs(60))
+            .await
+            .unwrap();
+        let r = send(&cache, request(&body)).await;
+        assert_eq!(
+            (r.x_cache.as_str(), r.status),
+            ("MISS", StatusCode::OK),
+            "{what}"
+        );
+        assert_eq!(r.body, good, "{what}");
+        assert_eq!(cache.invalid_entries(), 1, "{what}: counted");
+        settle(&cache).await;
+        let again = send(&cache, request(&body)).await;
+        assert_eq!(again.x_cache, "HIT", "{what}: the fresh answer replaced it");
+        assert_eq!(again.body, good);
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+    }
+
+    // A good answer in an envelope that names another content type is served as JSON.
+    let store = SharedMemory::default();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let cache = CacheLayer::new(store.clone()).layer(counting(&calls, |_, _| {
+        json_response(StatusCode::OK, completion("fresh"))
+    }));
+    let body = chat("html type");
+    store
+        .put(
+            &key_of(&body),
+            Entry::json(good.clone(), html).encode(),
+            Duration::from_secs(60),
+        )
+        .await
+        .unwrap();
+    let r = send(&cache, request(&body)).await;
+    assert_eq!(
+        (r.x_cache.as_str(), r.content_type.as_str()),
+        ("HIT", "application/json")
+    );
+    assert_eq!(cache.invalid_entries(), 0);
+    assert_eq!(calls.load(Ordering::SeqCst), 0);
+}
+
+/// Starts `n` identical requests against `cache` (shaped by `body_of(i)`), waits until all but
+/// the leader follow it, then opens `gate`; the replies, in order.
+async fn group(
+    cache: &Cache<Inner>,
+    gate: &Notify,
+    n: usize,
+    body_of: impl Fn(usize) -> Value,
+) -> Vec<Result<Response<crate::ResponseBody>, BoxError>> {
+    let tasks: Vec<_> = (0..n).map(|i| call(cache, request(&body_of(i)))).collect();
+    let tasks: Vec<_> = tasks.into_iter().map(tokio::spawn).collect();
+    wait_followers(cache, &chat("hi"), n - 1).await;
+    gate.notify_one();
+    let mut out = Vec::new();
+    for task in tasks {
+        out.push(
+            tokio::time::timeout(Duration::from_secs(10), task)
+                .await
+                .expect("nobody hangs")
+                .unwrap(),
+        );
+    }
+    out
+}
+
+/// Every other request of a group asks for a stream.
+fn half_streamed(i: usize) -> Value {
+    if i.is_multiple_of(2) {
+        chat("hi")
+    } else {
+        chat_stream("hi", false)
+    }
+}
+
+/// An inner service whose calls wait for `gate`, then answer with `answer(request body)`.
+fn held<F>(calls: &Arc<AtomicUsize>, gate: &Arc<Notify>, answer: F) -> Inner
+where
+    F: Fn(Value) -> Result<Response<TestBody>, BoxError> + Clone + Send + Sync + 'static,
+{
+    let calls = Arc::clone(calls);
+    let gate = Arc::clone(gate);
+    tower::util::BoxCloneService::new(service_fn(move |req: Request<Full<Bytes>>| {
+        let n = calls.fetch_add(1, Ordering::SeqCst);
+        let gate = Arc::clone(&gate);
+        let answer = answer.clone();
+        async move {
+            if n == 0 {
+                gate.notified().await;
+            }
+            let bytes = req.into_body().collect().await?.to_bytes();
+            answer(serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+        }
+    }))
+}
+
+/// Issue 18, item 5: followers fail as their leader does: a shed is a 503 with `Retry-After`
+/// for all, a timeout a 504 for all.
+#[tokio::test]
+async fn followers_fail_as_their_leader_does() {
+    use holysheep_core::error::{Overloaded, error_response};
+    let cases: [(fn() -> BoxError, StatusCode); 2] = [
+        (
+            || Overloaded::new(Duration::from_secs(2)).into(),
+            StatusCode::SERVICE_UNAVAILABLE,
+        ),
+        (
+            || std::io::Error::from(std::io::ErrorKind::TimedOut).into(),
+            StatusCode::GATEWAY_TIMEOUT,
+        ),
+    ];
+    for (error, status) in cases {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let gate = Arc::new(Notify::new());
+        let cache = layer().layer(held(&calls, &gate, move |_| Err(error())));
+        let replies = group(&cache, &gate, 10, |_| chat("hi")).await;
+        for reply in replies {
+            let error = reply.expect_err("the call failed");
+            let res = error_response(&*error);
+            assert_eq!(res.status(), status, "{error}");
+            if status == StatusCode::SERVICE_UNAVAILABLE {
+                assert_eq!(res.headers()["retry-after"], "2");
+            }
+        }
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+    }
+}
+
+/// Issue 18, item 5: a JSON answer the upstream cut is a failure for the leader and every
+/// follower, never a `200` with part of a body.
+#[tokio::test]
+async fn a_cut_json_answer_is_a_failure_for_all() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let gate = Arc::new(Notify::new());
+    let whole = completion("a long answer that the upstream cuts").to_string();
+    let cache = layer().layer(held(&calls, &gate, move |_| {
+        let (tx, mut res) = channel_response();
+        res.headers_mut()
+            .insert("content-type", HeaderValue::from_static("application/json"));
+        res.headers_mut()
+            .insert("content-length", HeaderValue::from(whole.len()));
+        tx.send(Ok(Bytes::copy_from_slice(&whole.as_bytes()[..20])))
+            .unwrap();
+        tx.send(Err(std::io::Error::from(
+            std::io::ErrorKind::ConnectionReset,
+        )
+        .into()))
+            .unwrap();
+        Ok(res)
+    }));
+    let replies = group(&cache, &gate, 10, half_streamed).await;
+    for reply in replies {
+        let error = reply.expect_err("no head for a cut JSON answer");
+        assert_eq!(
+            holysheep_core::error::ErrorClass::of(&*error),
+            holysheep_core::error::ErrorClass::Connect,
+            "{error}"
+        );
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+}
+
+/// Issue 18, item 3: an answer that cannot be stored (too large, or not a good answer) costs
+/// at most one more upstream call per shape for the whole group of identical requests.
+#[tokio::test]
+async fn an_unstorable_answer_costs_one_more_call_per_shape() {
+    let big = "x".repeat(4096);
+    type Answer = fn(&str, Value) -> Response<TestBody>;
+    let answers: [(&str, Answer); 2] = [
+        ("too large", |text, body| {
+            if body.get("stream").is_some() {
+                sse_response(stream_chunks(text))
+            } else {
+                json_response(StatusCode::OK, completion(text))
+            }
+        }),
+        ("not a good answer", |_, body| {
+            if body.get("stream").is_some() {
+                sse_response(vec![Bytes::from_static(b"data: {\"choices\":[]}\n\n")])
+            } else {
+                json_response(
+                    StatusCode::OK,
+                    json!({"object": "chat.completion", "choices": []}),
+                )
+            }
+        }),
+    ];
+    for (what, answer) in answers {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let gate = Arc::new(Notify::new());
+        let text = big.clone();
+        let cache = layer()
+            .max_entry_bytes(1024)
+            .layer(held(&calls, &gate, move |body| Ok(answer(&text, body))));
+        let replies = group(&cache, &gate, 60, half_streamed).await;
+        for reply in replies {
+            let res = reply.expect("answered");
+            assert_eq!(res.status(), StatusCode::OK, "{what}");
+            res.into_body().collect().await.expect("a whole body");
+        }
+        assert!(
+            calls.load(Ordering::SeqCst) <= 2,
+            "{what}: {} upstream calls for 60 requests of two shapes",
+            calls.load(Ordering::SeqCst)
+        );
+        settle(&cache).await;
+    }
+}
+
+/// Issue 18, item 3: followers of another shape that an answer cannot serve share one new
+/// call, and get the whole answer from it.
+#[tokio::test]
+async fn other_shapes_share_the_call_made_for_them() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let gate = Arc::new(Notify::new());
+    // A stream without a usage chunk cannot become a JSON answer (which carries usage).
+    let cache = layer().layer(held(&calls, &gate, |body| {
+        Ok(if body.get("stream").is_some() {
+            sse_response(stream_chunks("shared"))
+        } else {
+            json_response(StatusCode::OK, completion("shared"))
+        })
+    }));
+    let replies = group(&cache, &gate, 20, |i| {
+        if i == 0 {
+            chat_stream("hi", false)
+        } else {
+            chat("hi")
+        }
+    })
+    .await;
+    for (i, reply) in replies.into_iter().enumerate() {
+        let res = reply.expect("answered");
+        let body = res.into_body().collect().await.unwrap().to_bytes();
+        if i > 0 {
+            let v: Value = serde_json::from_slice(&body).expect("one JSON");
+            assert_eq!(v["choices"][0]["message"]["content"], "shared");
+            assert!(v["usage"]["total_tokens"].as_u64().is_some());
+        }
+    }
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        2,
+        "the stream, and one for the JSON ones"
+    );
 }

@@ -7,7 +7,7 @@ use bytes::Bytes;
 use moka::Expiry;
 use moka::future::Cache;
 
-use super::{BoxFuture, CacheStore, StoreError};
+use super::{BoxFuture, CacheStore, StoreError, ValueTtl};
 
 /// Default bound of a [`MemoryStore`]: 256 MiB.
 const DEFAULT_MAX_BYTES: u64 = 256 * 1024 * 1024;
@@ -23,6 +23,8 @@ const MAX_TTL: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
 struct Entry {
     value: Bytes,
     ttl: Duration,
+    /// When it was put: with `ttl`, the time it has left.
+    at: Instant,
 }
 
 /// Each entry lives for the TTL it was put with; a later put of the same key restarts the clock.
@@ -139,6 +141,7 @@ impl CacheStore for MemoryStore {
             let entry = Entry {
                 value,
                 ttl: ttl.min(MAX_TTL),
+                at: Instant::now(),
             };
             self.cache.insert(key.to_owned(), entry).await;
             Ok(())
@@ -151,6 +154,23 @@ impl CacheStore for MemoryStore {
 
     fn ping(&self) -> BoxFuture<'_, Result<(), StoreError>> {
         Box::pin(async { Ok(()) })
+    }
+
+    fn get_with_ttl<'a>(
+        &'a self,
+        key: &'a str,
+    ) -> BoxFuture<'a, Result<Option<ValueTtl>, StoreError>> {
+        Box::pin(async move {
+            Ok(self.cache.get(key).await.map(|entry| {
+                let left = entry.ttl.saturating_sub(entry.at.elapsed());
+                (entry.value, Some(left))
+            }))
+        })
+    }
+
+    /// Only this process writes to it, and the cache checks answers before it puts them.
+    fn is_shared(&self) -> bool {
+        false
     }
 }
 
@@ -213,6 +233,21 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(600)).await;
         assert_eq!(store.get("short").await.unwrap(), None);
         assert!(store.get("long").await.unwrap().is_some());
+    }
+
+    #[tokio::test]
+    async fn reports_the_time_an_entry_has_left() {
+        let store = MemoryStore::default();
+        assert!(!store.is_shared());
+        store
+            .put("k", Bytes::from_static(b"v"), Duration::from_secs(60))
+            .await
+            .unwrap();
+        let (value, left) = store.get_with_ttl("k").await.unwrap().unwrap();
+        assert_eq!(value, "v");
+        let left = left.expect("a memory entry knows its TTL");
+        assert!(left <= Duration::from_secs(60) && left > Duration::from_secs(50));
+        assert_eq!(store.get_with_ttl("missing").await.unwrap(), None);
     }
 
     #[tokio::test]

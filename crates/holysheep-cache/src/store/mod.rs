@@ -24,6 +24,10 @@ pub use self::tiered::TieredStore;
 /// A boxed, `Send` future borrowing from the store (re-exported from `futures_util`).
 pub type BoxFuture<'a, T> = futures_util::future::BoxFuture<'a, T>;
 
+/// A stored value and the time it has left to live, where the store knows it
+/// ([`CacheStore::get_with_ttl`]).
+pub type ValueTtl = (Bytes, Option<Duration>);
+
 /// Async byte store with a per-entry time to live.
 ///
 /// Object-safe: the gateway picks a store at run time and holds it as `Arc<dyn CacheStore>`.
@@ -47,6 +51,29 @@ pub trait CacheStore: Send + Sync + 'static {
 
     /// A cheap health probe for readiness checks (memory: always `Ok`).
     fn ping(&self) -> BoxFuture<'_, Result<(), StoreError>>;
+
+    /// Looks up `key` together with the time the value has left to live, where the store
+    /// knows it (`None`: unknown, or no expiry).
+    ///
+    /// [`TieredStore`] reads its back store with it, so that a copy in the front never outlives
+    /// the entry it copies. The default asks [`get`](Self::get) and knows no TTL.
+    fn get_with_ttl<'a>(
+        &'a self,
+        key: &'a str,
+    ) -> BoxFuture<'a, Result<Option<ValueTtl>, StoreError>> {
+        Box::pin(async move { Ok(self.get(key).await?.map(|value| (value, None))) })
+    }
+
+    /// Whether values read from this store may have been written by someone else than the
+    /// caches of this process: another gateway instance, another program sharing a Redis.
+    ///
+    /// The cache checks every value read from a shared store as it checks an answer before
+    /// storing it, and serves only good answers (see the crate docs, "Stored values"); values of
+    /// a store that is not shared were checked before they were put. Default: `true`, the safe
+    /// answer for a store the cache cannot see into.
+    fn is_shared(&self) -> bool {
+        true
+    }
 }
 
 impl<T: CacheStore + ?Sized> CacheStore for Arc<T> {
@@ -70,6 +97,17 @@ impl<T: CacheStore + ?Sized> CacheStore for Arc<T> {
     fn ping(&self) -> BoxFuture<'_, Result<(), StoreError>> {
         (**self).ping()
     }
+
+    fn get_with_ttl<'a>(
+        &'a self,
+        key: &'a str,
+    ) -> BoxFuture<'a, Result<Option<ValueTtl>, StoreError>> {
+        (**self).get_with_ttl(key)
+    }
+
+    fn is_shared(&self) -> bool {
+        (**self).is_shared()
+    }
 }
 
 impl<T: CacheStore + ?Sized> CacheStore for Box<T> {
@@ -92,6 +130,17 @@ impl<T: CacheStore + ?Sized> CacheStore for Box<T> {
 
     fn ping(&self) -> BoxFuture<'_, Result<(), StoreError>> {
         (**self).ping()
+    }
+
+    fn get_with_ttl<'a>(
+        &'a self,
+        key: &'a str,
+    ) -> BoxFuture<'a, Result<Option<ValueTtl>, StoreError>> {
+        (**self).get_with_ttl(key)
+    }
+
+    fn is_shared(&self) -> bool {
+        (**self).is_shared()
     }
 }
 

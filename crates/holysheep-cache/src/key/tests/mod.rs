@@ -393,3 +393,32 @@ fn keys_are_stable() {
         );
     }
 }
+
+/// The key of `text` as the cache reads it.
+fn key_of_text(text: &str) -> Option<CacheKey> {
+    let body = ParsedBody::parse(text.as_bytes()).expect("valid JSON");
+    DefaultKeyPolicy::new().key(&KeyRequest {
+        path: PATH,
+        upstream: UPSTREAM,
+        namespace: None,
+        body: &body,
+    })
+}
+
+/// A body the upstream reads as something else must never share the plain body's key (issue
+/// 11, item 8): serde_json's `Value` turns `{"$serde_json::private::RawValue": "<json>"}` into
+/// `<json>`; the upstream does not.
+#[test]
+fn private_serde_json_keys_do_not_alias_the_plain_body() {
+    let plain = r#"{"model":"m","messages":[{"role":"user","content":"hi"}]}"#;
+    let plain_key = key_of_text(plain).expect("cacheable");
+    let wrapped = json!({ "$serde_json::private::RawValue": plain }).to_string();
+    assert_eq!(
+        key_of_text(&wrapped),
+        None,
+        "no top-level model: not cacheable"
+    );
+    let nested = r#"{"model":"m","messages":[{"role":"user","content":{"$serde_json::private::RawValue":"\"hi\""}}]}"#;
+    let nested_key = key_of_text(nested).expect("cacheable");
+    assert_ne!(nested_key, plain_key);
+}
