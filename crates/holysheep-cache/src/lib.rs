@@ -179,6 +179,7 @@
 //! [`ParsedBody`] that any [`KeyPolicy`] reads.
 //!
 //! [`CacheOutcome`]: holysheep_core::signal::CacheOutcome
+//! [`CacheOutcome::Hit`]: holysheep_core::signal::CacheOutcome::Hit
 //! [`RequestModel`]: holysheep_core::signal::RequestModel
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
