@@ -772,6 +772,8 @@ pub fn range_of(key: &str) -> Option<RangeInclusive<u64>> {
         "cache.max_entry_bytes" => 1..=512 << 20,
         "cache.memory_max_bytes" => 1..=1 << 40,
         "cache.redis_timeout_ms" => 1..=HOUR_MS,
+        // 0 asks Redis on every hit.
+        "cache.front_ttl_secs" => 0..=DAY_SECS,
         "semantic.embedding_dimensions" => 1..=1 << 16,
         "semantic.embedding_timeout_ms" => 1..=HOUR_MS,
         "semantic.index_max_bytes" => 1..=1 << 40,
