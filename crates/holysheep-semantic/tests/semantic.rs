@@ -232,15 +232,25 @@ async fn hits_come_in_the_shape_asked_for() {
     assert_eq!(reply.content(), json_answer.content());
     assert_eq!(chunks[0]["id"], json_answer.json()["id"]);
 
-    // And the other way: a streamed answer served as JSON.
-    let mut stored = ask("Which Redis data type fits a leaderboard?");
-    stored["stream"] = true.into();
-    let first = post(&stack, &stored).await;
+    // And the other way: a streamed answer served as JSON. The stream was recorded with its
+    // usage, as every stream is under `IncludeUsageLayer`; one without usage cannot make a whole
+    // JSON answer and is a miss (the exact cache's rule for conversions).
+    let mut bare = ask("Which Redis data type fits a leaderboard?");
+    bare["stream"] = true.into();
+    post(&stack, &bare).await;
     let reply = post(&stack, &ask("which redis data type fits a leaderboard")).await;
-    assert!(is_semantic_hit(&reply));
+    assert_eq!(reply.header("x-cache"), Some("MISS"));
+
+    let mut stored = ask("Which queue suits delayed jobs in Postgres?");
+    stored["stream"] = true.into();
+    stored["stream_options"] = json!({"include_usage": true});
+    let first = post(&stack, &stored).await;
+    let reply = post(&stack, &ask("which queue suits delayed jobs in postgres")).await;
+    assert!(is_semantic_hit(&reply), "{:?}", reply.headers);
     assert_eq!(reply.json()["object"], "chat.completion");
     assert_eq!(reply.content(), first.content());
-    assert_eq!(mock.stats().chat_requests(), 2);
+    assert!(reply.json()["usage"]["total_tokens"].as_u64().is_some());
+    assert_eq!(mock.stats().chat_requests(), 4);
 }
 
 fn recorder() -> &'static Snapshotter {
