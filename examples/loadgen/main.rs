@@ -16,6 +16,7 @@
 //! stderr once a second; results go to stdout (and `--out DIR/loadgen-output.txt`).
 
 mod driver;
+mod nginx;
 mod proxy;
 mod report;
 mod svg;
@@ -277,6 +278,22 @@ fn proxy_client(upstream: &str) -> Result<holysheep::client::HolySheepClient, Bo
         )
         .build()?;
     Ok(stack.client().clone())
+}
+
+/// nginx in front of `mock`; its static server answers one of the mock's own answers.
+async fn start_nginx(mock: &MockServer) -> Result<nginx::Nginx, BoxError> {
+    let body: serde_json::Value = serde_json::from_slice(&workload::body_for(0, 1))?;
+    let reply =
+        holysheep_testkit::post_json(&mock.url("/chat/completions"), Some(UPSTREAM_KEY), &body)
+            .await;
+    if !reply.status.is_success() {
+        return Err(format!(
+            "the mock answered {} to the static answer's request",
+            reply.status
+        )
+        .into());
+    }
+    nginx::Nginx::start(mock.addr(), &reply.text())
 }
 
 fn gateway_url(gateway: &GatewayHandle) -> String {
@@ -687,6 +704,18 @@ async fn overhead(opts: &Opts, prices: &PriceTable, out: &mut Output) -> Result<
         "http://{}/v1/chat/completions",
         proxy.addr()
     ))?));
+    let nginx = start_nginx(&mock).await;
+    let nginx_note = match &nginx {
+        Ok(n) => {
+            set.names.push("nginx");
+            set.targets
+                .push(Arc::new(HttpTarget::pooled(&n.proxy_url())?));
+            "`nginx` = the same client to nginx as a reverse proxy to the mock (its own process, \
+             one worker, upstream keep-alive, no access log)"
+                .to_owned()
+        }
+        Err(e) => format!("nginx rows skipped: {e}"),
+    };
     if let Some(g) = &gateway {
         set.names.push("gateway");
         set.targets
@@ -713,8 +742,8 @@ async fn overhead(opts: &Opts, prices: &PriceTable, out: &mut Output) -> Result<
          answer streamed back): the floor of any HTTP gateway in front of the mock; `gateway` = \
          the same client to the gateway (in-process, axum over loopback HTTP) which \
          forwards through its stack to the mock; `library` = the same stack called in-process \
-         (no HTTP hop in front). The harness, the proxy, the gateway and the mock share this \
-         process and its 2 cores.",
+         (no HTTP hop in front); {nginx_note}. The harness, the proxy, the gateway and the mock \
+         share this process and its 2 cores.",
         opts.rounds,
         opts.levels,
         dur(opts.segment)
@@ -826,23 +855,26 @@ async fn overhead(opts: &Opts, prices: &PriceTable, out: &mut Output) -> Result<
     }
     out.say(added.render());
     let position = |name: &str| set.names.iter().position(|n| *n == name);
-    if let (Some(pi), Some(gi)) = (position("proxy"), position("gateway")) {
-        let mut vs_proxy = Table::new([
-            "gateway vs proxy",
-            "concurrency",
-            "added P50",
-            "added P99",
-            "added P50 (median of rounds)",
-            "added P99 (median of rounds)",
-            "throughput ratio (median of rounds)",
+    for reference in ["proxy", "nginx"] {
+        let (Some(ri), Some(gi)) = (position(reference), position("gateway")) else {
+            continue;
+        };
+        let mut vs = Table::new([
+            format!("gateway vs {reference}"),
+            "concurrency".to_owned(),
+            "added P50".to_owned(),
+            "added P99".to_owned(),
+            "added P50 (median of rounds)".to_owned(),
+            "added P99 (median of rounds)".to_owned(),
+            "throughput ratio (median of rounds)".to_owned(),
         ]);
         let mut p50_line = Vec::new();
         let mut p99_line = Vec::new();
-        let mut c1 = None;
+        let mut ratios = Vec::new();
         for (li, &level) in opts.levels.iter().enumerate() {
-            let (p, g) = (&merged[pi][li], &merged[gi][li]);
-            let (m50, m99, mtp) = round_medians(&per_round[gi][li], &per_round[pi][li]);
-            vs_proxy.row([
+            let (p, g) = (&merged[ri][li], &merged[gi][li]);
+            let (m50, m99, mtp) = round_medians(&per_round[gi][li], &per_round[ri][li]);
+            vs.row([
                 "gateway".to_owned(),
                 level.to_string(),
                 delta_us(g.at(0.5), p.at(0.5)),
@@ -853,22 +885,31 @@ async fn overhead(opts: &Opts, prices: &PriceTable, out: &mut Output) -> Result<
             ]);
             p50_line.push((level, m50 / 1e3));
             p99_line.push((level, m99 / 1e3));
-            if level == 1 {
-                c1 = Some((m50, m99, mtp));
-            }
+            ratios.push((level, m50, m99, mtp));
         }
-        lines.push(("gateway vs proxy P50".to_owned(), p50_line, false, n));
-        lines.push(("gateway vs proxy P99".to_owned(), p99_line, true, n));
-        out.say(vs_proxy.render());
-        if let Some((m50, m99, mtp)) = c1 {
-            out.say(format!(
-                "Design: the gateway's overhead close to a bare hyper proxy -> gateway minus \
-                 proxy at concurrency 1 (median of rounds): P50 {}, P99 {}, throughput {}x \
-                 the proxy's.",
-                signed_us(m50),
-                signed_us(m99),
-                sig3(mtp)
-            ));
+        lines.push((format!("gateway vs {reference} P50"), p50_line, false, n));
+        lines.push((format!("gateway vs {reference} P99"), p99_line, true, n));
+        out.say(vs.render());
+        if reference == "proxy" {
+            if let Some(&(_, m50, m99, mtp)) = ratios.iter().find(|r| r.0 == 1) {
+                out.say(format!(
+                    "Design: the gateway's overhead close to a bare hyper proxy -> gateway minus \
+                     proxy at concurrency 1 (median of rounds): P50 {}, P99 {}, throughput {}x \
+                     the proxy's.",
+                    signed_us(m50),
+                    signed_us(m99),
+                    sig3(mtp)
+                ));
+            }
+        } else {
+            for &(level, _, _, mtp) in ratios.iter().filter(|r| r.0 == 1 || r.0 == 64) {
+                out.say(format!(
+                    "Aim: forward throughput at least 0.7x nginx's at concurrency {level} -> \
+                     {}x (median of rounds): {}",
+                    sig3(mtp),
+                    if mtp >= 0.7 { "met" } else { "NOT met" }
+                ));
+            }
         }
     }
     if let Some(us) = added_p99_c1 {
@@ -921,6 +962,7 @@ async fn overhead(opts: &Opts, prices: &PriceTable, out: &mut Output) -> Result<
         ),
     );
     drop(proxy);
+    drop(nginx);
     if let Some(g) = gateway {
         g.shutdown().await;
     }
@@ -1043,6 +1085,9 @@ async fn fill(target: &Shared, prompts: u64, seed: u64) {
     tokio::time::sleep(Duration::from_millis(200)).await;
 }
 
+/// The hit run's nginx row.
+const STATIC: &str = "static answer (nginx)";
+
 async fn hits(opts: &Opts, prices: &PriceTable, out: &mut Output) -> Result<(), BoxError> {
     const PROMPTS: u64 = 100;
     let mock = MockServer::start(MockConfig::default().api_key(UPSTREAM_KEY)).await?;
@@ -1064,6 +1109,18 @@ async fn hits(opts: &Opts, prices: &PriceTable, out: &mut Output) -> Result<(), 
     }
     names.push("library, memory".to_owned());
     targets.push(Arc::new(StackTarget::memory(&mock.base_url(), &settings)?));
+    let nginx = start_nginx(&mock).await;
+    let nginx_note = match &nginx {
+        Ok(n) => {
+            names.push(STATIC.to_owned());
+            targets.push(Arc::new(HttpTarget::pooled(&n.static_url())?));
+            format!(
+                "`{STATIC}` = nginx returning one stored answer (its own process, one worker): \
+                 the fastest a hit served over HTTP could be (no `x-cache`, so its hit column is 0)."
+            )
+        }
+        Err(e) => format!("The static-answer row was skipped: {e}."),
+    };
     let redis = RedisServer::from_env_or_start();
     let redis_note = match &redis {
         Ok(r) => match StackTarget::redis(&mock.base_url(), r.url(), &settings).await {
@@ -1086,10 +1143,10 @@ async fn hits(opts: &Opts, prices: &PriceTable, out: &mut Output) -> Result<(), 
     out.say("");
     out.say(format!(
         "{PROMPTS} prompts sent once to fill the cache, then requested round robin in a closed loop \
-         ({} per run) at concurrency 1 and 16; the mock answers at once. `gateway` = HTTP to the \
+         ({} per run) at concurrency 1, 16 and 64; the mock answers at once. `gateway` = HTTP to the \
          in-process gateway (its memory tier); `library` = the in-process stack; `Redis only` = \
          CacheLayer over RedisStore with no memory tier, so every hit is a Redis GET over \
-         loopback. {redis_note}",
+         loopback. {nginx_note} {redis_note}",
         dur(opts.segment * 2)
     ));
     out.say("");
@@ -1106,10 +1163,12 @@ async fn hits(opts: &Opts, prices: &PriceTable, out: &mut Output) -> Result<(), 
     ]);
     let mut curves: Vec<(String, Recorder)> = Vec::new();
     let mut redis_p50 = None;
+    // (gateway, static answer) throughput at concurrency 64, the gateway's P50 at 1.
+    let (mut gateway_64, mut static_64, mut gateway_p50) = (None, None, None);
     for (i, (name, target)) in names.iter().zip(&targets).enumerate() {
         let seed = 77_000 + i as u64;
         fill(target, PROMPTS, seed).await;
-        for level in [1usize, 16] {
+        for level in [1usize, 16, 64] {
             let run = Run {
                 label: format!("hits {name} c={level}"),
                 target: target.clone(),
@@ -1129,6 +1188,15 @@ async fn hits(opts: &Opts, prices: &PriceTable, out: &mut Output) -> Result<(), 
                 dur(rec.at(0.999)),
                 format!("{} req/s", sig3(rec.throughput())),
             ]);
+            if level == 64 && name.starts_with("gateway") {
+                gateway_64 = Some(rec.throughput());
+            }
+            if level == 64 && name == STATIC {
+                static_64 = Some(rec.throughput());
+            }
+            if level == 1 && name.starts_with("gateway") {
+                gateway_p50 = Some(rec.at(0.5));
+            }
             if level == 1 {
                 if name.contains("Redis") {
                     redis_p50 = Some(rec.at(0.5));
@@ -1155,6 +1223,28 @@ async fn hits(opts: &Opts, prices: &PriceTable, out: &mut Output) -> Result<(), 
         )),
         None => out.say("Aim: Redis hit P50 under 250 µs -> skipped (no Redis)."),
     }
+    if let Some(p50) = gateway_p50 {
+        out.say(format!(
+            "Aim: gateway hit P50 at concurrency 1 at most 80 µs -> {}: {}",
+            dur(p50),
+            if p50 <= Duration::from_micros(80) {
+                "met"
+            } else {
+                "NOT met"
+            }
+        ));
+    }
+    if let (Some(g), Some(s)) = (gateway_64, static_64) {
+        let ratio = g / s;
+        out.say(format!(
+            "Aim: gateway hit throughput at concurrency 64 at least 0.5x the static answer's -> \
+             {} / {} req/s = {}x: {}",
+            sig3(g),
+            sig3(s),
+            sig3(ratio),
+            if ratio >= 0.5 { "met" } else { "NOT met" }
+        ));
+    }
     out.say("");
     let histograms: Vec<(&str, &hdrhistogram::Histogram<u64>)> = curves
         .iter()
@@ -1166,6 +1256,7 @@ async fn hits(opts: &Opts, prices: &PriceTable, out: &mut Output) -> Result<(), 
         &svg::percentile_chart("Cache hit latency, concurrency 1", &histograms),
     );
     drop(redis);
+    drop(nginx);
     if let Some(g) = gateway {
         g.shutdown().await;
     }
