@@ -295,6 +295,19 @@ impl SemanticIndex {
         self.lock().bytes
     }
 
+    /// The bytes `usearch` reports for the HNSW graphs of the buckets that outgrew
+    /// [`BRUTE_FORCE_MAX`] (its `memory_usage`, reserved capacity included): a measured
+    /// counterpart to [`bytes`](Self::bytes), which is an estimate. Vectors of smaller buckets
+    /// and the bookkeeping maps are not in it.
+    pub fn graph_memory(&self) -> usize {
+        self.lock()
+            .buckets
+            .values()
+            .filter_map(|b| b.graph.as_ref())
+            .map(Index::memory_usage)
+            .sum()
+    }
+
     /// How many context buckets hold vectors.
     pub fn buckets(&self) -> usize {
         self.lock().buckets.len()
