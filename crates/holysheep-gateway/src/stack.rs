@@ -244,11 +244,19 @@ fn semantic_cache(
     Ok(Some(layer))
 }
 
+/// The metrics layer's Prometheus builder, with the semantic cache's similarity histogram.
+fn prometheus_builder() -> Result<prometheus::PrometheusBuilder, prometheus::BuildError> {
+    prometheus::builder()?.set_buckets_for_metric(
+        prometheus::Matcher::Full(holysheep::semantic::names::SIMILARITY.to_owned()),
+        holysheep::semantic::names::SIMILARITY_BUCKETS,
+    )
+}
+
 /// The Prometheus text renderer. The recorder is process-global and can be installed once, so
 /// every gateway in the process (tests start several) shares it.
 fn metrics_renderer() -> Arc<dyn Fn() -> String + Send + Sync> {
     static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
-    let handle = HANDLE.get_or_init(|| match prometheus::install() {
+    let handle = HANDLE.get_or_init(|| match prometheus_builder().and_then(prometheus::install_from) {
         Ok(handle) => {
             holysheep::semantic::describe();
             Some(handle)

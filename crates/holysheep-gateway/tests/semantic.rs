@@ -109,6 +109,22 @@ async fn paraphrases_are_answered_from_the_cache_through_the_gateway() {
     ] {
         assert!(text.contains(name), "{name} missing from /metrics:\n{text}");
     }
+    // The similarity is a histogram (buckets where thresholds live), not a summary.
+    for line in [
+        format!(
+            "{}_bucket{{le=\"0.95\"}}",
+            holysheep::semantic::names::SIMILARITY
+        ),
+        format!(
+            "{}_bucket{{le=\"1\"}}",
+            holysheep::semantic::names::SIMILARITY
+        ),
+    ] {
+        assert!(
+            text.contains(&line),
+            "{line} missing from /metrics:\n{text}"
+        );
+    }
     let hits = metric_lines(&text, holysheep::semantic::names::LOOKUPS, "result=\"hit\"");
     assert!(
         !hits.is_empty(),

@@ -62,7 +62,17 @@ pub fn builder() -> Result<PrometheusBuilder, BuildError> {
 ///
 /// When a global recorder is already installed.
 pub fn install() -> Result<PrometheusHandle, BuildError> {
-    let handle = builder()?.install_recorder()?;
+    install_from(builder()?)
+}
+
+/// [`install`] with a builder of your own, typically [`builder`] with buckets for other
+/// layers' histograms added (the semantic cache's similarity, say).
+///
+/// # Errors
+///
+/// When a global recorder is already installed.
+pub fn install_from(builder: PrometheusBuilder) -> Result<PrometheusHandle, BuildError> {
+    let handle = builder.install_recorder()?;
     names::describe();
     let upkeep = handle.clone();
     // A failed spawn costs only the idle-time upkeep; the handle works without it.
