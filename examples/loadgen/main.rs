@@ -95,6 +95,9 @@ struct Opts {
     /// 30s), or of the whole soak (default 10m).
     #[arg(long, global = true, value_parser = report::parse_duration)]
     duration: Option<Duration>,
+    /// How many times the soak kills and restarts Redis, evenly spread over the run.
+    #[arg(long, global = true, default_value_t = 2)]
+    redis_restarts: u32,
     /// How often the soak samples memory, open files and the gauges.
     #[arg(long, global = true, default_value = "5s", value_parser = report::parse_duration)]
     sample_every: Duration,

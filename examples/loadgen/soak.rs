@@ -585,8 +585,8 @@ pub(crate) async fn soak(opts: &Opts, out: &mut Output) -> Result<(), BoxError> 
          (log-normal latency median {} p99 {}, cold connection penalty {}, 2.3% of requests \
          answered 500/502/503 at random), streams of 8 chunks {} apart. Callers: {}. Prompts: \
          {:.0}% from {} popular ones by Zipf(s={}) (cache hits once seen), the rest new. \
-         Redis is killed (SIGKILL) at 1/3 and 2/3 of the run and restarted empty on the same \
-         port {} later. Every {}: VmRSS from /proc/self/status and the open file count from \
+         Redis is killed (SIGKILL) {} times, evenly spread over the run, and restarted empty \
+         on the same port {} later each time. Every {}: VmRSS from /proc/self/status and the open file count from \
          /proc/self/fd of this process (the harness: gateway + mock + load clients; \
          redis-server is a separate process), and `holysheep_in_flight_requests` and \
          `holysheep_pool_detached_slots` from the gateway's /metrics. Warm-up: the first {}.",
@@ -606,6 +606,7 @@ pub(crate) async fn soak(opts: &Opts, out: &mut Output) -> Result<(), BoxError> 
         opts.repeat_share * 100.0,
         opts.prompts,
         opts.zipf_s,
+        opts.redis_restarts,
         dur(REDIS_DOWN),
         dur(sample_every),
         dur(warm_up),
@@ -618,7 +619,9 @@ pub(crate) async fn soak(opts: &Opts, out: &mut Output) -> Result<(), BoxError> 
     let restarts = tokio::spawn(redis_restarts(
         redis,
         start,
-        vec![duration / 3, duration * 2 / 3],
+        (1..=opts.redis_restarts)
+            .map(|i| duration * i / (opts.redis_restarts + 1))
+            .collect(),
         events.clone(),
     ));
     let next = Arc::new(AtomicU64::new(0));
