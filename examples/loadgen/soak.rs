@@ -27,7 +27,7 @@ use hdrhistogram::Histogram;
 use holysheep_core::BoxError;
 use holysheep_core::chat::{ChatCompletion, ChatCompletionChunk, ChatCompletionRequest};
 use holysheep_core::sse::SseParser;
-use holysheep_mock::MockServer;
+use holysheep_mock::{MockServer, Stats};
 use holysheep_testkit::redis::RedisServer;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
@@ -215,6 +215,8 @@ struct Sample {
     in_flight: Option<f64>,
     /// `holysheep_pool_detached_slots`.
     detached: Option<f64>,
+    /// Requests the mock upstream is handling (a stream until its last byte).
+    upstream_in_flight: u64,
     /// The 1-minute load average of the machine.
     load1: f64,
     /// Requests finished so far.
@@ -248,7 +250,7 @@ async fn scrape(target: &HttpTarget) -> (Option<f64>, Option<f64>) {
     )
 }
 
-async fn sample(start: Instant, metrics: &HttpTarget, tallies: &Tallies) -> Sample {
+async fn sample(start: Instant, metrics: &HttpTarget, tallies: &Tallies, mock: &Stats) -> Sample {
     let (in_flight, detached) = scrape(metrics).await;
     Sample {
         t: start.elapsed().as_secs_f64(),
@@ -256,6 +258,7 @@ async fn sample(start: Instant, metrics: &HttpTarget, tallies: &Tallies) -> Samp
         fds: system::open_fds().unwrap_or(0),
         in_flight,
         detached,
+        upstream_in_flight: mock.in_flight(),
         load1: system::load_average().unwrap_or(0.0),
         done: tallies.done.load(Ordering::Relaxed),
     }
@@ -615,7 +618,7 @@ pub(crate) async fn soak(opts: &Opts, out: &mut Output) -> Result<(), BoxError> 
 
     let start = Instant::now();
     let deadline = start + duration;
-    let before = sample(start, &metrics, &tallies).await;
+    let before = sample(start, &metrics, &tallies, mock.stats()).await;
     let restarts = tokio::spawn(redis_restarts(
         redis,
         start,
@@ -647,11 +650,11 @@ pub(crate) async fn soak(opts: &Opts, out: &mut Output) -> Result<(), BoxError> 
     let mut ticker = tokio::time::interval_at(start + sample_every, sample_every);
     while Instant::now() < deadline {
         ticker.tick().await;
-        let s = sample(start, &metrics, &tallies).await;
+        let s = sample(start, &metrics, &tallies, mock.stats()).await;
         if !opts.quiet {
             eprintln!(
                 "  [soak] t={:>5.1}s done={} failed={} rss={:.1} MB fds={} in-flight={} \
-                 detached={} load={:.2}",
+                 detached={} upstream-in-flight={} load={:.2}",
                 s.t,
                 s.done,
                 tallies.failed.load(Ordering::Relaxed),
@@ -659,6 +662,7 @@ pub(crate) async fn soak(opts: &Opts, out: &mut Output) -> Result<(), BoxError> 
                 s.fds,
                 gauge_text(s.in_flight),
                 gauge_text(s.detached),
+                s.upstream_in_flight,
                 s.load1
             );
         }
@@ -677,12 +681,12 @@ pub(crate) async fn soak(opts: &Opts, out: &mut Output) -> Result<(), BoxError> 
         drained = scrape(&metrics).await;
     }
     let drain_took = drain_start.elapsed();
-    let after_load = sample(start, &metrics, &tallies).await;
+    let after_load = sample(start, &metrics, &tallies, mock.stats()).await;
     samples.push(after_load.clone());
     // The load clients' connections closed: what is left open is the gateway's own.
     drop(load);
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let after_close = sample(start, &metrics, &tallies).await;
+    let after_close = sample(start, &metrics, &tallies, mock.stats()).await;
     let keys = redis_keys(redis_port).await;
     let upstream_open = mock.stats().open_connections();
 
@@ -778,6 +782,7 @@ pub(crate) async fn soak(opts: &Opts, out: &mut Output) -> Result<(), BoxError> 
         "open fds",
         "in-flight gauge",
         "detached slots",
+        "upstream in flight",
         "requests done",
         "load avg (1 min)",
     ]);
@@ -790,6 +795,7 @@ pub(crate) async fn soak(opts: &Opts, out: &mut Output) -> Result<(), BoxError> 
                 s.fds.to_string(),
                 gauge_text(s.in_flight),
                 gauge_text(s.detached),
+                s.upstream_in_flight.to_string(),
                 s.done.to_string(),
                 format!("{:.2}", s.load1),
             ]);
@@ -965,6 +971,7 @@ mod tests {
                 fds: 20,
                 in_flight: Some(0.0),
                 detached: None,
+                upstream_in_flight: 0,
                 load1: 1.0,
                 done: 0,
             })
