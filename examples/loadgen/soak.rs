@@ -38,8 +38,8 @@ use crate::targets::HttpTarget;
 use crate::workload::{Prompts, Workload, Zipf, chat_body, splitmix64};
 use crate::{Opts, Output, driver, svg, system};
 
-/// The bound of the gateway's memory cache in the soak: small, so new prompts fill it during
-/// warm-up and it evicts from then on (a bound still being filled would look like growth).
+/// The bound of the gateway's memory cache (the front tier before Redis) in the soak: small, so
+/// it is at its steady size within warm-up (a bound still being filled would look like growth).
 const SOAK_CACHE_BYTES: u64 = 4 * 1024 * 1024;
 
 /// Redis is down this long at each restart.
