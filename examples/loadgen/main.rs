@@ -7,6 +7,7 @@
 //! cargo run --release --example loadgen -- overhead [--segment 2s --rounds 3]
 //! cargo run --release --example loadgen -- hits
 //! cargo run --release --example loadgen -- all --out bench-results/
+//! cargo run --release --example loadgen -- soak [--duration 10m] --out bench-results/
 //! ```
 //!
 //! Everything runs in this one process, on loopback: the mock upstream (`holysheep-mock`), the
@@ -14,11 +15,16 @@
 //! PoolLimitLayer → HolySheepClient`), the gateway (the `holysheep-gateway` crate, started
 //! in-process) and a hyper client. A progress line goes to
 //! stderr once a second; results go to stdout (and `--out DIR/loadgen-output.txt`).
+//!
+//! `soak` (not part of `all`) runs mixed traffic against the gateway for ten minutes while
+//! Redis is killed and restarted, and reports memory, open files and the in-flight gauge over
+//! time (`--out DIR/soak-output.txt`, `DIR/soak-rss.svg`); see `soak.rs`.
 
 mod driver;
 mod nginx;
 mod proxy;
 mod report;
+mod soak;
 mod svg;
 mod system;
 mod targets;
@@ -67,6 +73,10 @@ enum Command {
     Hits,
     /// All of the above, in that order.
     All,
+    /// Mixed traffic through the gateway for `--duration` (default 10 minutes) with upstream
+    /// faults, hang-ups, slow readers and two Redis restarts: memory, open files and the
+    /// in-flight gauge over time.
+    Soak,
     /// Runs only the gateway in front of `--upstream`, prints `listening <addr>` and serves
     /// until standard input closes: the child process whose memory `overhead` measures.
     #[command(hide = true)]
@@ -82,9 +92,16 @@ enum Command {
 
 #[derive(Args, Clone)]
 struct Opts {
-    /// Length of each article-table phase (open loop and closed loop, per client).
-    #[arg(long, global = true, default_value = "30s", value_parser = report::parse_duration)]
-    duration: Duration,
+    /// Length of each article-table phase (open loop and closed loop, per client; default
+    /// 30s), or of the whole soak (default 10m).
+    #[arg(long, global = true, value_parser = report::parse_duration)]
+    duration: Option<Duration>,
+    /// How many times the soak kills and restarts Redis, evenly spread over the run.
+    #[arg(long, global = true, default_value_t = 2)]
+    redis_restarts: u32,
+    /// How often the soak samples memory, open files and the gauges.
+    #[arg(long, global = true, default_value = "5s", value_parser = report::parse_duration)]
+    sample_every: Duration,
     /// Time compression of the world: upstream latencies and backoffs are divided by it and
     /// the request rate multiplied by it. Ratios are unchanged; absolute times are compressed.
     #[arg(long, global = true, default_value_t = 10.0)]
@@ -193,12 +210,17 @@ async fn main() -> Result<(), BoxError> {
         hits(&opts, &prices, &mut out).await?;
         sections_run += 1;
     }
+    if command == Command::Soak {
+        soak::soak(&opts, &mut out).await?;
+        sections_run += 1;
+    }
     debug_assert!(sections_run > 0);
     let name = match command {
         Command::All | Command::ServeGateway { .. } => "loadgen-output.txt".to_owned(),
         Command::ArticleTable => "loadgen-article-table.txt".to_owned(),
         Command::Overhead => "loadgen-overhead.txt".to_owned(),
         Command::Hits => "loadgen-hits.txt".to_owned(),
+        Command::Soak => "soak-output.txt".to_owned(),
     };
     out.write_file(&opts, &name, &out.text);
     Ok(())
@@ -207,6 +229,11 @@ async fn main() -> Result<(), BoxError> {
 fn command_line() -> String {
     let args: Vec<String> = std::env::args().skip(1).collect();
     format!("loadgen {}", args.join(" "))
+}
+
+/// The length of one article-table phase.
+fn phase_duration(opts: &Opts) -> Duration {
+    opts.duration.unwrap_or(Duration::from_secs(30))
 }
 
 fn scaled(opts: &Opts, real: Duration) -> Duration {
@@ -251,6 +278,12 @@ async fn start_gateway_for(
     upstream: &str,
     cache_bytes: u64,
 ) -> Result<GatewayHandle, BoxError> {
+    Ok(Gateway::start(gateway_config(opts, upstream, cache_bytes)).await?)
+}
+
+/// The gateway's configuration in front of `upstream`: the in-process stack's knobs, a memory
+/// cache bounded at `cache_bytes`.
+fn gateway_config(opts: &Opts, upstream: &str, cache_bytes: u64) -> Config {
     let settings = stack_settings(opts);
     let mut config = Config::in_process(upstream, UPSTREAM_KEY);
     let s = &mut config.settings;
@@ -259,7 +292,7 @@ async fn start_gateway_for(
     s.retry.cap_ms = Some(millis(settings.backoff.1));
     s.retry.deadline_secs = Some(settings.deadline.as_secs().max(1));
     s.cache.memory_max_bytes = Some(cache_bytes);
-    Ok(Gateway::start(config).await?)
+    config
 }
 
 /// Whole milliseconds, at least 1 (the gateway's settings are in ms).
@@ -370,7 +403,7 @@ async fn article_phase(
         label: format!("{} | {shape}", client.name()),
         target,
         workload: workload.clone(),
-        duration: opts.duration,
+        duration: phase_duration(opts),
         parse: true,
         progress: !opts.quiet,
     };
@@ -393,7 +426,7 @@ async fn article_phase(
 
 async fn article_table(opts: &Opts, prices: &PriceTable, out: &mut Output) -> Result<(), BoxError> {
     let rate = opts.rate * opts.time_scale;
-    let planned = (opts.duration.as_secs_f64() * rate).floor() as u64;
+    let planned = (phase_duration(opts).as_secs_f64() * rate).floor() as u64;
     let zipf = Zipf::new(opts.prompts, opts.zipf_s);
     let Some(hot) = workload::calibrate_hot(&zipf, planned.max(1), opts.repeat_share) else {
         return Err(format!(
@@ -435,12 +468,12 @@ async fn article_table(opts: &Opts, prices: &PriceTable, out: &mut Output) -> Re
          for {}; latency from each request's scheduled send time",
         opts.rate,
         opts.time_scale,
-        dur(opts.duration)
+        dur(phase_duration(opts))
     ));
     out.say(format!(
         "- closed loop at concurrency {} for {} (throughput)",
         opts.concurrency,
-        dur(opts.duration)
+        dur(phase_duration(opts))
     ));
     out.say("- before: hyper-util client with pool_max_idle_per_host(0) (a new connection per request), no cache, no retry");
     out.say(format!(

@@ -306,6 +306,77 @@ pub(crate) fn by_concurrency_chart(title: &str, lines: &[ConcurrencyLine]) -> St
     )
 }
 
+/// A vertical line across a chart over time: at `t` seconds, its legend text, its colour index.
+pub(crate) type Marker = (f64, String, usize);
+
+/// One value over time: x is seconds (linear), y the value (linear, from a round number below
+/// the lowest to one above the highest); `markers` are dashed vertical lines (events).
+pub(crate) fn over_time_chart(
+    title: &str,
+    y_label: &str,
+    name: &str,
+    points: &[(f64, f64)],
+    markers: &[Marker],
+) -> String {
+    let t_max = points.iter().map(|p| p.0).fold(1.0f64, f64::max);
+    let (lo, hi) = points
+        .iter()
+        .map(|p| p.1)
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| {
+            (lo.min(v), hi.max(v))
+        });
+    let (lo, hi) = if lo.is_finite() { (lo, hi) } else { (0.0, 1.0) };
+    let step = nice_step((hi - lo).max(1.0) / 6.0);
+    let (y_min, y_max) = (
+        (lo / step).floor() * step - step,
+        (hi / step).ceil() * step + step,
+    );
+    let y_min = y_min.max(0.0);
+    let mut y_ticks = Vec::new();
+    let mut v = y_min;
+    while v <= y_max + step / 2.0 {
+        y_ticks.push((v, format!("{v}")));
+        v += step;
+    }
+    let t_step = nice_step(t_max / 10.0);
+    let x_ticks = (0..=(t_max / t_step) as u32)
+        .map(|i| {
+            let t = f64::from(i) * t_step;
+            (t, format!("{t}"))
+        })
+        .collect();
+    let mut series = vec![Series {
+        name: name.to_owned(),
+        points: points.to_vec(),
+        dashed: false,
+        color: 1,
+    }];
+    for (t, label, color) in markers {
+        series.push(Series {
+            name: label.clone(),
+            points: vec![(*t, y_min), (*t, y_max)],
+            dashed: true,
+            color: *color,
+        });
+    }
+    line_chart(
+        title,
+        &Axis {
+            label: "seconds".to_owned(),
+            min: 0.0,
+            max: t_max,
+            ticks: x_ticks,
+        },
+        &Axis {
+            label: y_label.to_owned(),
+            min: y_min,
+            max: y_max,
+            ticks: y_ticks,
+        },
+        &series,
+    )
+}
+
 /// 1, 2 or 5 times a power of ten, at least `raw`.
 fn nice_step(raw: f64) -> f64 {
     if !raw.is_finite() || raw <= 0.0 {
@@ -398,6 +469,26 @@ mod tests {
         assert_eq!(svg.matches("<circle").count(), 4);
         assert!(svg.contains(">64<"));
         assert!(svg.contains("stroke-dasharray"));
+    }
+
+    #[test]
+    fn over_time_chart_is_well_formed() {
+        let points: Vec<(f64, f64)> = (0..=120).map(|i| (f64::from(i) * 5.0, 30.0)).collect();
+        let svg = over_time_chart(
+            "memory & time",
+            "VmRSS (MB)",
+            "VmRSS",
+            &points,
+            &[
+                (200.0, "Redis killed".into(), 0),
+                (205.0, "Redis back".into(), 3),
+            ],
+        );
+        assert_well_formed(&svg);
+        // The value line and one line per marker, each in the legend.
+        assert_eq!(svg.matches("<polyline").count(), 3);
+        assert!(svg.contains(">Redis killed<") && svg.contains(">600<"));
+        assert_well_formed(&over_time_chart("empty", "MB", "none", &[], &[]));
     }
 
     #[test]

@@ -1,4 +1,5 @@
-//! The machine the numbers come from, and the process's resident memory.
+//! The machine the numbers come from, its load, and the process's resident memory and open
+//! files.
 
 /// `VmRSS` of this process in kB, from `/proc/self/status`.
 pub(crate) fn rss_kb() -> Option<u64> {
@@ -10,6 +11,21 @@ pub(crate) fn rss_kb() -> Option<u64> {
 pub(crate) fn rss_kb_of(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     parse_kb(&status, "VmRSS:")
+}
+
+/// Open file descriptors of this process: the entries of `/proc/self/fd`.
+pub(crate) fn open_fds() -> Option<usize> {
+    Some(std::fs::read_dir("/proc/self/fd").ok()?.count())
+}
+
+/// The machine's 1-minute load average, from `/proc/loadavg`.
+pub(crate) fn load_average() -> Option<f64> {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
 }
 
 /// The value in kB of a `/proc/*/status` or `/proc/meminfo` line starting with `key`.
@@ -53,5 +69,7 @@ mod tests {
         assert_eq!(parse_kb(status, "VmSwap:"), None);
         assert!(rss_kb().is_some_and(|kb| kb > 0));
         assert!(machine().contains("nproc"));
+        assert!(open_fds().is_some_and(|n| n >= 3));
+        assert!(load_average().is_some_and(|l| l >= 0.0));
     }
 }

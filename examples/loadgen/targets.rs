@@ -15,6 +15,7 @@ use holysheep_core::BoxError;
 use http::{Request, Response, header};
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
@@ -88,18 +89,40 @@ impl HttpTarget {
     }
 }
 
-impl Target for HttpTarget {
-    fn call(&self, body: Bytes, parse: bool) -> Pin<Box<dyn Future<Output = Outcome> + Send>> {
+impl HttpTarget {
+    /// Sends `body` as `POST` to the target's URL and returns the answer's head, its body
+    /// unread: for callers that read it their own way (a slow reader, a hang-up).
+    pub(crate) fn send(
+        &self,
+        body: Bytes,
+    ) -> impl Future<Output = Result<Response<Incoming>, BoxError>> + Send + 'static {
         let request = Request::post(self.url.clone())
             .header(header::CONTENT_TYPE, "application/json")
             .header(header::AUTHORIZATION, format!("Bearer {UPSTREAM_KEY}"))
             .body(Full::new(body));
+        self.request(request)
+    }
+
+    /// Sends `request` (from [`Request::builder`]) on the target's connection pool.
+    pub(crate) fn request(
+        &self,
+        request: http::Result<Request<Full<Bytes>>>,
+    ) -> impl Future<Output = Result<Response<Incoming>, BoxError>> + Send + 'static {
         let client = self.client.clone();
+        async move { Ok(client.request(request?).await?) }
+    }
+
+    /// The target's URL.
+    pub(crate) fn url(&self) -> &http::Uri {
+        &self.url
+    }
+}
+
+impl Target for HttpTarget {
+    fn call(&self, body: Bytes, parse: bool) -> Pin<Box<dyn Future<Output = Outcome> + Send>> {
+        let response = self.send(body);
         Box::pin(async move {
-            let Ok(request) = request else {
-                return Outcome::default();
-            };
-            match client.request(request).await {
+            match response.await {
                 Ok(response) => read(response, parse).await,
                 Err(_) => Outcome::default(),
             }

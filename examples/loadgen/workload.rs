@@ -161,9 +161,15 @@ impl Workload {
 
 /// The chat request for prompt `prompt`: a short user question to one of the article's models.
 pub(crate) fn body_for(prompt: u64, seed: u64) -> Bytes {
+    chat_body(prompt, seed, false)
+}
+
+/// [`body_for`]'s request, asking for a streamed answer (`"stream": true`) when `stream` is set.
+pub(crate) fn chat_body(prompt: u64, seed: u64, stream: bool) -> Bytes {
     let model = MODELS[(prompt % MODELS.len() as u64) as usize];
+    let stream = if stream { r#","stream":true"# } else { "" };
     Bytes::from(format!(
-        r#"{{"model":"{model}","messages":[{{"role":"system","content":"You are a concise support assistant."}},{{"role":"user","content":"Question {prompt} (set {seed}): how do I rotate my API key without downtime?"}}],"temperature":0}}"#
+        r#"{{"model":"{model}","messages":[{{"role":"system","content":"You are a concise support assistant."}},{{"role":"user","content":"Question {prompt} (set {seed}): how do I rotate my API key without downtime?"}}],"temperature":0{stream}}}"#
     ))
 }
 
@@ -279,6 +285,12 @@ mod tests {
             assert!(MODELS.contains(&json["model"].as_str().unwrap_or_default()));
         }
         assert_eq!(counter.share(), 0.0);
+        let streamed: serde_json::Value =
+            serde_json::from_slice(&chat_body(5, 3, true)).expect("valid JSON");
+        let plain: serde_json::Value = serde_json::from_slice(&body_for(5, 3)).expect("valid JSON");
+        assert_eq!(streamed["stream"], true);
+        assert!(plain.get("stream").is_none());
+        assert_eq!(streamed["messages"], plain["messages"]);
         let cycle = Workload::new(Prompts::Cycle(10), 3);
         assert_eq!(cycle.prompt_of(23), 3);
     }
