@@ -90,7 +90,12 @@ struct JsonProbe<'a> {
 
 /// Whether a whole JSON answer is a well-formed completion (or embeddings list) worth storing.
 pub(crate) fn valid_json(endpoint: Endpoint, body: &[u8]) -> bool {
-    let Ok(Obj(probe)) = serde_json::from_slice::<Obj<JsonProbe<'_>>>(body) else {
+    // From a `str`: serde_json skips an ignored field's string without checking its UTF-8 when
+    // it reads bytes, and an answer that is not UTF-8 is no JSON.
+    let Ok(body) = std::str::from_utf8(body) else {
+        return false;
+    };
+    let Ok(Obj(probe)) = serde_json::from_str::<Obj<JsonProbe<'_>>>(body) else {
         return false;
     };
     if probe.error.is_some() || probe.object != Some(endpoint.json_object()) {
@@ -803,6 +808,16 @@ mod tests {
         }
         let object = encode_event(r#"{"choices": [{"finish_reason": "stop"}]}"#);
         assert!(check(&[object, done]).complete());
+    }
+
+    /// Found by the `convert` fuzz target: bytes that are not UTF-8 inside a field the check
+    /// does not read passed it, so an answer no JSON reader accepts could be stored and served.
+    #[test]
+    fn answers_are_utf8() {
+        let good = br#"{"object":"chat.completion","choices":[{"index":0}],"x":"a"}"#;
+        assert!(valid_json(Endpoint::Chat, good));
+        let bad = b"{\"object\":\"chat.completion\",\"choices\":[{\"index\":0}],\"x\":\"\xff\"}";
+        assert!(!valid_json(Endpoint::Chat, bad));
     }
 
     #[test]

@@ -27,6 +27,7 @@
 //! ```
 
 pub mod cache_control;
+#[cfg(feature = "config")]
 pub mod config;
 pub mod convert;
 pub mod entry;
@@ -43,6 +44,7 @@ pub const TARGETS: &[(&str, Check)] = &[
     ("convert", convert::check),
     ("entry", entry::check),
     ("cache_control", cache_control::check),
+    #[cfg(feature = "config")]
     ("config", config::check),
 ];
 

@@ -11,8 +11,10 @@
 //!   are compared with the `Value` `ParsedBody` holds instead.
 //! - **RFC 8785 (JCS, `serde_jcs`)**: a canonical key depends only on what the body means, so
 //!   the body rewritten in JCS form must get the same canonical key. Where it does not apply:
-//!   - bodies with an integer beyond ±2^53: JCS writes every number as an IEEE double, so such an
-//!     integer changes value (the upstream sees it exact, and so does the key);
+//!   - bodies with a number beyond ±2^53: JCS writes every number as an IEEE double, so such an
+//!     integer changes value (the upstream sees it exact, and so does the key), and writes such a
+//!     double below 10^21 as the digits of its shortest form (`1.5000000000000005e19` as
+//!     `15000000000000004000`), which a JSON reader takes for an integer of another value;
 //!   - [`KeyScheme::PythonCompat`]: it reproduces Python's `json.dumps`, which tells `1` from
 //!     `1.0` where JCS writes both as `1`; its keys are meant to change with the spelling.
 
@@ -129,13 +131,15 @@ fn has_reserved_key(v: &Value) -> bool {
     }
 }
 
-/// Whether every integer in `v` is one an IEEE double holds exactly (floats always are).
+/// Whether every number in `v` is within ±2^53, where JCS's spelling reads back as the same
+/// number (see the module docs).
 fn all_numbers_exact(v: &Value) -> bool {
     match v {
         Value::Number(n) => {
-            n.is_f64()
-                || n.as_u64().is_some_and(|u| u <= EXACT_INT)
+            n.as_u64().is_some_and(|u| u <= EXACT_INT)
                 || n.as_i64().is_some_and(|i| i.unsigned_abs() <= EXACT_INT)
+                || n.as_f64()
+                    .is_some_and(|f| n.is_f64() && f.abs() <= EXACT_INT as f64)
         }
         Value::Array(items) => items.iter().all(all_numbers_exact),
         Value::Object(map) => map.values().all(all_numbers_exact),
