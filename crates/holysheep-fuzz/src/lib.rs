@@ -50,10 +50,10 @@ pub const TARGETS: &[(&str, Check)] = &[
 
 /// Splits `data` into pieces at cut points read from its first byte and the bytes after it: the
 /// first byte says how many cuts (0 to 7), each next byte where one falls (a fraction of the
-/// rest). Returns the rest and its pieces; every piece non-empty or not, in order.
+/// rest). Returns the rest and its pieces (at least one, any of them possibly empty), in order.
 pub(crate) fn split(data: &[u8]) -> (&[u8], Vec<&[u8]>) {
     let Some((&first, rest)) = data.split_first() else {
-        return (data, Vec::new());
+        return (data, vec![data]);
     };
     let cuts = usize::from(first % 8).min(rest.len());
     let (positions, body) = rest.split_at(cuts);
