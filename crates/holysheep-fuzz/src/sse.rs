@@ -9,7 +9,7 @@ const BYTEWISE_MAX: usize = 4096;
 /// and byte by byte, and checks:
 ///
 /// - every way yields the same events and leaves the same bytes buffered;
-/// - the events are those of [`reference`], a line-by-line reading of the WHATWG rules;
+/// - the events are those of [`reference()`], a line-by-line reading of the WHATWG rules;
 /// - no event's data holds a CR, and each survives `encode_event` and a parse;
 /// - after a blank line nothing is left buffered.
 pub fn check(data: &[u8]) {
