@@ -4,11 +4,14 @@
 //! delta field, `system_fingerprint`, …) pass through conversions where they can.
 
 use std::collections::BTreeMap;
+use std::fmt;
+use std::marker::PhantomData;
 
 use bytes::Bytes;
 use holysheep_core::sse::{DONE_EVENT, SseParser, encode_event};
-use serde::Deserialize;
-use serde::de::IgnoredAny;
+use serde::de::value::MapAccessDeserializer;
+use serde::de::{IgnoredAny, MapAccess, Visitor};
+use serde::{Deserialize, Deserializer};
 use serde_json::{Map, Value, json};
 
 use crate::entry::{Entry, EntryBody};
@@ -48,6 +51,31 @@ impl Endpoint {
     }
 }
 
+/// A `T` read only from a JSON object. serde's derived structs also read an array of their
+/// fields in order (`["chat.completion", [...]]`), which is no answer: the probes below take
+/// only what a `Value` reading would call an object.
+struct Obj<T>(T);
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for Obj<T> {
+    fn deserialize<D: Deserializer<'de>>(de: D) -> Result<Self, D::Error> {
+        struct ObjVisitor<T>(PhantomData<T>);
+
+        impl<'de, T: Deserialize<'de>> Visitor<'de> for ObjVisitor<T> {
+            type Value = T;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a JSON object")
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<T, A::Error> {
+                T::deserialize(MapAccessDeserializer::new(map))
+            }
+        }
+
+        de.deserialize_map(ObjVisitor(PhantomData)).map(Obj)
+    }
+}
+
 #[derive(Deserialize)]
 struct JsonProbe<'a> {
     #[serde(borrow)]
@@ -62,7 +90,12 @@ struct JsonProbe<'a> {
 
 /// Whether a whole JSON answer is a well-formed completion (or embeddings list) worth storing.
 pub(crate) fn valid_json(endpoint: Endpoint, body: &[u8]) -> bool {
-    let Ok(probe) = serde_json::from_slice::<JsonProbe<'_>>(body) else {
+    // From a `str`: serde_json skips an ignored field's string without checking its UTF-8 when
+    // it reads bytes, and an answer that is not UTF-8 is no JSON.
+    let Ok(body) = std::str::from_utf8(body) else {
+        return false;
+    };
+    let Ok(Obj(probe)) = serde_json::from_str::<Obj<JsonProbe<'_>>>(body) else {
         return false;
     };
     if probe.error.is_some() || probe.object != Some(endpoint.json_object()) {
@@ -93,7 +126,7 @@ pub(crate) fn good_entry(endpoint: Endpoint, entry: &Entry) -> bool {
 #[derive(Deserialize)]
 struct ChunkProbe {
     #[serde(default)]
-    choices: Vec<ChoiceProbe>,
+    choices: Vec<Obj<ChoiceProbe>>,
     #[serde(default)]
     usage: Option<IgnoredAny>,
     #[serde(default)]
@@ -133,9 +166,9 @@ impl SseCheck {
                     self.bad = true;
                 }
             } else {
-                match serde_json::from_str::<ChunkProbe>(&event.data) {
-                    Ok(probe) if probe.error.is_none() => {
-                        if probe.choices.iter().any(|c| c.finish_reason.is_some()) {
+                match serde_json::from_str::<Obj<ChunkProbe>>(&event.data) {
+                    Ok(Obj(probe)) if probe.error.is_none() => {
+                        if probe.choices.iter().any(|Obj(c)| c.finish_reason.is_some()) {
                             self.saw_finish = true;
                         }
                         if probe.choices.is_empty() && probe.usage.is_some() {
@@ -752,6 +785,39 @@ mod tests {
             Some(Endpoint::Embeddings)
         );
         assert_eq!(Endpoint::from_path("/v1/models"), None);
+    }
+
+    /// Found by the `convert` fuzz target: serde's derived structs also read a JSON array of
+    /// their fields, so an array "answer" or "chunk" passed the checks a `Value` reading fails
+    /// (and a shared store could serve it). Only objects are answers.
+    #[test]
+    fn arrays_are_not_answers() {
+        assert!(!valid_json(
+            Endpoint::Chat,
+            br#"["chat.completion", [{"index": 0}], null, null]"#
+        ));
+        let done = Bytes::from_static(DONE_EVENT);
+        for finish in [
+            r#"[[{"finish_reason": "stop"}]]"#,
+            r#"{"choices": [["stop"]]}"#,
+        ] {
+            assert!(
+                !check(&[encode_event(finish), done.clone()]).complete(),
+                "{finish}"
+            );
+        }
+        let object = encode_event(r#"{"choices": [{"finish_reason": "stop"}]}"#);
+        assert!(check(&[object, done]).complete());
+    }
+
+    /// Found by the `convert` fuzz target: bytes that are not UTF-8 inside a field the check
+    /// does not read passed it, so an answer no JSON reader accepts could be stored and served.
+    #[test]
+    fn answers_are_utf8() {
+        let good = br#"{"object":"chat.completion","choices":[{"index":0}],"x":"a"}"#;
+        assert!(valid_json(Endpoint::Chat, good));
+        let bad = b"{\"object\":\"chat.completion\",\"choices\":[{\"index\":0}],\"x\":\"\xff\"}";
+        assert!(!valid_json(Endpoint::Chat, bad));
     }
 
     #[test]

@@ -79,12 +79,11 @@ impl SseParser {
     /// [`next_event`](Self::next_event).
     pub fn push(&mut self, chunk: &[u8]) {
         let mut chunk = chunk;
-        if self.after_cr {
+        // Only the first byte after the CR can complete its CRLF: an LF read alone ends it too.
+        if self.after_cr && !chunk.is_empty() {
+            self.after_cr = false;
             if let Some(rest) = chunk.strip_prefix(b"\n") {
                 chunk = rest;
-            }
-            if !chunk.is_empty() {
-                self.after_cr = false;
             }
         }
         let mut start = 0;
@@ -195,6 +194,18 @@ mod tests {
             }
         }
         out
+    }
+
+    /// Found by the `sse` fuzz target: a CR and its LF read apart left the parser waiting for
+    /// another LF, so the blank line after them (`\r`, `\n`, `\n`) was taken for the rest of
+    /// the CRLF and the event never dispatched.
+    #[test]
+    fn an_lf_read_alone_completes_its_crlf() {
+        let pieces: [&[u8]; 4] = [b"data: a\r", b"\n", b"\n", b"data: b\n\n"];
+        let events = parse_all(&pieces);
+        assert_eq!(events, parse_all(&[b"data: a\r\n\ndata: b\n\n"]));
+        assert_eq!(events.len(), 2);
+        assert_eq!(events[0].data, "a");
     }
 
     #[test]
