@@ -81,9 +81,9 @@ struct JsonProbe<'a> {
     #[serde(borrow)]
     object: Option<&'a str>,
     #[serde(default)]
-    choices: Option<Vec<IgnoredAny>>,
+    choices: Option<Vec<Obj<IgnoredAny>>>,
     #[serde(default)]
-    data: Option<Vec<IgnoredAny>>,
+    data: Option<Vec<Obj<IgnoredAny>>>,
     #[serde(default)]
     error: Option<IgnoredAny>,
 }
@@ -808,6 +808,19 @@ mod tests {
         }
         let object = encode_event(r#"{"choices": [{"finish_reason": "stop"}]}"#);
         assert!(check(&[object, done]).complete());
+        // Nor are choices or embeddings that are not objects.
+        assert!(!valid_json(
+            Endpoint::Chat,
+            br#"{"object": "chat.completion", "choices": [1]}"#
+        ));
+        assert!(!valid_json(
+            Endpoint::Embeddings,
+            br#"{"object": "list", "data": [[0.5]]}"#
+        ));
+        assert!(valid_json(
+            Endpoint::Embeddings,
+            br#"{"object": "list", "data": [{"embedding": [0.5]}]}"#
+        ));
     }
 
     /// Found by the `convert` fuzz target: bytes that are not UTF-8 inside a field the check
