@@ -1009,43 +1009,53 @@ async fn a_request_span_with_genai_fields_and_a_numbered_child_per_attempt() {
     let subscriber = tracing_subscriber::registry().with(log.clone());
     let _default = tracing::subscriber::set_default(subscriber);
 
-    // Two attempts, as a retry layer makes them: the first answers 503, the second the answer.
-    let attempts = crate::AttemptTraceLayer::new()
-        .server("api.holysheep.ai", Some(443))
-        .layer(service_fn(|req: Request<String>| async move {
-            let first = req.headers().get("x-first").is_some();
-            let mut res = if first {
-                json(r#"{"error":{}}"#)
-            } else {
-                json(DETAILED)
-            };
-            if first {
-                *res.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+    // The scenario runs twice. tracing caches each call site's interest process-wide, and another test's thread that
+    // registers a call site while this subscriber is being set can leave it cached as "never"
+    // for it. The first run registers every call site the scenario uses, the rebuild
+    // recomputes their interest with this subscriber in place, and the second run is checked.
+    let scenario = || async {
+        // Two attempts, as a retry layer makes them: the first answers 503, the second the answer.
+        let attempts = crate::AttemptTraceLayer::new()
+            .server("api.holysheep.ai", Some(443))
+            .layer(service_fn(|req: Request<String>| async move {
+                let first = req.headers().get("x-first").is_some();
+                let mut res = if first {
+                    json(r#"{"error":{}}"#)
+                } else {
+                    json(DETAILED)
+                };
+                if first {
+                    *res.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+                }
+                Ok::<_, BoxError>(res)
+            }));
+        let retrying = service_fn(move |req: Request<String>| {
+            let attempts = attempts.clone();
+            async move {
+                let mut first = req.clone();
+                first.headers_mut().insert("x-first", "1".parse().unwrap());
+                let failed = attempts.clone().oneshot(first).await?;
+                failed.into_body().collect().await?;
+                let mut res = attempts.oneshot(req).await?;
+                res.extensions_mut().insert(Attempts(2));
+                res.extensions_mut().insert(CacheOutcome::Miss);
+                Ok::<_, BoxError>(res)
             }
-            Ok::<_, BoxError>(res)
-        }));
-    let retrying = service_fn(move |req: Request<String>| {
-        let attempts = attempts.clone();
-        async move {
-            let mut first = req.clone();
-            first.headers_mut().insert("x-first", "1".parse().unwrap());
-            let failed = attempts.clone().oneshot(first).await?;
-            failed.into_body().collect().await?;
-            let mut res = attempts.oneshot(req).await?;
-            res.extensions_mut().insert(Attempts(2));
-            res.extensions_mut().insert(CacheOutcome::Miss);
-            Ok::<_, BoxError>(res)
-        }
-    });
-    let svc = MetricsLayer::new()
-        .server("api.holysheep.ai", Some(443))
-        .layer(retrying);
-    let mut req = request(Some("gpt-4.1"));
-    *req.uri_mut() = "/v1/chat/completions".parse().unwrap();
-    req.body_mut().push_str("a secret prompt");
-    req.extensions_mut().insert(Namespace(Arc::from("acme")));
-    let res = svc.oneshot(req).await.unwrap();
-    res.into_body().collect().await.unwrap();
+        });
+        let svc = MetricsLayer::new()
+            .server("api.holysheep.ai", Some(443))
+            .layer(retrying);
+        let mut req = request(Some("gpt-4.1"));
+        *req.uri_mut() = "/v1/chat/completions".parse().unwrap();
+        req.body_mut().push_str("a secret prompt");
+        req.extensions_mut().insert(Namespace(Arc::from("acme")));
+        let res = svc.oneshot(req).await.unwrap();
+        res.into_body().collect().await.unwrap();
+    };
+    scenario().await;
+    tracing::callsite::rebuild_interest_cache();
+    log.0.lock().unwrap().clear();
+    scenario().await;
 
     let spans = log.0.lock().unwrap().clone();
     let (name, f, parent) = &spans[0];
