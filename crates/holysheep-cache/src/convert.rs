@@ -183,7 +183,7 @@ impl SseCheck {
 
     /// Whether the stream, now ended, is complete.
     pub(crate) fn complete(&self) -> bool {
-        self.done && !self.bad && self.parser.buffered() == 0
+        self.done && !self.bad && self.parser.buffered() == 0 && !self.parser.saw_invalid_utf8()
     }
 
     /// Whether a usage-only chunk (`stream_options.include_usage`) was seen.
@@ -808,6 +808,21 @@ mod tests {
         }
         let object = encode_event(r#"{"choices": [{"finish_reason": "stop"}]}"#);
         assert!(check(&[object, done]).complete());
+        // Nor is a stream with bytes that are not UTF-8 (the parser would read them as U+FFFD,
+        // the entry would keep them raw).
+        let bad = Bytes::from_static(
+            b"data: {\"choices\":[{\"finish_reason\":\"stop\",\"x\":\"\xff\"}]}\n\n",
+        );
+        assert!(!check(&[bad, Bytes::from_static(DONE_EVENT)]).complete());
+        // A character split across two reads is fine.
+        let split = "data: {\"choices\":[{\"finish_reason\":\"stop\",\"x\":\"é\"}]}\n\n".as_bytes();
+        let at = split.iter().position(|&b| b >= 0x80).unwrap() + 1;
+        let pieces = [
+            Bytes::copy_from_slice(&split[..at]),
+            Bytes::copy_from_slice(&split[at..]),
+            Bytes::from_static(DONE_EVENT),
+        ];
+        assert!(check(&pieces).complete());
         // Nor are choices or embeddings that are not objects.
         assert!(!valid_json(
             Endpoint::Chat,

@@ -25,8 +25,9 @@ use bytes::{BufMut, Bytes, BytesMut};
 /// The `data: [DONE]` event that ends an OpenAI stream, with its blank line.
 pub const DONE_EVENT: &[u8] = b"data: [DONE]\n\n";
 
-/// Encodes one `data:` event. Newlines inside `data` become several `data:` lines, so any string
-/// survives the trip through a parser.
+/// Encodes one `data:` event. Newlines (`\n`) inside `data` become several `data:` lines, so a
+/// string without `\r` survives the trip through a parser (a lone CR ends a line in SSE; JSON
+/// text, what OpenAI streams carry, never holds a raw one).
 pub fn encode_event(data: &str) -> Bytes {
     let mut out = BytesMut::with_capacity(data.len() + 8);
     for line in data.split('\n') {
@@ -67,6 +68,8 @@ pub struct SseParser {
     event: Option<String>,
     id: Option<String>,
     ready: VecDeque<SseEvent>,
+    // A line that was not UTF-8 was read (its value taken with replacement characters).
+    invalid_utf8: bool,
 }
 
 impl SseParser {
@@ -133,7 +136,17 @@ impl SseParser {
             }
     }
 
+    /// Whether a line of the stream so far was not UTF-8. The events carry such a line's value
+    /// with U+FFFD in place of the bad bytes, so a caller that keeps the raw bytes (a cache)
+    /// can tell that they are not the text it parsed.
+    pub fn saw_invalid_utf8(&self) -> bool {
+        self.invalid_utf8
+    }
+
     fn line(&mut self, line: &[u8]) {
+        if std::str::from_utf8(line).is_err() {
+            self.invalid_utf8 = true;
+        }
         if line.is_empty() {
             self.dispatch();
             return;
@@ -194,6 +207,19 @@ mod tests {
             }
         }
         out
+    }
+
+    #[test]
+    fn a_line_that_is_not_utf8_is_reported() {
+        let mut p = SseParser::new();
+        // "é" split across two reads is one valid character.
+        p.push(b"data: caf\xc3");
+        p.push(b"\xa9\n\n");
+        assert_eq!(p.next_event().unwrap().data, "café");
+        assert!(!p.saw_invalid_utf8());
+        p.push(b"data: \xff\n\n");
+        assert_eq!(p.next_event().unwrap().data, "\u{FFFD}");
+        assert!(p.saw_invalid_utf8());
     }
 
     /// Found by the `sse` fuzz target: a CR and its LF read apart left the parser waiting for
