@@ -29,7 +29,9 @@ async fn instance(mock: &MockServer, redis: &str, stream: &str) -> Stack {
 /// An instance whose exact cache is a memory tier over `shared`, sharing vectors through `fleet`.
 fn instance_on(mock: &MockServer, shared: RedisStore, fleet: RedisFleet) -> Stack {
     let store: Arc<dyn CacheStore> = Arc::new(TieredStore::new(MemoryStore::new(16 << 20), shared));
+    // An embedding timeout no loaded machine runs out of: the fleet is what is tested here.
     let semantic = SemanticCacheLayer::new()
+        .embedding_timeout(Duration::from_secs(30))
         .fleet(fleet)
         .layer(upstream_client(mock));
     CacheLayer::with_store(store).layer(semantic)

@@ -36,6 +36,12 @@ async fn mock() -> MockServer {
     .await
 }
 
+/// The layer as a user builds it, but with an embedding timeout no loaded machine runs out of:
+/// these tests are about what is answered, not about the timeout (which one test sets).
+fn layer() -> SemanticCacheLayer {
+    SemanticCacheLayer::new().embedding_timeout(Duration::from_secs(30))
+}
+
 fn stack(mock: &MockServer, semantic: SemanticCacheLayer) -> Stack {
     CacheLayer::new(MemoryStore::new(16 << 20)).layer(semantic.layer(upstream_client(mock)))
 }
@@ -66,7 +72,7 @@ fn is_semantic_hit(reply: &Reply) -> bool {
 #[tokio::test]
 async fn a_paraphrase_is_answered_with_the_stored_answer() {
     let mock = mock().await;
-    let stack = stack(&mock, SemanticCacheLayer::new());
+    let stack = stack(&mock, layer());
     let first = post(&stack, &ask("What's the capital of France?")).await;
     assert_eq!(first.header("x-cache"), Some("MISS"));
     let second = post(&stack, &ask("what is the capital of france")).await;
@@ -124,7 +130,7 @@ const ADVERSARIAL: &[(&str, &str)] = &[
 #[tokio::test]
 async fn different_questions_with_the_same_words_miss() {
     let mock = mock().await;
-    let stack = stack(&mock, SemanticCacheLayer::new());
+    let stack = stack(&mock, layer());
     for (stored, other) in ADVERSARIAL {
         let first = post(&stack, &ask(stored)).await;
         let second = post(&stack, &ask(other)).await;
@@ -142,7 +148,7 @@ async fn different_questions_with_the_same_words_miss() {
 #[tokio::test]
 async fn another_context_misses() {
     let mock = mock().await;
-    let stack = stack(&mock, SemanticCacheLayer::new());
+    let stack = stack(&mock, layer());
     let q = |s: &str| json!({"role": "user", "content": s});
     let stored = json!({"model": "gpt-4.1", "temperature": 0.7,
         "messages": [{"role": "system", "content": "Be brief."}, q("Hello"), {"role": "assistant", "content": "Hi!"}, q("What's the capital of France?")]});
@@ -195,14 +201,14 @@ async fn the_threshold_is_respected() {
     assert!((0.6..0.95).contains(&cos), "{cos}");
 
     let mock = mock().await;
-    let strict = stack(&mock, SemanticCacheLayer::new());
+    let strict = stack(&mock, layer());
     post(&strict, &ask(stored)).await;
     assert_eq!(
         post(&strict, &ask(near)).await.header("x-cache"),
         Some("MISS")
     );
 
-    let loose = stack(&mock, SemanticCacheLayer::new().threshold(cos - 0.05));
+    let loose = stack(&mock, layer().threshold(cos - 0.05));
     post(&loose, &ask(stored)).await;
     let reply = post(&loose, &ask(near)).await;
     assert!(is_semantic_hit(&reply));
@@ -217,7 +223,7 @@ async fn the_threshold_is_respected() {
 #[tokio::test]
 async fn hits_come_in_the_shape_asked_for() {
     let mock = mock().await;
-    let stack = stack(&mock, SemanticCacheLayer::new());
+    let stack = stack(&mock, layer());
     let stored = ask("How do I keep HTTP connections warm?");
     let json_answer = post(&stack, &stored).await;
     let mut streamed = ask("how do i keep http connections warm");
@@ -315,7 +321,7 @@ async fn a_failing_or_slow_embedder_is_a_counted_miss() {
             holysheep_semantic::names::EMBEDDINGS,
             &[("outcome", outcome)],
         );
-        let layer = SemanticCacheLayer::new()
+        let layer = layer()
             .embedder(Broken { slow })
             .embedding_timeout(Duration::from_millis(50));
         let stack = stack(&mock, layer);
@@ -335,7 +341,7 @@ async fn a_failing_or_slow_embedder_is_a_counted_miss() {
         assert!(after >= before + 2, "{outcome}: {before} → {after}");
     }
     // And the upstream's embeddings endpoint failing: the request still answers.
-    let stack = stack(&mock, SemanticCacheLayer::new());
+    let stack = stack(&mock, layer());
     mock.fail_next(1, http::StatusCode::INTERNAL_SERVER_ERROR);
     let reply = post(&stack, &ask("A question while embeddings fail")).await;
     assert_eq!(reply.status, 200);
@@ -354,7 +360,7 @@ async fn embedding_calls_tokens_and_dollars_are_counted() {
     let model = "text-embedding-counted";
     let stack = stack(
         &mock,
-        SemanticCacheLayer::new()
+        layer()
             .embedding_model(model)
             // Whatever the machine's load: this test is about counting, not timing out.
             .embedding_timeout(Duration::from_secs(30))
@@ -382,10 +388,7 @@ async fn embedding_calls_tokens_and_dollars_are_counted() {
 #[tokio::test]
 async fn vectors_expire_with_their_ttl() {
     let mock = mock().await;
-    let stack = stack(
-        &mock,
-        SemanticCacheLayer::new().ttl(Duration::from_millis(300)),
-    );
+    let stack = stack(&mock, layer().ttl(Duration::from_millis(300)));
     post(&stack, &ask("What's the capital of France?")).await;
     assert_eq!(stack.get_ref().index().len(), 1);
     assert!(
@@ -408,12 +411,7 @@ async fn vectors_expire_with_their_ttl() {
 #[tokio::test]
 async fn requests_and_tenants_opt_in_and_out() {
     let mock = mock().await;
-    let stack = stack(
-        &mock,
-        SemanticCacheLayer::new()
-            .enabled(false)
-            .tenant("opted-in", true),
-    );
+    let stack = stack(&mock, layer().enabled(false).tenant("opted-in", true));
     let with = |body: &Value, tenant: Option<&'static str>, header: Option<&'static str>| {
         let mut req = chat_request(body);
         if let Some(t) = tenant {
@@ -468,7 +466,7 @@ async fn requests_and_tenants_opt_in_and_out() {
 async fn skipped_requests_go_upstream_untouched() {
     let mock = mock().await;
     let rules = SkipRules::default();
-    let stack = stack(&mock, SemanticCacheLayer::new().skip_rules(rules));
+    let stack = stack(&mock, layer().skip_rules(rules));
     post(&stack, &ask("What's the capital of France?")).await;
     let mut n = ask("what is the capital of france");
     n["n"] = 2.into();
