@@ -186,7 +186,6 @@
 
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
-#[path = "fuzzing.rs"]
 pub mod __fuzzing;
 mod access;
 mod body;
