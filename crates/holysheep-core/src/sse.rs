@@ -18,6 +18,7 @@
 //! assert!(parser.next_event().is_none());
 //! ```
 
+use std::borrow::Cow;
 use std::collections::VecDeque;
 
 use bytes::{BufMut, Bytes, BytesMut};
@@ -144,35 +145,37 @@ impl SseParser {
     }
 
     fn line(&mut self, line: &[u8]) {
-        if std::str::from_utf8(line).is_err() {
-            self.invalid_utf8 = true;
-        }
+        // One UTF-8 check per line; a line that fails it is read with U+FFFD for the bad bytes
+        // (':' is ASCII, so fields split the same either way).
+        let line = match std::str::from_utf8(line) {
+            Ok(text) => Cow::Borrowed(text),
+            Err(_) => {
+                self.invalid_utf8 = true;
+                String::from_utf8_lossy(line)
+            }
+        };
         if line.is_empty() {
             self.dispatch();
             return;
         }
-        if line[0] == b':' {
+        if line.starts_with(':') {
             return;
         }
-        let (field, value) = match line.iter().position(|&b| b == b':') {
-            Some(colon) => {
-                let value = &line[colon + 1..];
-                (&line[..colon], value.strip_prefix(b" ").unwrap_or(value))
-            }
-            None => (line, &b""[..]),
+        let (field, value) = match line.split_once(':') {
+            Some((field, value)) => (field, value.strip_prefix(' ').unwrap_or(value)),
+            None => (&*line, ""),
         };
-        let value = String::from_utf8_lossy(value);
         match field {
-            b"data" => {
+            "data" => {
                 if self.has_data {
                     self.data.push('\n');
                 }
-                self.data.push_str(&value);
+                self.data.push_str(value);
                 self.has_data = true;
             }
-            b"event" => self.event = Some(value.into_owned()),
+            "event" => self.event = Some(value.to_owned()),
             // An id with a NUL is ignored, as the spec says.
-            b"id" if !value.contains('\0') => self.id = Some(value.into_owned()),
+            "id" if !value.contains('\0') => self.id = Some(value.to_owned()),
             // `retry:` and unknown fields do not matter to an LLM stream.
             _ => {}
         }
