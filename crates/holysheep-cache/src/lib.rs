@@ -193,6 +193,8 @@ mod control;
 mod convert;
 mod entry;
 mod error;
+#[cfg(feature = "redis")]
+pub mod fleet;
 mod flight;
 mod future;
 mod key;
@@ -205,6 +207,8 @@ pub use self::access::{CacheAccess, EntryLookup};
 pub use self::body::ResponseBody;
 pub use self::control::RequestControl;
 pub use self::error::CoalesceError;
+#[cfg(feature = "redis")]
+pub use self::fleet::FleetCoalescing;
 pub use self::future::ResponseFuture;
 pub use self::key::{
     CacheKey, DefaultKeyPolicy, KeyPolicy, KeyRequest, KeyScheme, ParseKeySchemeError, ParsedBody,
