@@ -1,6 +1,6 @@
 //! Fleet coalescing: one upstream call per key across every instance that shares a Redis.
 //!
-//! In-process coalescing ([`flight`](crate::flight)) makes one upstream call per key per
+//! In-process coalescing makes one upstream call per key per
 //! instance. With [`FleetCoalescing`], the instance whose local leader misses first also takes
 //! a short **lease** on the key in Redis; the others' local leaders find it taken and become
 //! **remote followers**: they make no upstream call and replay the fleet leader's answer.
@@ -41,6 +41,17 @@
 //! - **Redis down or slow**: every fleet operation is bounded by the store's timeout and gated
 //!   by its health; when the lease cannot be read, the instance coalesces locally only. No
 //!   request fails or waits longer because of Redis.
+//! - Each remote follower reads on a connection of its own (pooled per node, up to
+//!   [`FleetCoalescing::max_readers`] at once, 256 by default); past that bound, or while a
+//!   Cluster's slot map is not known yet, a miss is coalesced locally only.
+//!
+//! # Metrics
+//!
+//! Through the `metrics` facade (see [`names`]): `holysheep_fleet_followers_total` (requests
+//! answered from another instance's call), `holysheep_fleet_takeovers_total` (leases taken over
+//! from a leader that failed or died), `holysheep_fleet_wait_seconds` (how long remote followers
+//! waited for the answer's head or entry) and `holysheep_fleet_local_only_total{reason}` (misses
+//! coalesced locally only: `lease`, `mirror`, `follow`, `reader`, `max_wait`, `invalid`).
 
 mod follow;
 mod lead;
@@ -79,7 +90,7 @@ pub mod names {
 /// Fleet coalescing over a [`RedisStore`]: identical misses on every instance sharing it make
 /// one upstream call between them. Give it to [`CacheLayer::fleet`](crate::CacheLayer::fleet).
 ///
-/// See the module docs of the crate (section *Fleet coalescing*) for how it works and fails.
+/// See the [module docs](self) for how it works and fails.
 ///
 /// ```no_run
 /// use std::time::Duration;
