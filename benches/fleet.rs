@@ -39,9 +39,12 @@ type Upstream = BoxCloneService<Request<Full<Bytes>>, Response<Body>, BoxError>;
 /// An upstream that answers at once: JSON, or for a stream its first chunk at once and the rest
 /// when `release` is notified.
 fn upstream(release: Arc<Notify>) -> Upstream {
-    let answer = ChatAnswer::new("gpt-4.1", "Reuse a pooled client with keep-alive. ".repeat(8))
-        .id("chatcmpl-bench")
-        .created(1);
+    let answer = ChatAnswer::new(
+        "gpt-4.1",
+        "Reuse a pooled client with keep-alive. ".repeat(8),
+    )
+    .id("chatcmpl-bench")
+    .created(1);
     let json_body = answer.to_json();
     let sse = stream_events(&answer, 20, false);
     BoxCloneService::new(service_fn(move |req: Request<Full<Bytes>>| {
@@ -59,7 +62,10 @@ fn upstream(release: Arc<Notify>) -> Upstream {
                     (first, Some(rest), release),
                     |(mut now, later, release)| async move {
                         if let Some(chunk) = now.pop() {
-                            return Some((Ok(http_body::Frame::data(chunk)), (now, later, release)));
+                            return Some((
+                                Ok(http_body::Frame::data(chunk)),
+                                (now, later, release),
+                            ));
                         }
                         let later = later?;
                         release.notified().await;
@@ -132,10 +138,7 @@ fn fleet(c: &mut Criterion) {
 
     let mut group = c.benchmark_group("fleet");
     group.sample_size(50);
-    for (name, svc) in [
-        ("miss_local_only", &local),
-        ("miss_fleet_leader", &leader),
-    ] {
+    for (name, svc) in [("miss_local_only", &local), ("miss_fleet_leader", &leader)] {
         group.bench_function(name, |b| {
             b.to_async(&rt).iter(|| {
                 let req = request(&format!("miss {}", next()), false);
@@ -167,7 +170,11 @@ fn fleet(c: &mut Criterion) {
                             .await
                             .expect("the leader's answer");
                         let mut lead_body = res.into_body();
-                        lead_body.frame().await.expect("a first chunk").expect("data");
+                        lead_body
+                            .frame()
+                            .await
+                            .expect("a first chunk")
+                            .expect("data");
                         let start = Instant::now();
                         let res = follower
                             .clone()

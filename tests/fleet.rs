@@ -248,7 +248,7 @@ fn a_leader_instance_killed_midway_is_taken_over() {
         .enable_all()
         .build()
         .unwrap();
-    let leader_svc = doomed.block_on(instance(&[url.clone()], &mock));
+    let leader_svc = doomed.block_on(instance(std::slice::from_ref(&url), &mock));
     let _leader = doomed.spawn(leader_svc.oneshot(chat_request(&body)));
     let (kill, killed) = tokio::sync::oneshot::channel::<()>();
     let thread_rt = std::thread::spawn(move || {

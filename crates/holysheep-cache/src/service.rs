@@ -371,6 +371,7 @@ async fn fleet_role(shared: &Arc<Shared>, ctx: &Ctx, mut lead: Lead) -> FleetTur
             return FleetTurn::Lead(lead);
         }
         Role::Local => return FleetTurn::Lead(lead),
+        Role::Stored => return stored_turn(shared, ctx, lead).await,
         Role::Follower(remote) => remote,
     };
     match remote.follow(ctx.shape, max_bytes).await {
@@ -384,15 +385,21 @@ async fn fleet_role(shared: &Arc<Shared>, ctx: &Ctx, mut lead: Lead) -> FleetTur
             *res.headers_mut() = headers;
             FleetTurn::Answer(lead, res)
         }
-        Followed::Stored => match stored_entry(shared, ctx).await {
-            Some(res) => FleetTurn::Answer(lead, res.map(UnsyncBoxBody::new)),
-            None => FleetTurn::Lead(lead),
-        },
+        Followed::Stored => stored_turn(shared, ctx, lead).await,
         Followed::TakeOver(mirror, lease) => {
             lead.attach(mirror, lease);
             FleetTurn::Lead(lead)
         }
         Followed::Alone => FleetTurn::Lead(lead),
+    }
+}
+
+/// Serves the entry another instance stored, or calls upstream when it cannot.
+#[cfg(feature = "redis")]
+async fn stored_turn(shared: &Shared, ctx: &Ctx, lead: Lead) -> FleetTurn {
+    match stored_entry(shared, ctx).await {
+        Some(res) => FleetTurn::Answer(lead, res.map(UnsyncBoxBody::new)),
+        None => FleetTurn::Lead(lead),
     }
 }
 

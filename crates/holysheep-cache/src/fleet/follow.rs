@@ -97,6 +97,7 @@ impl Remote {
                     return Followed::TakeOver(mirror, lease);
                 }
                 Role::Follower(next) => self.holder = next.holder,
+                Role::Stored => return Followed::Stored,
                 Role::Local => return Followed::Alone,
             }
         }

@@ -207,13 +207,18 @@ pub(crate) enum Role {
     Leader(Mirror, Lease),
     /// Another instance leads: follow it.
     Follower(Remote),
+    /// The entry was stored since this instance looked: serve it.
+    Stored,
     /// Redis could not say: coalesce locally only.
     Local,
 }
 
-/// Takes the lease if free, or returns its holder's token: one round trip either way.
+/// Takes the lease if free, or returns its holder's token: one round trip either way. With the
+/// entry's key as a second key (same slot), an entry stored meanwhile — between the caller's
+/// lookup and this claim, by a leader that has let its lease go since — returns `''`.
 const CLAIM: &str = "local held = redis.call('GET', KEYS[1]) \
 if held then return held end \
+if KEYS[2] and redis.call('EXISTS', KEYS[2]) == 1 then return '' end \
 redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) \
 return false";
 
@@ -233,16 +238,19 @@ impl Fleet {
         let names = Names::new(key.as_str());
         let token = self.token();
         let mut cmd = redis::cmd("EVAL");
-        cmd.arg(CLAIM)
-            .arg(1)
-            .arg(&names.lease)
-            .arg(&token)
-            .arg(millis(self.lease));
+        cmd.arg(CLAIM);
+        if names.entry_in_slot {
+            cmd.arg(2).arg(&names.lease).arg(key.as_str());
+        } else {
+            cmd.arg(1).arg(&names.lease);
+        }
+        cmd.arg(&token).arg(millis(self.lease));
         match self
             .store
             .run_cmd::<Option<String>>(&names.lease, cmd)
             .await
         {
+            Ok(Some(holder)) if holder.is_empty() => Role::Stored,
             Ok(None) => {
                 let (mirror, lease) = lead::start(Arc::clone(self), names, token, max_bytes);
                 Role::Leader(mirror, lease)
@@ -282,6 +290,8 @@ impl Fleet {
 #[derive(Clone, Debug)]
 pub(crate) struct Names {
     lease: String,
+    /// Whether the entry's own key is in the lease's slot (tagged with the whole key).
+    entry_in_slot: bool,
     /// The live stream's name without the token.
     live: String,
 }
@@ -290,13 +300,15 @@ impl Names {
     fn new(key: &str) -> Self {
         // The hash tag must be the whole key; a key that holds a brace (from a model name) is
         // tagged by its digest instead, so the tag cannot end early.
-        let tag = if key.contains(['{', '}']) {
+        let braces = key.contains(['{', '}']);
+        let tag = if braces {
             use sha2::Digest;
             hex::encode(&sha2::Sha256::digest(key.as_bytes())[..16])
         } else {
             key.to_owned()
         };
         Self {
+            entry_in_slot: !braces,
             lease: format!("{{{tag}}}:lease"),
             live: format!("{{{tag}}}:live:"),
         }
