@@ -57,6 +57,10 @@ async fn reachable(store: &RedisStore) {
 
 /// One instance: its own Redis connections, cache and client.
 async fn instance(urls: &[String], mock: &MockServer) -> Svc {
+    instance_with(urls, mock, FleetCoalescing::DEFAULT_MAX_WAIT).await
+}
+
+async fn instance_with(urls: &[String], mock: &MockServer, max_wait: Duration) -> Svc {
     let store = match urls {
         [url] => RedisStore::connect(url).await,
         urls => RedisStore::cluster(&urls.iter().map(String::as_str).collect::<Vec<_>>()).await,
@@ -66,7 +70,7 @@ async fn instance(urls: &[String], mock: &MockServer) -> Svc {
     reachable(&store).await;
     CacheLayer::new(store.clone())
         .upstream(mock.base_url())
-        .fleet(FleetCoalescing::new(store).lease(LEASE))
+        .fleet(FleetCoalescing::new(store).lease(LEASE).max_wait(max_wait))
         .layer(upstream_client(mock))
 }
 
@@ -299,5 +303,67 @@ async fn redis_killed_mid_burst_costs_nothing_visible() {
     }
     // Per instance at most: the first burst's one fleet call, then one per instance.
     assert!(calls(&mock) <= 4, "{}", calls(&mock));
+    mock.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_of_the_other_shape_is_served_from_the_stored_entry() {
+    let redis = RedisServer::from_env_or_start().expect("a Redis for the test");
+    let mock =
+        mock_with(MockConfig::default().latency(Latency::fixed(Duration::from_millis(300)))).await;
+    let instances = fleet(&[redis.url().to_owned()], &mock, 2).await;
+    let prompt = unique("fleet shapes");
+    let json = chat_body("gpt-4.1", &prompt);
+    let stream = stream_body("gpt-4.1", &prompt, true);
+    let leader = tokio::spawn(instances[0].clone().oneshot(chat_request(&json)));
+    assert!(wait_until(Duration::from_secs(10), || mock.stats().in_flight() >= 1).await);
+    let res = instances[1]
+        .clone()
+        .oneshot(chat_request(&stream))
+        .await
+        .expect("an answer");
+    let follower = Reply::from_response(res).await;
+    let leader = Reply::from_response(leader.await.unwrap().unwrap()).await;
+    assert_eq!(leader.content(), expected_content(&json));
+    assert_eq!(
+        follower.header("cache-status"),
+        Some("holysheep; hit; collapsed; detail=fleet")
+    );
+    let (chunks, done) = sse_chunks(follower.text().as_bytes());
+    assert!(done, "a whole stream");
+    assert_eq!(stream_content(&chunks), expected_content(&json));
+    assert_eq!(
+        calls(&mock),
+        1,
+        "the stream came from the JSON answer's entry"
+    );
+    mock.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_waits_no_longer_than_its_bound() {
+    let redis = RedisServer::from_env_or_start().expect("a Redis for the test");
+    let mock =
+        mock_with(MockConfig::default().latency(Latency::fixed(Duration::from_millis(1500)))).await;
+    let url = [redis.url().to_owned()];
+    let leader_instance = instance(&url, &mock).await;
+    let impatient = instance_with(&url, &mock, Duration::from_millis(200)).await;
+    let body = chat_body("gpt-4.1", &unique("fleet impatient"));
+    let leader = tokio::spawn(leader_instance.oneshot(chat_request(&body)));
+    assert!(wait_until(Duration::from_secs(10), || mock.stats().in_flight() >= 1).await);
+    let res = impatient
+        .oneshot(chat_request(&body))
+        .await
+        .expect("an answer");
+    let follower = Reply::from_response(res).await;
+    assert_eq!(follower.status, StatusCode::OK);
+    assert_eq!(
+        follower.header("x-cache"),
+        Some("MISS"),
+        "it called upstream itself"
+    );
+    assert_eq!(calls(&mock), 2);
+    let leader = Reply::from_response(leader.await.unwrap().unwrap()).await;
+    assert_eq!(leader.content(), follower.content());
     mock.shutdown().await;
 }
