@@ -367,3 +367,43 @@ async fn a_follower_waits_no_longer_than_its_bound() {
     assert_eq!(leader.content(), follower.content());
     mock.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_redis_holds_no_request_back() {
+    let port = holysheep_testkit::redis::free_port().expect("a free port");
+    let redis = RedisServer::start_on(port, &["--enable-debug-command", "yes"])
+        .expect("a Redis of the test's own");
+    let mock =
+        mock_with(MockConfig::default().latency(Latency::fixed(Duration::from_millis(50)))).await;
+    let instances = fleet(&[redis.url().to_owned()], &mock, 3).await;
+    let body = chat_body("gpt-4.1", &unique("fleet redis stalled"));
+    // Redis answers nothing for 4 s (its event loop sleeps), while every request is sent.
+    let port = redis.port().to_string();
+    let sleep = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("redis-cli")
+            .args(["-p", &port, "DEBUG", "SLEEP", "4"])
+            .output()
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let replies = burst(&instances, &body, 30).await;
+    assert!(
+        !sleep.is_finished(),
+        "every request was answered while Redis still slept"
+    );
+    for reply in &replies {
+        assert_eq!(reply.status, StatusCode::OK);
+        assert_eq!(reply.content(), expected_content(&body));
+    }
+    assert!(
+        calls(&mock) <= 3,
+        "coalesced per instance: {}",
+        calls(&mock)
+    );
+    let slept = sleep.await.unwrap().expect("redis-cli runs");
+    assert_eq!(
+        String::from_utf8_lossy(&slept.stdout).trim(),
+        "OK",
+        "Redis did sleep"
+    );
+    mock.shutdown().await;
+}
