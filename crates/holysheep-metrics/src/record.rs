@@ -52,6 +52,8 @@ pub(crate) struct Shared {
     pub(crate) config: Config,
     models: Labels<ModelSlot>,
     tenants: Labels<SharedString>,
+    /// The in-flight gauge, resolved at the first request (see [`Handles`]).
+    in_flight: std::sync::OnceLock<metrics::Gauge>,
 }
 
 impl Shared {
@@ -80,7 +82,12 @@ impl Shared {
             config,
             models,
             tenants,
+            in_flight: std::sync::OnceLock::new(),
         }
+    }
+
+    fn in_flight(&self) -> &metrics::Gauge {
+        self.in_flight.get_or_init(|| gauge!(names::IN_FLIGHT))
     }
 
     fn model_slot(&self, model: Option<&str>) -> Arc<ModelSlot> {
@@ -161,6 +168,8 @@ pub(crate) struct ModelSlot {
     requests: Handles<(&'static str, &'static str, &'static str), RequestSeries>,
     /// Its token counters, once per (metric, kind, hit or miss).
     tokens: Handles<(&'static str, Option<&'static str>, &'static str), Counter>,
+    /// Its cost counters, once per (interned tenant label, spend).
+    costs: Handles<(usize, Spend), Counter>,
 }
 
 /// The handles of one request series: recorded through them, a request builds no label set.
@@ -209,6 +218,20 @@ impl ModelSlot {
             carry: Mutex::default(),
             requests: Handles::new(),
             tokens: Handles::new(),
+            costs: Handles::new(),
+        })
+    }
+
+    /// The cost (or savings) counter of `tenant` (an interned label: its address names it).
+    fn cost_counter(&self, tenant: &Arc<SharedString>, spend: Spend) -> Counter {
+        self.costs.get((Arc::as_ptr(tenant) as usize, spend), || {
+            let model = self.label.clone();
+            let tenant = (**tenant).clone();
+            if spend.is_saved() {
+                counter!(names::COST_SAVED, "model" => model, "tenant" => tenant, "via" => spend.via())
+            } else {
+                counter!(names::COST, "model" => model, "tenant" => tenant)
+            }
         })
     }
 
@@ -388,7 +411,7 @@ pub(crate) struct Tracker {
 impl Tracker {
     /// Starts the clock and the span; the request is now in flight.
     pub(crate) fn start<B>(shared: Arc<Shared>, request: &mut Request<B>) -> Self {
-        gauge!(names::IN_FLIGHT).increment(1.0);
+        shared.in_flight().increment(1.0);
         let operation = span::operation(request.uri().path());
         let ext = request.extensions();
         let model = ext.get::<RequestModel>().map(|m| m.0.clone());
@@ -471,7 +494,7 @@ impl Tracker {
             return;
         }
         let end = Instant::now();
-        gauge!(names::IN_FLIGHT).decrement(1.0);
+        self.shared.in_flight().decrement(1.0);
 
         let found = self.capture.finish();
         let model_name = self.model.as_deref().or(found.model.as_deref());
@@ -532,13 +555,7 @@ impl Tracker {
                 let tenant = shared.tenant_label(self.tenant.as_deref());
                 let micro = slot.add_usd(&tenant, spend, cost);
                 if micro > 0 {
-                    if spend.is_saved() {
-                        counter!(names::COST_SAVED, "model" => model.clone(), "tenant" => (*tenant).clone(), "via" => spend.via())
-                            .increment(micro);
-                    } else {
-                        counter!(names::COST, "model" => model.clone(), "tenant" => (*tenant).clone())
-                            .increment(micro);
-                    }
+                    slot.cost_counter(&tenant, spend).increment(micro);
                 }
             }
         }
