@@ -70,6 +70,7 @@ impl CacheLayer {
                 upstream: Arc::from(Self::DEFAULT_UPSTREAM),
                 coalesce: true,
                 cache_streams: true,
+                cache_fallbacks: false,
                 read_ahead: Self::DEFAULT_READ_AHEAD_BYTES,
                 finish_timeout: Self::DEFAULT_FINISH_TIMEOUT,
                 finish_max_bytes: Self::DEFAULT_FINISH_MAX_BYTES,
@@ -119,6 +120,16 @@ impl CacheLayer {
     /// Whether streamed (SSE) answers are stored. Default: on. Off, streams still coalesce.
     pub fn cache_streams(mut self, on: bool) -> Self {
         self.settings.cache_streams = on;
+        self
+    }
+
+    /// Whether an answer that another model served stores under the key of the model asked
+    /// for. Default: off. A router (`holysheep-router`) marks such an answer with the
+    /// [`Fallback`](holysheep_core::signal::Fallback) response extension; off, it is passed on
+    /// unstored, with `Cache-Status: holysheep; fwd=miss; detail=fallback`, so the next request
+    /// for the model asked for tries that model again.
+    pub fn cache_fallbacks(mut self, on: bool) -> Self {
+        self.settings.cache_fallbacks = on;
         self
     }
 
