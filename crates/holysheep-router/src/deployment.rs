@@ -142,6 +142,7 @@ pub(crate) type Ewma = PeakEwma<Measure, CompleteOnResponse>;
 /// The running deployment: its client behind its own pool limit, its load and its health.
 pub(crate) struct Live {
     pub(crate) name: String,
+    pub(crate) base_url: http::Uri,
     pub(crate) weight: u32,
     pub(crate) models: Vec<String>,
     pub(crate) client: PoolLimit<HolySheepClient>,
@@ -164,6 +165,7 @@ impl Live {
         let pool = pool_limit.handle();
         let decay_ns = (decay.as_nanos() as f64).max(1.0);
         Ok(Self {
+            base_url: client.base_url().clone(),
             name: deployment.name,
             weight: deployment.weight,
             models: deployment.models,

@@ -145,6 +145,7 @@ mod body;
 mod deployment;
 mod health;
 mod router;
+mod upstream;
 
 pub use body::RouterBody;
 pub use deployment::{Deployment, DeploymentStatus};
@@ -153,3 +154,4 @@ pub use router::{
     BuildError, FALLBACKS, FirstByteTimeout, Router, RouterBuilder, RouterFuture,
     SERVED_MODEL_HEADER,
 };
+pub use upstream::{Upstream, UpstreamFuture};

@@ -12,6 +12,7 @@ use bytes::Bytes;
 use holysheep_core::BoxError;
 use holysheep_core::error::{AnswerClass, ErrorBody, ErrorClass, Overloaded};
 use holysheep_core::signal::{Fallback, RequestModel};
+use http::header::CONTENT_LENGTH;
 use http::request::Parts;
 use http::{HeaderValue, Request, Response, StatusCode};
 use http_body::Body;
@@ -83,6 +84,17 @@ impl Router {
                 health: live.health().state(now),
                 in_flight: live.pool.in_flight(),
             })
+            .collect()
+    }
+
+    /// Every deployment's base URL, in configuration order: what a cache hashes into its keys
+    /// (so answers of different upstream sets are never shared) and what spans name as the
+    /// server.
+    pub fn base_urls(&self) -> Vec<&http::Uri> {
+        self.shared
+            .deployments
+            .iter()
+            .map(|live| &live.base_url)
             .collect()
     }
 
@@ -332,7 +344,14 @@ impl Shared {
     /// One attempt on one deployment, with its verdict recorded.
     async fn attempt(&self, index: usize, parts: &Parts, body: Bytes, stream: bool) -> Outcome {
         let live = &self.deployments[index];
-        let request = Request::from_parts(parts.clone(), Full::new(body));
+        let mut parts = parts.clone();
+        // A fallback's body has another length than the one the caller declared.
+        if parts.headers.contains_key(CONTENT_LENGTH) {
+            parts
+                .headers
+                .insert(CONTENT_LENGTH, HeaderValue::from(body.len()));
+        }
+        let request = Request::from_parts(parts, Full::new(body));
         let call = live.client.clone().oneshot(request);
         // tower's Peak-EWMA times the call to its response head; its handle is dropped (and
         // the time recorded) then, or when a first-byte timeout drops the call.

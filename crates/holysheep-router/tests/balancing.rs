@@ -233,3 +233,22 @@ async fn when_every_deployment_is_out_the_call_is_shed_with_a_retry_after() {
     );
     assert_eq!(a.stats().requests(), 1);
 }
+
+#[tokio::test]
+async fn one_upstream_through_the_upstream_type_answers_as_without_a_router() {
+    use holysheep_pool_limit::PoolLimitLayer;
+    use holysheep_router::Upstream;
+    use holysheep_testkit::{Reply, chat_request, upstream_client};
+    use tower::{Layer, ServiceExt};
+
+    let one = mock(Duration::ZERO).await;
+    let upstream = Upstream::from(PoolLimitLayer::default().layer(upstream_client(&one)));
+    assert!(upstream.router().is_none());
+    let body = chat_body("gpt-4.1", "just one");
+    let res = upstream.oneshot(chat_request(&body)).await.unwrap();
+    let reply = Reply::from_response(res).await;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(reply.content(), expected_content(&body));
+    assert_eq!(reply.header(holysheep_router::SERVED_MODEL_HEADER), None);
+    assert_eq!(chats(&one), 1);
+}

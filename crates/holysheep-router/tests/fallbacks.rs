@@ -9,11 +9,12 @@ use common::{ask, chats, deployment, mock};
 use holysheep_core::signal::Fallback;
 use holysheep_router::{Deployment, FALLBACKS, Router, SERVED_MODEL_HEADER};
 use holysheep_testkit::{
-    MockConfig, UPSTREAM_KEY, chat_body, expected_content, sse_chunks, start_mock, stream_body,
-    upstream_builder,
+    MockConfig, Reply, UPSTREAM_KEY, chat_body, chat_request, expected_content, sse_chunks,
+    start_mock, stream_body, upstream_builder,
 };
 use http::StatusCode;
 use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
+use tower::ServiceExt;
 
 /// The process-wide recorder of this test binary (each test counts its own `from`/`to` pair).
 fn snapshotter() -> &'static Snapshotter {
@@ -70,7 +71,15 @@ async fn a_failing_model_falls_back_and_the_answer_says_which_model_served() {
         .build()
         .unwrap();
     let body = chat_body("gpt-4.1", "fall back please");
-    let reply = ask(&router, &body).await.unwrap();
+    // As a gateway forwards it: with the length the caller declared, which the fallback's
+    // longer model name changes.
+    let mut request = chat_request(&body);
+    let length = body.to_string().len();
+    request
+        .headers_mut()
+        .insert(http::header::CONTENT_LENGTH, length.into());
+    let res = router.clone().oneshot(request).await.unwrap();
+    let reply = Reply::from_response(res).await;
     assert_eq!(reply.status, StatusCode::OK);
     assert_eq!(reply.json()["model"], "deepseek-v3.2");
     assert_eq!(reply.header(SERVED_MODEL_HEADER), Some("deepseek-v3.2"));
