@@ -160,7 +160,7 @@ pub(crate) struct Health {
     trial_since: Option<Instant>,
 }
 
-/// What [`Health`] is now, as [`DeploymentStatus`](crate::DeploymentStatus) shows it.
+/// A deployment's health, as [`DeploymentStatus`](crate::DeploymentStatus) shows it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum HealthState {
@@ -201,8 +201,8 @@ impl Health {
             return Availability::Open;
         }
         match self.trial_since {
-            Some(since) if now < since + config.base_ejection => {
-                Availability::Closed(since + config.base_ejection)
+            Some(since) if now < later(since, config.base_ejection) => {
+                Availability::Closed(later(since, config.base_ejection))
             }
             _ => Availability::Trial,
         }
@@ -229,16 +229,24 @@ impl Health {
                     self.failures = 0;
                     self.ejected = true;
                     self.trial_since = None;
-                    let until = now + config.cool_down(self.ejections);
+                    let until = later(now, config.cool_down(self.ejections));
                     self.closed_until = Some(self.closed_until.map_or(until, |u| u.max(until)));
                 }
             }
             Verdict::Rest(rest) => {
-                let until = now + rest.min(config.max_ejection);
+                let until = later(now, rest.min(config.max_ejection));
                 self.closed_until = Some(self.closed_until.map_or(until, |u| u.max(until)));
             }
         }
     }
+}
+
+/// `at + wait`, or as far as an `Instant` goes when that is past its range (a configured
+/// `Duration::MAX`).
+fn later(at: Instant, wait: Duration) -> Instant {
+    at.checked_add(wait)
+        .or_else(|| at.checked_add(Duration::from_secs(100 * 365 * 86_400)))
+        .unwrap_or(at)
 }
 
 /// How long an answer asks its deployment to rest: `Retry-After` on a `429` or `503`, or an
@@ -453,6 +461,19 @@ mod tests {
         assert_eq!(rest_of(StatusCode::OK, &h, one), Some(one));
         let h = headers(&[("x-ratelimit-remaining-requests", "5")]);
         assert_eq!(rest_of(StatusCode::OK, &h, one), None);
+    }
+
+    #[test]
+    fn huge_settings_do_not_overflow() {
+        let cfg = HealthConfig::default()
+            .consecutive_failures(1)
+            .base_ejection(Duration::MAX)
+            .max_ejection(Duration::MAX);
+        let mut h = Health::new();
+        let t0 = Instant::now();
+        h.record(Verdict::Failed, t0, &cfg);
+        h.record(Verdict::Rest(Duration::MAX), t0, &cfg);
+        assert!(matches!(h.availability(t0, &cfg), Availability::Closed(_)));
     }
 
     #[test]
