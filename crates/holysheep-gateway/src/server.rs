@@ -433,7 +433,9 @@ fn connection_cap(config: &Config) -> usize {
         .settings
         .pool
         .max_in_flight
-        .unwrap_or(holysheep::pool_limit::PoolLimitLayer::DEFAULT_TOTAL);
+        .unwrap_or(holysheep::pool_limit::PoolLimitLayer::DEFAULT_TOTAL)
+        // Each of the `[[deployments]]` has a pool of its own.
+        .saturating_mul(config.settings.deployments.len().max(1));
     // Upstream connections, Redis, the listener, logs, the mock in demo mode.
     let reserve = u64::try_from(max_in_flight)
         .unwrap_or(u64::MAX)

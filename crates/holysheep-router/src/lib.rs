@@ -87,14 +87,16 @@
 //!   back on a trial request; and one request here may try a second deployment when the first
 //!   fails, which `Balance` (one `call`, one service) cannot do. Last, its `ReadyCache` keeps
 //!   every service polled ready, which with `PoolLimit` would reserve a pool slot of every
-//!   deployment per clone. The choice itself is a dozen lines in [`Router`]; it costs well
-//!   under a microsecond with 8 deployments (`benches/router.rs`).
+//!   deployment per clone. The choice itself is a few dozen lines in [`Router`]; with 8
+//!   deployments it costs about half a microsecond (`benches/router.rs`).
 //!
 //! A deployment lists the models it serves; one that lists none serves every model. A request
 //! whose model no deployment serves is answered `404` with the code `model_not_found`. The
 //! model is read from the [`RequestModel`](holysheep_core::signal::RequestModel) request
 //! extension when the gateway set it, else from the body's `model` field; a request without
-//! one (`GET /models`) may go to any deployment.
+//! one (`GET /models`) may go to any deployment. Models the stack asks for itself count too: with
+//! a semantic cache, some deployment must serve its embedding model (list it, or leave one
+//! deployment without a list).
 //!
 //! # Health
 //!
