@@ -77,7 +77,11 @@
 //! What is tower's and what is not:
 //!
 //! - **`tower::load::PeakEwma` is used as it is**: one per deployment, timing every attempt
-//!   (an attempt dropped by a first-byte timeout counts with the time it waited).
+//!   (an attempt dropped by a first-byte timeout counts with the time it waited). Like any
+//!   latency measure, it sees a deployment that fails fast (a refused connection, a quick
+//!   `500`) as fast; [health](#health) is what takes such a deployment out, after
+//!   [`consecutive_failures`](HealthConfig::consecutive_failures), and each of those requests
+//!   is answered by another deployment meanwhile.
 //! - **`tower::balance::p2c::Balance` is not**, for four reasons. It draws uniformly and has no
 //!   weights (and tower's `Cost` is opaque, so a weight cannot scale it); here the weights
 //!   shape the draw as above. It balances one fixed set of services, where a request

@@ -107,11 +107,15 @@ impl Router {
             .collect()
     }
 
-    /// Makes one routing decision for `model`, as a request would, without sending anything:
-    /// the deployment's name, or `None` when none may take a request now. For benchmarks and
+    /// Makes one routing decision for `model`, as a request would, without sending anything
+    /// (and without taking the trial request of a deployment whose cool-down ended): the
+    /// deployment's name, or `None` when none may take a request now. For benchmarks and
     /// diagnostics.
     pub fn choose(&self, model: &str) -> Option<&str> {
-        match self.shared.pick(self.shared.candidates(Some(model)), &[]) {
+        match self
+            .shared
+            .pick(self.shared.candidates(Some(model)), &[], false)
+        {
             Ok((index, _)) => Some(self.shared.deployments[index].name.as_str()),
             Err(_) => None,
         }
@@ -188,6 +192,7 @@ impl Shared {
         &self,
         candidates: &[usize],
         tried: &[usize],
+        take_trial: bool,
     ) -> Result<(usize, bool), Option<Instant>> {
         let now = Instant::now();
         let mut open: [(usize, u32); 8] = [(0, 0); 8];
@@ -203,7 +208,9 @@ impl Shared {
             let mut health = live.health();
             match health.availability(now, &self.health) {
                 Availability::Trial => {
-                    health.start_trial(now);
+                    if take_trial {
+                        health.start_trial(now);
+                    }
                     return Ok((index, true));
                 }
                 Availability::Closed(until) => {
@@ -317,7 +324,7 @@ impl Shared {
         let mut tried = Vec::with_capacity(max);
         let mut last = None;
         while tried.len() < max {
-            match self.pick(candidates, &tried) {
+            match self.pick(candidates, &tried, true) {
                 Ok((index, _trial)) => {
                     tried.push(index);
                     match self.attempt(index, parts, body.clone(), stream).await {

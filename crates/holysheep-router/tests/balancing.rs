@@ -27,9 +27,14 @@ async fn a_dead_deployment_costs_no_client_error_and_comes_back_after_its_cool_d
         .build()
         .unwrap();
     let body = chat_body("gpt-4.1", "spread me");
-    for _ in 0..20 {
+    // Until both have answered (so `a` has pooled connections when it dies): which one wins a
+    // draw follows their latency, which decays within a few hundred ms here.
+    for _ in 0..500 {
         let reply = ask(&router, &body).await.unwrap();
         assert_eq!(reply.status, StatusCode::OK);
+        if chats(&a) > 0 && chats(&b) > 0 {
+            break;
+        }
     }
     assert!(
         chats(&a) > 0 && chats(&b) > 0,
@@ -126,7 +131,6 @@ async fn a_key_answering_429_with_retry_after_is_rested_while_the_others_carry_t
     // One 429 with `Retry-After: 30`, and it was left alone after that.
     assert_eq!(throttled.stats().requests(), 1);
     assert_eq!(chats(&b) + chats(&c), 30);
-    assert!(chats(&b) > 0 && chats(&c) > 0);
     assert_eq!(router.status()[0].health, HealthState::Resting);
 }
 
@@ -191,22 +195,24 @@ async fn models_go_only_to_the_deployments_that_serve_them() {
 
 #[tokio::test]
 async fn weights_shape_the_share_of_traffic() {
-    let heavy = mock(Duration::ZERO).await;
+    // Latency alone would send nearly everything to `light`; its weight of 1 against 9 leaves it
+    // only the draws that bring both into a contest.
+    let heavy = mock(Duration::from_millis(8)).await;
     let light = mock(Duration::ZERO).await;
     let router = Router::builder()
         .deployment(deployment("heavy", &heavy).weight(9))
         .deployment(deployment("light", &light).weight(1))
         .build()
         .unwrap();
-    for i in 0..200 {
+    for i in 0..100 {
         let reply = ask(&router, &chat_body("gpt-4.1", &format!("{i}")))
             .await
             .unwrap();
         assert_eq!(reply.status, StatusCode::OK);
     }
-    // Drawn twice 80 % of the time; the contests split the rest.
-    assert!(chats(&heavy) >= 140, "heavy {}", chats(&heavy));
-    assert!(chats(&light) > 0, "light {}", chats(&light));
+    // Drawn twice 80 % of the time (then it takes the request without a contest).
+    assert!(chats(&heavy) >= 65, "heavy {}", chats(&heavy));
+    assert_eq!(chats(&heavy) + chats(&light), 100);
 }
 
 #[tokio::test]
