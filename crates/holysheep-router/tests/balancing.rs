@@ -45,15 +45,22 @@ async fn a_dead_deployment_costs_no_client_error_and_comes_back_after_its_cool_d
 
     // `a` dies mid-run, with pooled connections to it open.
     drop(a);
+    // Every request is answered; `a` is drawn again as its latency estimate decays, fails twice
+    // and is ejected.
     let b_before = chats(&b);
-    for i in 0..30 {
+    let mut sent = 0;
+    for i in 0..500 {
         let reply = ask(&router, &body)
             .await
             .unwrap_or_else(|e| panic!("request {i} failed: {e}"));
         assert_eq!(reply.status, StatusCode::OK, "request {i}");
         assert_eq!(reply.content(), expected_content(&body));
+        sent += 1;
+        if sent >= 30 && router.status()[0].health == HealthState::Ejected {
+            break;
+        }
     }
-    assert_eq!(chats(&b) - b_before, 30, "b answered everything");
+    assert_eq!(chats(&b) - b_before, sent, "b answered everything");
     let status = router.status();
     assert_eq!(status[0].name, "a");
     assert_eq!(status[0].health, HealthState::Ejected);
@@ -118,7 +125,8 @@ async fn a_key_answering_429_with_retry_after_is_rested_while_the_others_carry_t
     let b = mock(Duration::ZERO).await;
     let c = mock(Duration::ZERO).await;
     let router = Router::builder()
-        .deployment(deployment("throttled", &throttled))
+        // Its weight has it drawn twice, so tried without a contest, nearly every time.
+        .deployment(deployment("throttled", &throttled).weight(100))
         .deployment(deployment("b", &b))
         .deployment(deployment("c", &c))
         .build()
@@ -257,4 +265,40 @@ async fn one_upstream_through_the_upstream_type_answers_as_without_a_router() {
     assert_eq!(reply.content(), expected_content(&body));
     assert_eq!(reply.header(holysheep_router::SERVED_MODEL_HEADER), None);
     assert_eq!(chats(&one), 1);
+}
+
+#[tokio::test]
+async fn an_exhausted_rate_limit_header_rests_the_key_before_it_fails() {
+    use std::sync::atomic::Ordering;
+
+    // Answers well, but says its key has no request left for 30 s.
+    let limited = common::header_upstream(&[
+        ("x-ratelimit-remaining-requests", "0"),
+        ("x-ratelimit-reset-requests", "30s"),
+    ])
+    .await;
+    let other = mock(Duration::ZERO).await;
+    let router = Router::builder()
+        .deployment(
+            holysheep_router::Deployment::new(&limited.base_url, UPSTREAM_KEY).name("limited"),
+        )
+        .deployment(deployment("other", &other))
+        .build()
+        .unwrap();
+    // Whichever the first request goes to, `limited` answers it: `other` fails it once.
+    other.fail_next(1, StatusCode::SERVICE_UNAVAILABLE);
+    let reply = ask(&router, &chat_body("gpt-4.1", "first")).await.unwrap();
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(limited.answered.load(Ordering::SeqCst), 1);
+    assert_eq!(router.status()[0].health, HealthState::Resting);
+    // (When the first request went to `limited` directly, the forced 503 is still waiting.)
+    other.clear_forced_faults();
+    for i in 0..20 {
+        let reply = ask(&router, &chat_body("gpt-4.1", &format!("{i}")))
+            .await
+            .unwrap();
+        assert_eq!(reply.status, StatusCode::OK);
+    }
+    assert_eq!(limited.answered.load(Ordering::SeqCst), 1);
+    assert_eq!(chats(&other), 20);
 }
