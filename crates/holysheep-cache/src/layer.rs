@@ -127,7 +127,9 @@ impl CacheLayer {
     /// for. Default: off. A router (`holysheep-router`) marks such an answer with the
     /// [`Fallback`](holysheep_core::signal::Fallback) response extension; off, it is passed on
     /// unstored, with `Cache-Status: holysheep; fwd=miss; detail=fallback`, so the next request
-    /// for the model asked for tries that model again.
+    /// for the model asked for tries that model again. On, a hit of such an entry says which
+    /// model served it in the answer's own `model` field (an entry keeps the body, not the
+    /// router's `x-holysheep-served-model` header).
     pub fn cache_fallbacks(mut self, on: bool) -> Self {
         self.settings.cache_fallbacks = on;
         self

@@ -137,6 +137,87 @@ async fn a_failing_model_falls_back_uncached_and_a_400_does_not() {
     second.shutdown().await;
 }
 
+#[tokio::test]
+async fn router_settings_reach_the_router_and_the_cache() {
+    // `first_byte_timeout_ms`: a stalled deployment's stream comes whole from the other one.
+    let stalled = start_mock(mock_config().latency(holysheep_mock::Latency::fixed(
+        std::time::Duration::from_secs(5),
+    )))
+    .await;
+    let quick = start_mock(mock_config()).await;
+    let toml = format!(
+        r#"
+        [router]
+        first_byte_timeout_ms = 300
+        cache_fallbacks = true
+
+        [[deployments]]
+        name = "stalled"
+        base_url = "{}"
+        weight = 100
+
+        [[deployments]]
+        name = "quick"
+        base_url = "{}"
+        "#,
+        stalled.base_url(),
+        quick.base_url()
+    );
+    let gateway = routed_gateway(&quick, &toml).await;
+    let body = holysheep_testkit::stream_body("gpt-4.1", "stream it", false);
+    let reply = ask(&gateway, &body).await;
+    assert_eq!(reply.status, StatusCode::OK);
+    let (_, done) = holysheep_testkit::sse_chunks(&reply.body);
+    assert!(done, "one clean stream: {}", reply.text());
+    assert_eq!(reply.content(), expected_content(&body));
+    assert_eq!(stalled.stats().requests(), 1);
+    assert_eq!(quick.stats().chat_requests(), 1);
+    gateway.shutdown().await;
+
+    // `cache_fallbacks = true`: a fallback's answer is stored under the asked model's key.
+    let failing = start_mock(mock_config().error_rate(1.0)).await;
+    let toml = format!(
+        r#"
+        [router]
+        cache_fallbacks = true
+
+        [[deployments]]
+        base_url = "{}"
+        models = ["gpt-4.1"]
+
+        [[deployments]]
+        base_url = "{}"
+        models = ["deepseek-v3.2"]
+
+        [fallbacks]
+        "gpt-4.1" = ["deepseek-v3.2"]
+        "#,
+        failing.base_url(),
+        quick.base_url()
+    );
+    let gateway = routed_gateway(&failing, &toml).await;
+    let body = chat_body("gpt-4.1", "store the fallback");
+    let first = ask(&gateway, &body).await;
+    assert_eq!(
+        first.header("cache-status"),
+        Some("holysheep; fwd=miss; stored")
+    );
+    let mut hit = false;
+    for _ in 0..50 {
+        let again = ask(&gateway, &body).await;
+        if again.header("x-cache") == Some("HIT") {
+            // Entries keep the body: the answer's own `model` says who served it.
+            assert_eq!(again.json()["model"], "deepseek-v3.2");
+            hit = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert!(hit, "the fallback answer was stored");
+    assert_eq!(quick.stats().chat_requests(), 2);
+    gateway.shutdown().await;
+}
+
 /// The status of a GET to the gateway.
 async fn post_free_get(gateway: &GatewayHandle, path: &str) -> StatusCode {
     let client = holysheep_testkit::http_client();
