@@ -22,7 +22,9 @@ use tokio::time::Instant;
 ///   [`ServerError`](holysheep_core::error::AnswerClass::ServerError).
 /// - When the cool-down ends, **one trial request** goes to it. A good answer puts it back in
 ///   rotation; a failure ejects it again for twice as long as last time, up to
-///   [`max_ejection`](Self::max_ejection).
+///   [`max_ejection`](Self::max_ejection). Requests sent before the ejection that fail after it
+///   change nothing: fifty requests in flight to a deployment that dies cost one ejection, not
+///   fifty doublings.
 /// - An answer that says when to come back — `Retry-After` on a `429` or `503`, or
 ///   `x-ratelimit-remaining-requests: 0` / `x-ratelimit-remaining-tokens: 0` with its
 ///   `x-ratelimit-reset-*` — **rests** the deployment that long at once (at most
@@ -139,8 +141,11 @@ pub(crate) enum Availability {
 pub(crate) enum Verdict {
     /// It answered (well, or with a rejection of the request).
     Healthy,
-    /// A failure that counts towards ejection.
+    /// A failure that counts towards ejection. While the deployment is ejected (a request
+    /// sent before the ejection, failing after it), it changes nothing.
     Failed,
+    /// The trial request after a cool-down failed: ejected again, for longer.
+    TrialFailed,
     /// It asked to be left alone this long.
     Rest(Duration),
 }
@@ -222,7 +227,8 @@ impl Health {
                 self.ejected = false;
                 self.trial_since = None;
             }
-            Verdict::Failed => {
+            Verdict::Failed if self.ejected => {}
+            Verdict::Failed | Verdict::TrialFailed => {
                 self.failures += 1;
                 if self.ejected || self.failures >= config.consecutive_failures {
                     self.ejections = self.ejections.saturating_add(1);
@@ -356,15 +362,19 @@ mod tests {
         assert_eq!(h.availability(t1, &cfg), Availability::Trial);
         h.start_trial(t1);
         assert!(matches!(h.availability(t1, &cfg), Availability::Closed(_)));
-        // The trial fails: twice as long, then capped.
+        // A request sent before the ejection fails now: nothing changes.
         h.record(Verdict::Failed, t1, &cfg);
+        assert!(matches!(h.availability(t1, &cfg), Availability::Closed(_)));
+        assert_eq!(h.ejections, 1);
+        // The trial fails: twice as long, then capped.
+        h.record(Verdict::TrialFailed, t1, &cfg);
         assert_eq!(
             h.availability(t1, &cfg),
             Availability::Closed(t1 + Duration::from_secs(20))
         );
         let t2 = t1 + Duration::from_secs(20);
         h.start_trial(t2);
-        h.record(Verdict::Failed, t2, &cfg);
+        h.record(Verdict::TrialFailed, t2, &cfg);
         assert_eq!(
             h.availability(t2, &cfg),
             Availability::Closed(t2 + Duration::from_secs(35))
@@ -382,6 +392,22 @@ mod tests {
         assert_eq!(
             h.availability(t3, &cfg),
             Availability::Closed(t3 + Duration::from_secs(10))
+        );
+    }
+
+    #[test]
+    fn failures_in_flight_at_the_ejection_do_not_lengthen_the_cool_down() {
+        let cfg = config();
+        let mut h = Health::new();
+        let t0 = Instant::now();
+        // Fifty requests in flight to a deployment that dies: three eject it, the rest fail
+        // after the ejection.
+        for _ in 0..50 {
+            h.record(Verdict::Failed, t0, &cfg);
+        }
+        assert_eq!(
+            h.availability(t0, &cfg),
+            Availability::Closed(t0 + Duration::from_secs(10))
         );
     }
 

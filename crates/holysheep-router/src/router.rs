@@ -325,9 +325,12 @@ impl Shared {
         let mut last = None;
         while tried.len() < max {
             match self.pick(candidates, &tried, true) {
-                Ok((index, _trial)) => {
+                Ok((index, trial)) => {
                     tried.push(index);
-                    match self.attempt(index, parts, body.clone(), stream).await {
+                    match self
+                        .attempt(index, trial, parts, body.clone(), stream)
+                        .await
+                    {
                         Outcome::Final(result) => return Outcome::Final(result),
                         Outcome::Failover(result) => last = Some(result),
                     }
@@ -349,8 +352,19 @@ impl Shared {
     }
 
     /// One attempt on one deployment, with its verdict recorded.
-    async fn attempt(&self, index: usize, parts: &Parts, body: Bytes, stream: bool) -> Outcome {
+    async fn attempt(
+        &self,
+        index: usize,
+        trial: bool,
+        parts: &Parts,
+        body: Bytes,
+        stream: bool,
+    ) -> Outcome {
         let live = &self.deployments[index];
+        let failed = match trial {
+            true => Verdict::TrialFailed,
+            false => Verdict::Failed,
+        };
         let mut parts = parts.clone();
         // A fallback's body has another length than the one the caller declared.
         if parts.headers.contains_key(CONTENT_LENGTH) {
@@ -389,7 +403,7 @@ impl Shared {
                 let class = ErrorClass::of(&*error);
                 if matches!(class, ErrorClass::Connect | ErrorClass::Timeout) {
                     tracing::debug!(deployment = %live.name, %class, "attempt failed");
-                    live.health().record(Verdict::Failed, now, &self.health);
+                    live.health().record(failed, now, &self.health);
                     Outcome::Failover(Err(error))
                 } else if class == ErrorClass::Overload {
                     // Its own pool shed the request: nothing reached the upstream, which is
@@ -406,7 +420,7 @@ impl Shared {
                     let mut health = live.health();
                     match (class.is_transient(), rest) {
                         (true, Some(_)) => {}
-                        (true, None) => health.record(Verdict::Failed, now, &self.health),
+                        (true, None) => health.record(failed, now, &self.health),
                         (false, _) => health.record(Verdict::Healthy, now, &self.health),
                     }
                     if let Some(rest) = rest {
