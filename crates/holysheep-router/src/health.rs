@@ -22,9 +22,9 @@ use tokio::time::Instant;
 ///   [`ServerError`](holysheep_core::error::AnswerClass::ServerError).
 /// - When the cool-down ends, **one trial request** goes to it. A good answer puts it back in
 ///   rotation; a failure ejects it again for twice as long as last time, up to
-///   [`max_ejection`](Self::max_ejection). Requests sent before the ejection that fail after it
+///   [`max_ejection`](Self::max_ejection). Requests sent before the ejection that end after it
 ///   change nothing: fifty requests in flight to a deployment that dies cost one ejection, not
-///   fifty doublings.
+///   fifty doublings, and a late good answer does not cut the cool-down short.
 /// - An answer that says when to come back — `Retry-After` on a `429` or `503`, or
 ///   `x-ratelimit-remaining-requests: 0` / `x-ratelimit-remaining-tokens: 0` with its
 ///   `x-ratelimit-reset-*` — **rests** the deployment that long at once (at most
@@ -139,8 +139,11 @@ pub(crate) enum Availability {
 /// What one attempt said about its deployment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Verdict {
-    /// It answered (well, or with a rejection of the request).
+    /// It answered (well, or with a rejection of the request). While the deployment is ejected
+    /// (a request sent before the ejection), it changes nothing: only the trial brings it back.
     Healthy,
+    /// The trial request after a cool-down was answered: back in rotation.
+    TrialHealthy,
     /// A failure that counts towards ejection. While the deployment is ejected (a request
     /// sent before the ejection, failing after it), it changes nothing.
     Failed,
@@ -221,7 +224,8 @@ impl Health {
     /// Records what an attempt said.
     pub(crate) fn record(&mut self, verdict: Verdict, now: Instant, config: &HealthConfig) {
         match verdict {
-            Verdict::Healthy => {
+            Verdict::Healthy if self.ejected => {}
+            Verdict::Healthy | Verdict::TrialHealthy => {
                 self.failures = 0;
                 self.ejections = 0;
                 self.ejected = false;
@@ -383,7 +387,10 @@ mod tests {
         let t3 = t2 + Duration::from_secs(35);
         assert_eq!(h.availability(t3, &cfg), Availability::Trial);
         h.start_trial(t3);
+        // A late answer of a request sent before the ejection does not bring it back.
         h.record(Verdict::Healthy, t3, &cfg);
+        assert_eq!(h.state(t3), HealthState::Ejected);
+        h.record(Verdict::TrialHealthy, t3, &cfg);
         assert_eq!(h.availability(t3, &cfg), Availability::Open);
         assert_eq!(h.state(t3), HealthState::Healthy);
         for _ in 0..3 {

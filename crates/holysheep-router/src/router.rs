@@ -361,9 +361,9 @@ impl Shared {
         stream: bool,
     ) -> Outcome {
         let live = &self.deployments[index];
-        let failed = match trial {
-            true => Verdict::TrialFailed,
-            false => Verdict::Failed,
+        let (failed, healthy) = match trial {
+            true => (Verdict::TrialFailed, Verdict::TrialHealthy),
+            false => (Verdict::Failed, Verdict::Healthy),
         };
         let mut parts = parts.clone();
         // A fallback's body has another length than the one the caller declared.
@@ -421,7 +421,7 @@ impl Shared {
                     match (class.is_transient(), rest) {
                         (true, Some(_)) => {}
                         (true, None) => health.record(failed, now, &self.health),
-                        (false, _) => health.record(Verdict::Healthy, now, &self.health),
+                        (false, _) => health.record(healthy, now, &self.health),
                     }
                     if let Some(rest) = rest {
                         tracing::debug!(deployment = %live.name, ?rest, "upstream asked for a rest");
