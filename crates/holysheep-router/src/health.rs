@@ -222,16 +222,18 @@ impl Health {
     }
 
     /// Records what an attempt said.
-    pub(crate) fn record(&mut self, verdict: Verdict, now: Instant, config: &HealthConfig) {
+    /// Records what an attempt said; `true` when it ejected the deployment.
+    pub(crate) fn record(&mut self, verdict: Verdict, now: Instant, config: &HealthConfig) -> bool {
         match verdict {
-            Verdict::Healthy if self.ejected => {}
+            Verdict::Healthy if self.ejected => false,
             Verdict::Healthy | Verdict::TrialHealthy => {
                 self.failures = 0;
                 self.ejections = 0;
                 self.ejected = false;
                 self.trial_since = None;
+                false
             }
-            Verdict::Failed if self.ejected => {}
+            Verdict::Failed if self.ejected => false,
             Verdict::Failed | Verdict::TrialFailed => {
                 self.failures += 1;
                 if self.ejected || self.failures >= config.consecutive_failures {
@@ -241,11 +243,14 @@ impl Health {
                     self.trial_since = None;
                     let until = later(now, config.cool_down(self.ejections));
                     self.closed_until = Some(self.closed_until.map_or(until, |u| u.max(until)));
+                    return true;
                 }
+                false
             }
             Verdict::Rest(rest) => {
                 let until = later(now, rest.min(config.max_ejection));
                 self.closed_until = Some(self.closed_until.map_or(until, |u| u.max(until)));
+                false
             }
         }
     }
@@ -355,7 +360,10 @@ mod tests {
         h.record(Verdict::Failed, t0, &cfg);
         h.record(Verdict::Failed, t0, &cfg);
         assert_eq!(h.availability(t0, &cfg), Availability::Open);
-        h.record(Verdict::Failed, t0, &cfg);
+        assert!(
+            h.record(Verdict::Failed, t0, &cfg),
+            "the third failure ejects"
+        );
         assert_eq!(
             h.availability(t0, &cfg),
             Availability::Closed(t0 + Duration::from_secs(10))

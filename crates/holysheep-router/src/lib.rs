@@ -137,6 +137,13 @@
 //! extension and stores such an answer only when built with
 //! `CacheLayer::cache_fallbacks(true)`.
 //!
+//! # Metrics
+//!
+//! Through the `metrics` facade, beside [`FALLBACKS`]: [`ATTEMPTS`]
+//! (`holysheep_router_attempts_total{deployment,result}`, every attempt by the class of what it
+//! got) and [`EJECTIONS`] (`holysheep_router_ejections_total{deployment}`), with a warning in the
+//! log at each ejection. Deployment names are configured, so the labels stay few.
+//!
 //! # Time-to-first-byte failover
 //!
 //! With [`first_byte_timeout`](RouterBuilder::first_byte_timeout), a streamed request
@@ -157,7 +164,7 @@ pub use body::RouterBody;
 pub use deployment::{Deployment, DeploymentStatus};
 pub use health::{HealthConfig, HealthState};
 pub use router::{
-    BuildError, FALLBACKS, FirstByteTimeout, Router, RouterBuilder, RouterFuture,
-    SERVED_MODEL_HEADER,
+    ATTEMPTS, BuildError, EJECTIONS, FALLBACKS, FirstByteTimeout, Router, RouterBuilder,
+    RouterFuture, SERVED_MODEL_HEADER,
 };
 pub use upstream::{Upstream, UpstreamFuture};

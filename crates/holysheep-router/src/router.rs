@@ -34,6 +34,15 @@ pub const SERVED_MODEL_HEADER: &str = "x-holysheep-served-model";
 /// model that served).
 pub const FALLBACKS: &str = "holysheep_fallback_total";
 
+/// Counter: attempts the router sent, by `deployment` and `result`: the answer's
+/// [`AnswerClass`] (`success`, `rejected`, `overload`, `timeout`, `server_error`) or, without
+/// an answer, the error's [`ErrorClass`] (`connect`, `timeout`, `overload`, `deadline`,
+/// `other`).
+pub const ATTEMPTS: &str = "holysheep_router_attempts_total";
+
+/// Counter: ejections of a deployment, by `deployment`.
+pub const EJECTIONS: &str = "holysheep_router_ejections_total";
+
 /// Spreads requests over several [`Deployment`]s; see [the crate docs](crate).
 ///
 /// A `tower::Service<http::Request<B>>` for any body `B` (it is read into memory once, as the
@@ -398,12 +407,23 @@ impl Shared {
             }
         };
         let now = Instant::now();
+        let count = |result: &'static str| {
+            metrics::counter!(ATTEMPTS, "deployment" => live.name.clone(), "result" => result)
+                .increment(1);
+        };
+        let ejected = |ejected: bool| {
+            if ejected {
+                tracing::warn!(deployment = %live.name, "deployment ejected");
+                metrics::counter!(EJECTIONS, "deployment" => live.name.clone()).increment(1);
+            }
+        };
         match result {
             Err(error) => {
                 let class = ErrorClass::of(&*error);
+                count(class.as_str());
                 if matches!(class, ErrorClass::Connect | ErrorClass::Timeout) {
                     tracing::debug!(deployment = %live.name, %class, "attempt failed");
-                    live.health().record(failed, now, &self.health);
+                    ejected(live.health().record(failed, now, &self.health));
                     Outcome::Failover(Err(error))
                 } else if class == ErrorClass::Overload {
                     // Its own pool shed the request: nothing reached the upstream, which is
@@ -415,13 +435,14 @@ impl Shared {
             }
             Ok((res, first)) => {
                 let class = AnswerClass::of(res.status(), res.headers());
+                count(class.as_str());
                 let rest = rest_of(res.status(), res.headers(), self.health.get_default_rest());
                 {
                     let mut health = live.health();
                     match (class.is_transient(), rest) {
                         (true, Some(_)) => {}
-                        (true, None) => health.record(failed, now, &self.health),
-                        (false, _) => health.record(healthy, now, &self.health),
+                        (true, None) => ejected(health.record(failed, now, &self.health)),
+                        (false, _) => ejected(health.record(healthy, now, &self.health)),
                     }
                     if let Some(rest) = rest {
                         tracing::debug!(deployment = %live.name, ?rest, "upstream asked for a rest");

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use common::{ask, chats, deployment, mock};
 use holysheep_core::signal::Fallback;
-use holysheep_router::{Deployment, FALLBACKS, Router, SERVED_MODEL_HEADER};
+use holysheep_router::{ATTEMPTS, Deployment, EJECTIONS, FALLBACKS, Router, SERVED_MODEL_HEADER};
 use holysheep_testkit::{
     MockConfig, Reply, UPSTREAM_KEY, chat_body, chat_request, expected_content, sse_chunks,
     start_mock, stream_body, upstream_builder,
@@ -29,34 +29,43 @@ fn snapshotter() -> &'static Snapshotter {
     })
 }
 
-/// `holysheep_fallback_total{from,to}` so far. A snapshot drains the debugging recorder's
-/// counters, so every snapshot of any test is added up here.
-fn fallbacks_counted(from: &str, to: &str) -> u64 {
-    static SEEN: Mutex<Vec<((String, String), u64)>> = Mutex::new(Vec::new());
+/// The counter `name` so far, summed over the series that carry every label of `labels`. A
+/// snapshot drains the debugging recorder's counters, so every snapshot of any test is added up
+/// here.
+fn counted(name: &str, labels: &[(&str, &str)]) -> u64 {
+    type Series = (String, Vec<(String, String)>);
+    static SEEN: Mutex<Vec<(Series, u64)>> = Mutex::new(Vec::new());
     let mut seen = SEEN.lock().unwrap();
     for (key, _, _, value) in snapshotter().snapshot().into_vec() {
-        if key.key().name() != FALLBACKS {
-            continue;
-        }
-        let label = |name: &str| {
-            key.key()
-                .labels()
-                .find(|l| l.key() == name)
-                .map(|l| l.value().to_owned())
-                .unwrap_or_default()
-        };
-        let pair = (label("from"), label("to"));
         let DebugValue::Counter(n) = value else {
             continue;
         };
-        match seen.iter_mut().find(|(p, _)| *p == pair) {
+        let series: Series = (
+            key.key().name().to_owned(),
+            key.key()
+                .labels()
+                .map(|l| (l.key().to_owned(), l.value().to_owned()))
+                .collect(),
+        );
+        match seen.iter_mut().find(|(s, _)| *s == series) {
             Some((_, total)) => *total += n,
-            None => seen.push((pair, n)),
+            None => seen.push((series, n)),
         }
     }
     seen.iter()
-        .find(|((f, t), _)| f == from && t == to)
-        .map_or(0, |(_, n)| *n)
+        .filter(|((n, series), _)| {
+            n == name
+                && labels
+                    .iter()
+                    .all(|(k, v)| series.iter().any(|(sk, sv)| sk == k && sv == v))
+        })
+        .map(|(_, total)| total)
+        .sum()
+}
+
+/// `holysheep_fallback_total{from,to}` so far.
+fn fallbacks_counted(from: &str, to: &str) -> u64 {
+    counted(FALLBACKS, &[("from", from), ("to", to)])
 }
 
 #[tokio::test]
@@ -65,8 +74,8 @@ async fn a_failing_model_falls_back_and_the_answer_says_which_model_served() {
     let failing = start_mock(MockConfig::default().api_key(UPSTREAM_KEY).error_rate(1.0)).await;
     let cheap = mock(Duration::ZERO).await;
     let router = Router::builder()
-        .deployment(deployment("gpt", &failing).models(["gpt-4.1"]))
-        .deployment(deployment("deepseek", &cheap).models(["deepseek-v3.2"]))
+        .deployment(deployment("gpt-first", &failing).models(["gpt-4.1"]))
+        .deployment(deployment("deepseek-first", &cheap).models(["deepseek-v3.2"]))
         .fallback("gpt-4.1", ["deepseek-v3.2"])
         .build()
         .unwrap();
@@ -100,6 +109,50 @@ async fn a_failing_model_falls_back_and_the_answer_says_which_model_served() {
     );
     assert_eq!(failing.stats().requests(), 1);
     assert_eq!(fallbacks_counted("gpt-4.1", "deepseek-v3.2"), 1);
+    // Each attempt is counted by deployment and by what it got.
+    assert_eq!(counted(ATTEMPTS, &[("deployment", "gpt-first")]), 1);
+    assert_eq!(
+        counted(
+            ATTEMPTS,
+            &[("deployment", "deepseek-first"), ("result", "success")]
+        ),
+        1
+    );
+}
+
+#[tokio::test]
+async fn ejections_are_counted_by_deployment() {
+    snapshotter();
+    let flaky = mock(Duration::ZERO).await;
+    let steady = mock(Duration::ZERO).await;
+    let router = Router::builder()
+        // Drawn twice, so tried first, nearly every time.
+        .deployment(deployment("flaky-one", &flaky).weight(100))
+        .deployment(deployment("steady-one", &steady))
+        .health(
+            holysheep_router::HealthConfig::default()
+                .consecutive_failures(2)
+                .base_ejection(Duration::from_secs(60)),
+        )
+        .build()
+        .unwrap();
+    flaky.fail_next(2, StatusCode::BAD_GATEWAY);
+    for i in 0..6 {
+        let reply = ask(&router, &chat_body("gpt-4.1", &format!("{i}")))
+            .await
+            .unwrap();
+        assert_eq!(reply.status, StatusCode::OK);
+    }
+    assert_eq!(flaky.stats().requests(), 2, "out after two 502s");
+    assert_eq!(counted(EJECTIONS, &[("deployment", "flaky-one")]), 1);
+    assert_eq!(
+        counted(
+            ATTEMPTS,
+            &[("deployment", "flaky-one"), ("result", "server_error")]
+        ),
+        2
+    );
+    assert_eq!(counted(EJECTIONS, &[("deployment", "steady-one")]), 0);
 }
 
 #[tokio::test]
