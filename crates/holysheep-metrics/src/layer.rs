@@ -26,6 +26,11 @@ use crate::service::Metrics;
 /// first. So configure the layer completely before building from it; a setter called after the
 /// state exists changes nothing of it (and logs a warning). For independent state, start from
 /// another `MetricsLayer::new`.
+///
+/// The shared state also keeps each model's request and token series as metric handles,
+/// resolved with the recorder at the series' first request (so a request records without
+/// building a label set): **install the recorder before the first request**. A recorder
+/// installed later sees only series that start after it.
 #[derive(Clone)]
 pub struct MetricsLayer {
     config: Config,

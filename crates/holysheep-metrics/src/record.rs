@@ -10,7 +10,7 @@ use holysheep_core::signal::{Attempts, CacheOutcome, Namespace, RequestModel, Se
 use holysheep_core::usage::Usage;
 use http::response::Parts;
 use http::{HeaderMap, Request, StatusCode};
-use metrics::{SharedString, counter, gauge, histogram};
+use metrics::{Counter, Histogram, SharedString, counter, gauge, histogram};
 use tokio::time::Instant;
 use tracing::Span;
 
@@ -157,6 +157,48 @@ pub(crate) struct ModelSlot {
     price: Option<ModelPrice>,
     // Per (tenant label, spend): one remainder per series, so every series stays exact.
     carry: Mutex<HashMap<(SharedString, Spend), u64>>,
+    /// This model's request series, resolved once per (status, cache, outcome).
+    requests: Handles<(&'static str, &'static str, &'static str), RequestSeries>,
+    /// Its token counters, once per (metric, kind, hit or miss).
+    tokens: Handles<(&'static str, Option<&'static str>, &'static str), Counter>,
+}
+
+/// The handles of one request series: recorded through them, a request builds no label set.
+#[derive(Clone)]
+struct RequestSeries {
+    requests: Counter,
+    duration: Histogram,
+    first_byte: Histogram,
+}
+
+/// Metric handles resolved once per label set (the first request of a series registers it with
+/// the recorder; the next ones only increment). Bounded: past [`Handles::MAX`] sets, handles are
+/// resolved per request again. Handles belong to the recorder in place when they were
+/// resolved, so the recorder must be installed before the first request.
+struct Handles<K, H> {
+    known: Mutex<Vec<(K, H)>>,
+}
+
+impl<K: PartialEq + Copy, H: Clone> Handles<K, H> {
+    const MAX: usize = 64;
+
+    fn new() -> Self {
+        Self {
+            known: Mutex::new(Vec::new()),
+        }
+    }
+
+    fn get(&self, key: K, resolve: impl FnOnce() -> H) -> H {
+        let mut known = self.known.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some((_, handle)) = known.iter().find(|(k, _)| *k == key) {
+            return handle.clone();
+        }
+        let handle = resolve();
+        if known.len() < Self::MAX {
+            known.push((key, handle.clone()));
+        }
+        handle
+    }
 }
 
 impl ModelSlot {
@@ -165,6 +207,39 @@ impl ModelSlot {
             label,
             price,
             carry: Mutex::default(),
+            requests: Handles::new(),
+            tokens: Handles::new(),
+        })
+    }
+
+    fn request_series(
+        &self,
+        status: &'static str,
+        cache: &'static str,
+        outcome: &'static str,
+    ) -> RequestSeries {
+        self.requests.get((status, cache, outcome), || {
+            let model = self.label.clone();
+            RequestSeries {
+                requests: counter!(names::REQUESTS, "model" => model.clone(), "status" => status, "cache" => cache, "outcome" => outcome),
+                duration: histogram!(names::REQUEST_DURATION, "model" => model.clone(), "status" => status, "cache" => cache, "outcome" => outcome),
+                first_byte: histogram!(names::TIME_TO_FIRST_BYTE, "model" => model, "status" => status, "cache" => cache),
+            }
+        })
+    }
+
+    fn token_counter(
+        &self,
+        name: &'static str,
+        kind: Option<&'static str>,
+        hit: &'static str,
+    ) -> Counter {
+        self.tokens.get((name, kind, hit), || {
+            let model = self.label.clone();
+            match kind {
+                Some(kind) => counter!(name, "model" => model, "kind" => kind, "cache" => hit),
+                None => counter!(name, "model" => model, "cache" => hit),
+            }
         })
     }
 
@@ -407,12 +482,12 @@ impl Tracker {
         let status = self.status;
         let duration = end.duration_since(self.start).as_secs_f64();
 
-        counter!(names::REQUESTS, "model" => model.clone(), "status" => status, "cache" => cache, "outcome" => outcome.as_str())
-            .increment(1);
-        histogram!(names::REQUEST_DURATION, "model" => model.clone(), "status" => status, "cache" => cache, "outcome" => outcome.as_str())
-            .record(duration);
+        let series = slot.request_series(status, cache, outcome.as_str());
+        series.requests.increment(1);
+        series.duration.record(duration);
         if let Some(first) = self.first_byte {
-            histogram!(names::TIME_TO_FIRST_BYTE, "model" => model.clone(), "status" => status, "cache" => cache)
+            series
+                .first_byte
                 .record(first.duration_since(self.start).as_secs_f64());
         }
         if let Some(attempts) = self.attempts {
@@ -436,15 +511,7 @@ impl Tracker {
             let hit = if spend.is_saved() { "hit" } else { "miss" };
             let tokens = |name: &'static str, kind: Option<&'static str>, n: u64| {
                 if n > 0 {
-                    match kind {
-                        Some(kind) => {
-                            counter!(name, "model" => model.clone(), "kind" => kind, "cache" => hit)
-                                .increment(n)
-                        }
-                        None => {
-                            counter!(name, "model" => model.clone(), "cache" => hit).increment(n)
-                        }
-                    }
+                    slot.token_counter(name, kind, hit).increment(n);
                 }
             };
             tokens(names::TOKENS, Some("prompt"), usage.prompt_tokens);
