@@ -13,6 +13,7 @@
 //! | [`pool_limit`] | `holysheep-pool-limit` | `PoolLimitLayer`: bounded in-flight calls, shedding |
 //! | [`metrics`] | `holysheep-metrics` | `MetricsLayer`: latency, tokens, dollars, savings, spans |
 //! | [`usage`] | `holysheep-usage` | `IncludeUsageLayer`: usage for every stream, hidden from clients that did not ask |
+//! | [`router`] | `holysheep-router` | `Router`: several deployments, P2C over Peak-EWMA, ejection, model fallbacks (feature `router`) |
 //! | [`core`] | `holysheep-core` | wire types, SSE parser, error vocabulary and answers, prices, signals |
 //!
 //! # Example
@@ -95,6 +96,10 @@ pub use holysheep_usage as usage;
 #[cfg(feature = "mock")]
 #[cfg_attr(docsrs, doc(cfg(feature = "mock")))]
 pub use holysheep_mock as mock;
+
+#[cfg(feature = "router")]
+#[cfg_attr(docsrs, doc(cfg(feature = "router")))]
+pub use holysheep_router as router;
 
 #[cfg(feature = "stack")]
 mod stack;

@@ -9,17 +9,23 @@ use tower::{Layer, Service};
 use crate::cache::{Cache, CacheLayer, MemoryStore};
 use crate::client::{self, HolySheepClient};
 use crate::metrics::{AttemptTrace, AttemptTraceLayer, Metrics, MetricsLayer};
-use crate::pool_limit::{PoolLimit, PoolLimitHandle, PoolLimitLayer};
+use crate::pool_limit::{PoolLimitHandle, PoolLimitLayer};
 use crate::retry::{Retry, RetryLayer};
 #[cfg(feature = "semantic")]
 use crate::semantic::{SemanticCache, SemanticCacheLayer};
 use crate::usage::{IncludeUsage, IncludeUsageLayer};
 
+/// The service at the bottom: the pooled client, or with the `router` feature, the client or a
+/// router over several deployments.
+#[cfg(not(feature = "router"))]
+type Bottom = crate::pool_limit::PoolLimit<HolySheepClient>;
+#[cfg(feature = "router")]
+type Bottom = crate::router::Upstream;
+
 #[cfg(not(feature = "semantic"))]
-type Inner = IncludeUsage<Metrics<Cache<Retry<AttemptTrace<PoolLimit<HolySheepClient>>>>>>;
+type Inner = IncludeUsage<Metrics<Cache<Retry<AttemptTrace<Bottom>>>>>;
 #[cfg(feature = "semantic")]
-type Inner =
-    IncludeUsage<Metrics<Cache<SemanticCache<Retry<AttemptTrace<PoolLimit<HolySheepClient>>>>>>>;
+type Inner = IncludeUsage<Metrics<Cache<SemanticCache<Retry<AttemptTrace<Bottom>>>>>>;
 
 /// The recommended stack, outermost first:
 ///
@@ -38,6 +44,9 @@ type Inner =
 ///   semantic cache answers from the exact cache's own entries.
 /// - `AttemptTraceLayer` opens one child span per upstream attempt, below the retries; above
 ///   the pool limit, so the span shows the wait for a slot.
+/// - With the `router` feature and [`StackBuilder::router`], a `Router` takes the place of the
+///   pool limit and the client: each of its deployments has its own client and pool limit, and
+///   the retries above spend their one budget on whichever deployment each attempt reaches.
 /// - Each attempt takes its own pool slot and a backoff sleep holds none.
 ///
 /// Build it with [`Stack::builder`]. The builder wires the settings that span layers, so no
@@ -89,6 +98,8 @@ pub struct Stack {
     inner: Inner,
     client: HolySheepClient,
     pool: PoolLimitHandle,
+    #[cfg(feature = "router")]
+    router: Option<crate::router::Router>,
 }
 
 impl Stack {
@@ -106,6 +117,15 @@ impl Stack {
     /// The pool limit's counters (in flight, queued, shed).
     pub fn pool_limit(&self) -> &PoolLimitHandle {
         &self.pool
+    }
+
+    /// The router at the bottom, when the stack was built with one
+    /// ([`StackBuilder::router`]); then [`client`](Self::client) and
+    /// [`pool_limit`](Self::pool_limit) are not on the path of requests.
+    #[cfg(feature = "router")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "router")))]
+    pub fn router(&self) -> Option<&crate::router::Router> {
+        self.router.as_ref()
     }
 }
 
@@ -146,6 +166,8 @@ pub struct StackBuilder {
     #[cfg(feature = "semantic")]
     semantic: Option<SemanticCacheLayer>,
     usage: IncludeUsageLayer,
+    #[cfg(feature = "router")]
+    router: Option<crate::router::Router>,
 }
 
 impl Default for StackBuilder {
@@ -170,6 +192,8 @@ impl StackBuilder {
             #[cfg(feature = "semantic")]
             semantic: None,
             usage: IncludeUsageLayer::new(),
+            #[cfg(feature = "router")]
+            router: None,
         }
     }
 
@@ -217,6 +241,31 @@ impl StackBuilder {
         self
     }
 
+    /// Several deployments instead of one upstream: the router takes the place of the pool
+    /// limit and the client (default: none, the one [`client`](Self::client) behind the
+    /// [`pool_limit`](Self::pool_limit)). The cache hashes every deployment's base URL into its
+    /// keys, and spans name the first deployment as the server.
+    ///
+    /// ```
+    /// use holysheep::Stack;
+    /// use holysheep::router::{Deployment, Router};
+    ///
+    /// let router = Router::builder()
+    ///     .deployment(Deployment::new("https://api.holysheep.ai/v1", "sk-team-a").name("a"))
+    ///     .deployment(Deployment::new("https://api.holysheep.ai/v1", "sk-team-b").name("b"))
+    ///     .fallback("gpt-4.1", ["deepseek-v3.2"])
+    ///     .build()?;
+    /// let stack = Stack::builder().router(router).build()?;
+    /// assert_eq!(stack.router().map(|r| r.status().len()), Some(2));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    #[cfg(feature = "router")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "router")))]
+    pub fn router(mut self, router: crate::router::Router) -> Self {
+        self.router = Some(router);
+        self
+    }
+
     /// The usage layer (default: [`IncludeUsageLayer::new`]).
     pub fn include_usage(mut self, usage: IncludeUsageLayer) -> Self {
         self.usage = usage;
@@ -230,12 +279,25 @@ impl StackBuilder {
             .client
             .pool_max_idle_per_host(self.pool_limit.limits().1)
             .build()?;
+        #[cfg(not(feature = "router"))]
+        let (upstream, base) = (client.base_url().to_string(), client.base_url());
+        #[cfg(feature = "router")]
+        let (upstream, base) = match &self.router {
+            None => (client.base_url().to_string(), client.base_url()),
+            Some(router) => {
+                let urls = router.base_urls();
+                let joined: Vec<String> = urls.iter().map(ToString::to_string).collect();
+                (
+                    format!("router {}", joined.join(" ")),
+                    urls.first().copied().unwrap_or(client.base_url()),
+                )
+            }
+        };
         let cache = self
             .cache
             .unwrap_or_else(|| CacheLayer::new(MemoryStore::new(Self::DEFAULT_MEMORY_CACHE_BYTES)))
-            .upstream(client.base_url().to_string());
+            .upstream(upstream);
         let pool = self.pool_limit.handle();
-        let base = client.base_url();
         let (host, port) = (
             base.host().unwrap_or_default().to_owned(),
             base.port_u16().or(match base.scheme_str() {
@@ -246,9 +308,13 @@ impl StackBuilder {
         );
         let attempts = AttemptTraceLayer::new().server(host.as_str(), port);
         let metrics = self.metrics.server(host, port);
-        let below = self
-            .retry
-            .layer(attempts.layer(self.pool_limit.layer(client.clone())));
+        let bottom = self.pool_limit.layer(client.clone());
+        #[cfg(feature = "router")]
+        let bottom = match &self.router {
+            None => crate::router::Upstream::One(bottom),
+            Some(router) => crate::router::Upstream::Routed(router.clone()),
+        };
+        let below = self.retry.layer(attempts.layer(bottom));
         #[cfg(feature = "semantic")]
         let below = self
             .semantic
@@ -259,6 +325,8 @@ impl StackBuilder {
             inner,
             client,
             pool,
+            #[cfg(feature = "router")]
+            router: self.router,
         })
     }
 }

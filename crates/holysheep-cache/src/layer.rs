@@ -72,6 +72,7 @@ impl CacheLayer {
                 upstream: Arc::from(Self::DEFAULT_UPSTREAM),
                 coalesce: true,
                 cache_streams: true,
+                cache_fallbacks: false,
                 read_ahead: Self::DEFAULT_READ_AHEAD_BYTES,
                 finish_timeout: Self::DEFAULT_FINISH_TIMEOUT,
                 finish_max_bytes: Self::DEFAULT_FINISH_MAX_BYTES,
@@ -132,6 +133,18 @@ impl CacheLayer {
     /// Whether streamed (SSE) answers are stored. Default: on. Off, streams still coalesce.
     pub fn cache_streams(mut self, on: bool) -> Self {
         self.settings.cache_streams = on;
+        self
+    }
+
+    /// Whether an answer that another model served stores under the key of the model asked
+    /// for. Default: off. A router (`holysheep-router`) marks such an answer with the
+    /// [`Fallback`](holysheep_core::signal::Fallback) response extension; off, it is passed on
+    /// unstored, with `Cache-Status: holysheep; fwd=miss; detail=fallback`, so the next request
+    /// for the model asked for tries that model again. On, a hit of such an entry says which
+    /// model served it in the answer's own `model` field (an entry keeps the body, not the
+    /// router's `x-holysheep-served-model` header).
+    pub fn cache_fallbacks(mut self, on: bool) -> Self {
+        self.settings.cache_fallbacks = on;
         self
     }
 

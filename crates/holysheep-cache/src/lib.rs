@@ -141,6 +141,7 @@
 //! | `no-cache` / `max-age=0` | `holysheep; fwd=request` (`; stored`) | `MISS` | `Miss` |
 //! | entry older than `max-age=N` | `holysheep; fwd=stale` (`; stored`) | `MISS` | `Miss` |
 //! | upstream answered non-200 | `holysheep; fwd=miss; fwd-status=429` | `MISS` | `Miss` |
+//! | answered by a router's fallback model, not stored ([`CacheLayer::cache_fallbacks`] off, the default) | `holysheep; fwd=miss; detail=fallback` | `MISS` | `Miss` |
 //! | `no-store`, not cacheable | `holysheep; fwd=bypass` | `BYPASS` | `Bypass` |
 //! | not `POST` | `holysheep; fwd=method` | `BYPASS` | `Bypass` |
 //!

@@ -6,7 +6,7 @@ use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use holysheep_core::BoxError;
-use holysheep_core::signal::{CacheOutcome, Namespace, PoolSlot, RequestModel};
+use holysheep_core::signal::{CacheOutcome, Fallback, Namespace, PoolSlot, RequestModel};
 use http::header::{AGE, CONTENT_TYPE};
 use http::request::Parts;
 use http::{HeaderName, HeaderValue, Method, Request, Response, StatusCode};
@@ -527,10 +527,16 @@ where
             return Ok(res);
         }
     }
+    // An answer from another model than the one asked for (a router's fallback) is not what
+    // this key promises: stored only when configured to be.
+    let skip_fallback =
+        head.extensions.get::<Fallback>().is_some() && !shared.settings.cache_fallbacks;
     let plan = control
         .ttl(shared.settings.ttl)
         .filter(|_| matches!(origin, Origin::Upstream(_)))
-        .filter(|_| ok && !inner_hit && (!is_sse || shared.settings.cache_streams))
+        .filter(|_| {
+            ok && !inner_hit && !skip_fallback && (!is_sse || shared.settings.cache_streams)
+        })
         .map(|ttl| Plan { ttl });
     let default_type = if ok && is_sse { EVENT_STREAM } else { JSON };
     let recorder = Recorder::new(
@@ -558,6 +564,13 @@ where
         recording.prefetch(shared.settings.max_entry_bytes).await?
     };
     let (outcome, status) = origin.status(head.status, stored);
+    let status = match (skip_fallback && ok, origin) {
+        (true, Origin::Upstream(fwd)) => {
+            HeaderValue::from_str(&format!("holysheep; fwd={}; detail=fallback", fwd.as_str()))
+                .unwrap_or(status)
+        }
+        _ => status,
+    };
     let mut res = Response::from_parts(head, recording.into_body());
     if !inner_hit {
         mark(&mut res, outcome, status, model);

@@ -21,6 +21,7 @@ pub(crate) struct Settings {
     pub(crate) upstream: Arc<str>,
     pub(crate) coalesce: bool,
     pub(crate) cache_streams: bool,
+    pub(crate) cache_fallbacks: bool,
     pub(crate) read_ahead: usize,
     pub(crate) finish_timeout: Duration,
     pub(crate) finish_max_bytes: usize,

@@ -5,6 +5,8 @@
 //! of [`RequestModel`]) on responses; `SemanticCacheLayer` puts [`SemanticHit`] beside
 //! `CacheOutcome::Hit` on its hits; `RetryLayer` puts [`Attempts`] on responses; `MetricsLayer`
 //! reads them all. `PoolLimitLayer` puts [`PoolSlot`] on responses, which `CacheLayer` reads.
+//! `holysheep-router` puts [`Fallback`] on answers a fallback model served, which `CacheLayer`
+//! reads.
 
 use std::sync::Arc;
 
@@ -87,6 +89,18 @@ impl RequestModel {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+}
+
+/// A request answered by another model than the one it asked for: a response extension set by
+/// `holysheep-router` when a model's fallback served it (the answer's own `model` field says
+/// what the upstream gave). `CacheLayer` does not store such an answer under the asked model's
+/// key unless told to (`CacheLayer::cache_fallbacks`); `MetricsLayer` may label by it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Fallback {
+    /// The model the client asked for.
+    pub from: Arc<str>,
+    /// The model that served it.
+    pub to: Arc<str>,
 }
 
 /// The tenant a request belongs to. A request extension set by the gateway (one per client key);

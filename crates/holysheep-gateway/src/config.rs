@@ -314,6 +314,28 @@ section! {
     }
 }
 
+section! {
+    /// `[router]`: balancing and health of the `[[deployments]]` (see `src/deployments.rs`).
+    pub struct RouterSettings {
+        /// Failures in a row (connect errors, timeouts, 5xx, 429) that take a deployment out of
+        /// rotation [default: 5]
+        #[arg(long = "router-eject-after-failures", env = "HOLYSHEEP_ROUTER_EJECT_AFTER_FAILURES", value_name = "N")]
+        eject_after_failures: u32,
+        /// First cool-down of a deployment taken out, in ms; doubles on each failed trial
+        /// request [default: 10000]
+        #[arg(long = "router-ejection-ms", env = "HOLYSHEEP_ROUTER_EJECTION_MS", value_name = "MS")]
+        ejection_ms: u64,
+        /// For a stream, the longest wait for its first byte before the next deployment is
+        /// tried, in ms (0: no bound) [default: 0]
+        #[arg(long = "router-first-byte-timeout-ms", env = "HOLYSHEEP_ROUTER_FIRST_BYTE_TIMEOUT_MS", value_name = "MS")]
+        first_byte_timeout_ms: u64,
+        /// Cache answers a fallback model served under the key of the model asked for
+        /// [default: false]
+        #[arg(long = "cache-fallbacks", env = "HOLYSHEEP_CACHE_FALLBACKS", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+        cache_fallbacks: bool,
+    }
+}
+
 /// Every setting, by TOML section. Flags and environment variables fill the same structure.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize, Args)]
 #[serde(deny_unknown_fields)]
@@ -350,6 +372,18 @@ pub struct Settings {
     #[command(flatten, next_help_heading = "Tracing")]
     #[serde(default)]
     pub tracing: TracingSettings,
+    /// `[router]`.
+    #[command(flatten, next_help_heading = "Router")]
+    #[serde(default)]
+    pub router: RouterSettings,
+    /// `[[deployments]]`: several upstreams (file only).
+    #[arg(skip)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub deployments: Vec<crate::deployments::DeploymentSettings>,
+    /// `[fallbacks]`: model to the models tried after it (file only).
+    #[arg(skip)]
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub fallbacks: std::collections::BTreeMap<String, Vec<String>>,
 }
 
 impl Settings {
@@ -364,6 +398,15 @@ impl Settings {
             semantic: self.semantic.or(lower.semantic),
             metrics: self.metrics.or(lower.metrics),
             tracing: self.tracing.or(lower.tracing),
+            router: self.router.or(lower.router),
+            deployments: match self.deployments.is_empty() {
+                true => lower.deployments,
+                false => self.deployments,
+            },
+            fallbacks: match self.fallbacks.is_empty() {
+                true => lower.fallbacks,
+                false => self.fallbacks,
+            },
         }
     }
 
@@ -397,7 +440,7 @@ impl Settings {
     /// default. Secrets are never part of the settings.
     pub fn to_toml(&self) -> String {
         let set: toml::Table = toml::Table::try_from(self).unwrap_or_default();
-        let sections: [(&str, &[&str]); 8] = [
+        let sections: [(&str, &[&str]); 9] = [
             ("server", ServerSettings::KEYS),
             ("client", ClientSettings::KEYS),
             ("pool", PoolSettings::KEYS),
@@ -406,6 +449,7 @@ impl Settings {
             ("semantic", SemanticSettings::KEYS),
             ("metrics", MetricsSettings::KEYS),
             ("tracing", TracingSettings::KEYS),
+            ("router", RouterSettings::KEYS),
         ];
         let mut out = String::new();
         for (section, keys) in sections {
@@ -422,6 +466,7 @@ impl Settings {
             }
             out.push('\n');
         }
+        out.push_str(&crate::deployments::to_toml(self));
         out
     }
 }
@@ -525,6 +570,13 @@ impl fmt::Display for ConfigError {
 }
 
 impl std::error::Error for ConfigError {}
+
+impl ConfigError {
+    /// An error with this message.
+    pub(crate) fn new(message: String) -> Self {
+        Self(message)
+    }
+}
 
 impl Config {
     /// A gateway in front of `base_url` with the upstream key `api_key`, listening on a free
@@ -730,6 +782,7 @@ impl Config {
                     .into(),
             ));
         }
+        crate::deployments::validate(s)?;
         let listen = self.listen();
         if self.gateway_keys.is_empty() && !listen.ip().is_loopback() {
             return Err(ConfigError(format!(
@@ -788,6 +841,10 @@ pub fn range_of(key: &str) -> Option<RangeInclusive<u64>> {
         "semantic.embedding_timeout_ms" => 1..=HOUR_MS,
         "semantic.index_max_bytes" => 1..=1 << 40,
         "metrics.max_tenants" => 1..=MILLION,
+        "router.eject_after_failures" => 1..=1000,
+        "router.ejection_ms" => 1..=DAY_SECS * 1000,
+        // 0: no bound.
+        "router.first_byte_timeout_ms" => 0..=HOUR_MS,
         _ => return None,
     })
 }
@@ -858,6 +915,12 @@ pub fn default_of(key: &str) -> Option<String> {
         }
         "metrics.max_tenants" => holysheep::metrics::MetricsLayer::DEFAULT_MAX_TENANTS.to_string(),
         "tracing.otlp" => defaults::OTLP.to_string(),
+        "router.eject_after_failures" => {
+            holysheep::router::HealthConfig::DEFAULT_CONSECUTIVE_FAILURES.to_string()
+        }
+        "router.ejection_ms" => millis(holysheep::router::HealthConfig::DEFAULT_BASE_EJECTION),
+        "router.first_byte_timeout_ms" => "0".to_owned(),
+        "router.cache_fallbacks" => "false".to_owned(),
         _ => return None,
     })
 }

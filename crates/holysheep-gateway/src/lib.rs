@@ -48,6 +48,7 @@ mod auth;
 pub mod cli;
 pub mod config;
 mod conn;
+pub mod deployments;
 mod errors;
 mod logging;
 mod routes;

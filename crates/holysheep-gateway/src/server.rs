@@ -93,7 +93,14 @@ impl Gateway {
         let built = stack::build(&config, demo_url.as_deref(), api_key.as_deref())
             .await
             .map_err(|e: BoxError| StartError::new("cannot build the upstream stack", e))?;
-        let upstream = built.stack.client().base_url().to_string();
+        let upstream = match built.stack.router() {
+            // Several deployments: their base URLs, comma-separated.
+            Some(router) => (router.base_urls().iter())
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(","),
+            None => built.stack.client().base_url().to_string(),
+        };
 
         let listen = config.listen();
         let listener = TcpListener::bind(listen)
@@ -426,7 +433,9 @@ fn connection_cap(config: &Config) -> usize {
         .settings
         .pool
         .max_in_flight
-        .unwrap_or(holysheep::pool_limit::PoolLimitLayer::DEFAULT_TOTAL);
+        .unwrap_or(holysheep::pool_limit::PoolLimitLayer::DEFAULT_TOTAL)
+        // Each of the `[[deployments]]` has a pool of its own.
+        .saturating_mul(config.settings.deployments.len().max(1));
     // Upstream connections, Redis, the listener, logs, the mock in demo mode.
     let reserve = u64::try_from(max_in_flight)
         .unwrap_or(u64::MAX)

@@ -12,8 +12,9 @@ use holysheep::cache::{
 };
 use holysheep::client::{self, HolySheepClient};
 use holysheep::metrics::MetricsLayer;
-use holysheep::pool_limit::{PoolLimit, PoolLimitLayer};
+use holysheep::pool_limit::PoolLimitLayer;
 use holysheep::retry::RetryLayer;
+use holysheep::router::Upstream;
 use holysheep::semantic::{RedisFleet, SemanticCacheLayer};
 use holysheep::{Stack, StackBuilder};
 use holysheep_core::BoxError;
@@ -59,33 +60,37 @@ pub(crate) async fn build(
     let secs = |v: Option<u64>| v.map(Duration::from_secs);
     let millis = |v: Option<u64>| v.map(Duration::from_millis);
 
-    let mut client = HolySheepClient::builder();
+    // The `[client]` settings every client shares (each deployment's too).
+    let client_settings = || {
+        let mut client = HolySheepClient::builder();
+        client = set(
+            client,
+            secs(s.client.connect_timeout_secs),
+            client::Builder::connect_timeout,
+        );
+        client = set(
+            client,
+            secs(s.client.timeout_secs),
+            client::Builder::timeout,
+        );
+        client = set(
+            client,
+            secs(s.client.read_timeout_secs),
+            client::Builder::read_timeout,
+        );
+        set(
+            client,
+            secs(s.client.pool_idle_timeout_secs),
+            client::Builder::pool_idle_timeout,
+        )
+    };
+    let mut client = client_settings();
     client = set(
         client,
         base_url.or(s.client.base_url.as_deref()),
         client::Builder::base_url,
     );
     client = set(client, api_key, client::Builder::api_key);
-    client = set(
-        client,
-        secs(s.client.connect_timeout_secs),
-        client::Builder::connect_timeout,
-    );
-    client = set(
-        client,
-        secs(s.client.timeout_secs),
-        client::Builder::timeout,
-    );
-    client = set(
-        client,
-        secs(s.client.read_timeout_secs),
-        client::Builder::read_timeout,
-    );
-    client = set(
-        client,
-        secs(s.client.pool_idle_timeout_secs),
-        client::Builder::pool_idle_timeout,
-    );
 
     let mut retry = RetryLayer::new();
     retry = set(retry, s.retry.max_retries, RetryLayer::max_retries);
@@ -98,15 +103,20 @@ pub(crate) async fn build(
         RetryLayer::budget_ratio,
     );
 
-    let mut pool = PoolLimitLayer::default();
-    pool = set(pool, s.pool.max_in_flight, PoolLimitLayer::total);
-    pool = set(pool, s.pool.per_host, PoolLimitLayer::per_host);
-    pool = set(
-        pool,
-        millis(s.pool.queue_timeout_ms),
-        PoolLimitLayer::queue_timeout,
-    );
-    pool = set(pool, s.pool.queue_depth, PoolLimitLayer::max_queue);
+    // A new pool limit of the `[pool]` settings (each deployment has its own).
+    let pool_settings = || {
+        let mut pool = PoolLimitLayer::default();
+        pool = set(pool, s.pool.max_in_flight, PoolLimitLayer::total);
+        pool = set(pool, s.pool.per_host, PoolLimitLayer::per_host);
+        pool = set(
+            pool,
+            millis(s.pool.queue_timeout_ms),
+            PoolLimitLayer::queue_timeout,
+        );
+        set(pool, s.pool.queue_depth, PoolLimitLayer::max_queue)
+    };
+    let pool = pool_settings();
+    let router = crate::deployments::router(config, client_settings, pool_settings)?;
 
     let (store, shared_store, redis) = cache_store(&s.cache, &config.redis_urls()).await?;
     let mut cache = CacheLayer::with_store(store).max_body_bytes(config.body_limit());
@@ -123,6 +133,7 @@ pub(crate) async fn build(
     cache = set(cache, s.cache.key_scheme, |cache, scheme| {
         cache.key_policy(DefaultKeyPolicy::new().scheme(scheme))
     });
+    cache = set(cache, s.router.cache_fallbacks, CacheLayer::cache_fallbacks);
 
     // A clone shares the pool: the readiness probe takes its slots like any call.
     let probe_pool = pool.clone();
@@ -135,11 +146,19 @@ pub(crate) async fn build(
     if let Some(semantic) = semantic_cache(&s.semantic, &config.redis_urls(), s.cache.ttl_secs)? {
         builder = builder.semantic_cache(semantic);
     }
+    if let Some(router) = router {
+        builder = builder.router(router);
+    }
     let stack = builder.build()?;
+    // With deployments, `/readyz` asks through the router: ready when one of them answers.
+    let probe = match stack.router() {
+        Some(router) => Upstream::Routed(router.clone()),
+        None => Upstream::One(probe_pool.layer(stack.client().clone())),
+    };
     Ok(Built {
         readiness: Readiness {
             inner: Arc::new(Probes {
-                upstream: probe_pool.layer(stack.client().clone()),
+                upstream: probe,
                 store: shared_store,
                 timeout: config.ready_timeout(),
                 interval: config.ready_cache(),
@@ -292,7 +311,8 @@ fn metrics_renderer() -> Arc<dyn Fn() -> String + Send + Sync> {
 }
 
 /// The probes behind `/readyz`: the upstream, called through the pool limit like any call (so
-/// probes count against its caps and wait their turn), and the shared cache store when Redis is
+/// probes count against its caps and wait their turn) or, with `[[deployments]]`, through the
+/// router (ready when one deployment answers), and the shared cache store when Redis is
 /// configured, each within the readiness timeout.
 ///
 /// One probe runs per interval whatever the request rate: callers within the interval share
@@ -304,7 +324,7 @@ pub(crate) struct Readiness {
 }
 
 struct Probes {
-    upstream: PoolLimit<HolySheepClient>,
+    upstream: Upstream,
     store: Option<Arc<dyn CacheStore>>,
     timeout: Duration,
     interval: Duration,

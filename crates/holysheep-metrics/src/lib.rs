@@ -67,6 +67,9 @@
 //! | `holysheep_reasoning_tokens_total` | counter | `model`, `cache` | — |
 //! | `holysheep_cost_microusd_total` | counter | `model`, `tenant` | — |
 //! | `holysheep_cost_saved_microusd_total` | counter | `model`, `tenant`, `via` | — |
+//! | `holysheep_fallback_total` (set by `holysheep-router`) | counter | `from`, `to` | — |
+//! | `holysheep_router_attempts_total` (set by `holysheep-router`) | counter | `deployment`, `result` | — |
+//! | `holysheep_router_ejections_total` (set by `holysheep-router`) | counter | `deployment` | — |
 //!
 //! With [`genai_metrics`](MetricsLayer::genai_metrics), the OpenTelemetry GenAI client metrics
 //! are emitted too, under their own names: `gen_ai.client.token.usage` (histogram of billable

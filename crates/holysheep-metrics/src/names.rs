@@ -46,6 +46,10 @@ pub const COST: &str = "holysheep_cost_microusd_total";
 /// Counter: what cache hits and coalesced followers would have cost upstream, in micro-USD,
 /// by `model`, `tenant` and `via` (`exact`, `semantic`, `coalesced`).
 pub const COST_SAVED: &str = "holysheep_cost_saved_microusd_total";
+/// Counter: requests a fallback model served, by `from` (the model asked for) and `to` (the
+/// model that served). Set by `holysheep-router` (`holysheep_router::FALLBACKS`), not by
+/// `MetricsLayer`: the router alone sees which model answered.
+pub const FALLBACKS: &str = "holysheep_fallback_total";
 
 /// Histogram (`{token}`), OpenTelemetry GenAI name, emitted only with
 /// [`MetricsLayer::genai_metrics`](crate::MetricsLayer::genai_metrics): billable tokens per
@@ -141,6 +145,11 @@ pub fn describe() {
     describe_counter!(
         COST_SAVED,
         "What cache hits and coalesced requests would have cost upstream, in micro-USD, by model, tenant and via (exact, semantic, coalesced)."
+    );
+    describe_counter!(
+        FALLBACKS,
+        Unit::Count,
+        "Requests a fallback model served, by the model asked for (from) and the one that served (to)."
     );
     describe_histogram!(
         GENAI_TOKEN_USAGE,

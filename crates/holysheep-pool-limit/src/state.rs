@@ -20,7 +20,8 @@ use crate::error::Overloaded;
 
 /// Gauge (`metrics` facade): pool slots held by response bodies read for no caller (a caller
 /// went away and a layer above reads the answer on to store it); [`PoolLimitHandle::detached`]
-/// counts the same.
+/// counts the same for one pool. Each pool moves the gauge up and down by one, so several pools
+/// in a process (a router's deployments) add up.
 pub const DETACHED_SLOTS: &str = "holysheep_pool_detached_slots";
 
 /// A function that names the per-host bucket of a request; `None` selects the default bucket.
@@ -124,14 +125,15 @@ impl SlotPool for Shared {
     }
 
     fn set_detached(&self, detached: bool) {
-        let now = if detached {
-            self.detached.fetch_add(1, Ordering::Relaxed) + 1
+        // Moved by one, not set: several pools (one per deployment behind a router) add up in
+        // the one gauge.
+        if detached {
+            self.detached.fetch_add(1, Ordering::Relaxed);
+            metrics::gauge!(DETACHED_SLOTS).increment(1.0);
         } else {
-            self.detached
-                .fetch_sub(1, Ordering::Relaxed)
-                .saturating_sub(1)
-        };
-        metrics::gauge!(DETACHED_SLOTS).set(now as f64);
+            self.detached.fetch_sub(1, Ordering::Relaxed);
+            metrics::gauge!(DETACHED_SLOTS).decrement(1.0);
+        }
     }
 }
 

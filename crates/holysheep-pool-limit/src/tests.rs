@@ -767,14 +767,30 @@ async fn responses_carry_their_slot_and_detached_slots_are_counted() {
         .expect("the response says which slot it holds");
     assert!(!slot.is_contended());
 
+    // The debugging recorder's snapshot drains a gauge: each read is the change since the last.
     metrics::with_local_recorder(&recorder, || {
         let detached = slot.detach();
         assert_eq!(handle.detached(), 1);
         assert_eq!(gauge(), Some(DebugValue::Gauge(1.0.into())));
         drop(detached);
         assert_eq!(handle.detached(), 0);
-        assert_eq!(gauge(), Some(DebugValue::Gauge(0.0.into())));
+        assert_eq!(gauge(), Some(DebugValue::Gauge((-1.0).into())));
     });
+
+    // Two pools (two deployments behind a router) add up in the one gauge.
+    let other = PoolLimitLayer::new(1, 1);
+    let mut other_svc = other.layer(upstream());
+    let other_held = other_svc.call(to("b")).await.unwrap();
+    let other_slot = other_held.extensions().get::<PoolSlot>().cloned().unwrap();
+    metrics::with_local_recorder(&recorder, || {
+        let first = slot.detach();
+        let second = other_slot.detach();
+        assert_eq!(gauge(), Some(DebugValue::Gauge(2.0.into())));
+        drop(first);
+        assert_eq!(gauge(), Some(DebugValue::Gauge((-1.0).into())));
+        drop(second);
+    });
+    drop(other_held);
 
     let queued = tokio::spawn(svc.call(to("a")));
     tokio::task::yield_now().await;

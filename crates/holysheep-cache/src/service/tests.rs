@@ -203,6 +203,43 @@ async fn hit_after_miss() {
     assert_eq!(calls.load(Ordering::SeqCst), 2);
 }
 
+/// The inner answer of a router's fallback: another model served the request.
+fn fallback_response(text: &str) -> Response<TestBody> {
+    let mut res = json_response(StatusCode::OK, completion(text));
+    res.extensions_mut()
+        .insert(holysheep_core::signal::Fallback {
+            from: Arc::from("m"),
+            to: Arc::from("cheaper"),
+        });
+    res
+}
+
+#[tokio::test]
+async fn a_fallback_answer_is_not_stored_unless_configured() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let cache = layer().layer(counting(&calls, |_, _| fallback_response("from another")));
+    let first = send(&cache, request(&chat("hi"))).await;
+    assert_eq!(first.status, StatusCode::OK);
+    assert_eq!(first.x_cache, "MISS");
+    assert_eq!(first.cache_status, "holysheep; fwd=miss; detail=fallback");
+    settle(&cache).await;
+    assert_eq!(stored(&cache, &chat("hi")).await, None);
+    let second = send(&cache, request(&chat("hi"))).await;
+    assert_eq!(second.x_cache, "MISS");
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+
+    let calls = Arc::new(AtomicUsize::new(0));
+    let cache = layer()
+        .cache_fallbacks(true)
+        .layer(counting(&calls, |_, _| fallback_response("from another")));
+    let first = send(&cache, request(&chat("hi"))).await;
+    assert_eq!(first.cache_status, "holysheep; fwd=miss; stored");
+    settle(&cache).await;
+    let hit = send(&cache, request(&chat("hi"))).await;
+    assert_eq!(hit.x_cache, "HIT");
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+}
+
 #[tokio::test]
 async fn request_model_extension_wins() {
     let calls = Arc::new(AtomicUsize::new(0));
