@@ -11,6 +11,8 @@ use crate::usage::TenantUsage;
 #[derive(Debug, Clone)]
 pub(crate) enum Backend {
     Memory(Arc<MemoryBackend>),
+    #[cfg(feature = "redis")]
+    Redis(Arc<crate::redis::RedisBackend>),
 }
 
 impl Backend {
@@ -22,6 +24,8 @@ impl Backend {
     pub(crate) async fn check(&self, tenant: &Arc<str>, limits: &Limits, check: Check) -> Verdict {
         match self {
             Self::Memory(m) => m.check(tenant, limits, &check),
+            #[cfg(feature = "redis")]
+            Self::Redis(r) => r.check(tenant, limits, check).await,
         }
     }
 
@@ -30,12 +34,18 @@ impl Backend {
         &self,
         tenant: &Arc<str>,
         limits: &Limits,
+        local: bool,
         token_delta: i64,
         usd: f64,
         now_ms: f64,
     ) {
         match self {
-            Self::Memory(m) => m.settle(tenant, limits, token_delta, usd, now_ms),
+            Self::Memory(m) => {
+                let _ = local;
+                m.settle(tenant, limits, token_delta, usd, now_ms)
+            }
+            #[cfg(feature = "redis")]
+            Self::Redis(r) => r.settle(tenant, limits, local, token_delta, usd, now_ms),
         }
     }
 
@@ -48,6 +58,8 @@ impl Backend {
     ) -> TenantUsage {
         match self {
             Self::Memory(m) => m.usage(tenant, limits, now_ms),
+            #[cfg(feature = "redis")]
+            Self::Redis(r) => r.usage(tenant, limits, now_ms).await,
         }
     }
 }

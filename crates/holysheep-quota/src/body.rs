@@ -129,6 +129,8 @@ pub(crate) struct Settlement {
     pub(crate) tenant: Arc<str>,
     pub(crate) label: SharedString,
     pub(crate) limits: Limits,
+    /// The check was decided by this instance alone.
+    pub(crate) local: bool,
     pub(crate) reserved: u64,
     pub(crate) model: Option<Arc<str>>,
     pub(crate) capture: UsageCapture,
@@ -170,6 +172,7 @@ impl Drop for Settlement {
             self.shared.backend.settle(
                 &self.tenant,
                 &self.limits,
+                self.local,
                 delta,
                 usd,
                 self.shared.clock.now_ms(),

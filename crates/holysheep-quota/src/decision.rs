@@ -79,6 +79,8 @@ pub(crate) struct Verdict {
     pub(crate) retry_after_ms: f64,
     pub(crate) requests: Option<RateState>,
     pub(crate) tokens: Option<RateState>,
+    /// Decided by this instance alone (the shared store could not be reached): settled here too.
+    pub(crate) local: bool,
 }
 
 impl Verdict {

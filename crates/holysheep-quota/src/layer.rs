@@ -40,6 +40,18 @@ impl QuotaLayer {
         Self::with_backend(policy, Backend::memory())
     }
 
+    /// The tenants of `policy`, counted fleet-wide in Redis (see [`RedisQuota`] for what
+    /// happens when Redis cannot be reached).
+    ///
+    /// [`RedisQuota`]: crate::RedisQuota
+    #[cfg(feature = "redis")]
+    pub fn with_redis(policy: QuotaPolicy, redis: crate::RedisQuota) -> Self {
+        Self::with_backend(
+            policy,
+            Backend::Redis(Arc::new(crate::redis::RedisBackend::new(redis))),
+        )
+    }
+
     pub(crate) fn with_backend(policy: QuotaPolicy, backend: Backend) -> Self {
         Self {
             policy: Arc::new(RwLock::new(Arc::new(policy))),
@@ -83,7 +95,7 @@ impl QuotaLayer {
         QuotaHandle {
             policy: Arc::clone(&self.policy),
             backend: self.backend.clone(),
-            clock: self.clock,
+            clock: self.clock.clone(),
         }
     }
 
@@ -93,7 +105,7 @@ impl QuotaLayer {
             backend: self.backend.clone(),
             in_flight: Arc::clone(&self.in_flight),
             prices: Arc::clone(&self.prices),
-            clock: self.clock,
+            clock: self.clock.clone(),
             completion_reserve: self.completion_reserve,
             max_capture: self.max_capture,
         })

@@ -43,6 +43,15 @@
 //! nor reporting what remains; and the same arithmetic has to run in a Redis script for the
 //! fleet, so the layer has its own few lines of it (`gcra.rs`).
 //!
+//! # A fleet
+//!
+//! [`QuotaLayer::new`] counts in this process. With the `redis` feature (on by default),
+//! [`QuotaLayer::with_redis`] counts in one Redis node or Cluster shared by every instance,
+//! so a limit holds for the fleet: one atomic Lua script per check (the same arithmetic), on
+//! the tenant's hash-tagged key `{quota:TENANT}:state`. When Redis is down or slow (past
+//! [`RedisQuota::timeout`]), each instance enforces a share of the limits alone
+//! ([`RedisQuota::fallback_share`]); no request fails because of Redis.
+//!
 //! # Answers
 //!
 //! A refused request gets a `429` in OpenAI's shape, never reaching the inner service:
@@ -99,6 +108,8 @@ mod layer;
 mod limits;
 mod memory;
 pub mod names;
+#[cfg(feature = "redis")]
+mod redis;
 mod response;
 mod service;
 mod usage;
@@ -115,6 +126,9 @@ pub use response::{
 };
 pub use service::Quota;
 pub use usage::{RateUsage, TenantUsage};
+
+#[cfg(feature = "redis")]
+pub use crate::redis::RedisQuota;
 
 #[cfg(test)]
 mod tests;

@@ -152,9 +152,14 @@ where
                 // The request counts; its token reservation is given back.
                 if reserved > 0 {
                     let now = shared.clock.now_ms();
-                    shared
-                        .backend
-                        .settle(&tenant, &limits, -(reserved as i64), 0.0, now);
+                    shared.backend.settle(
+                        &tenant,
+                        &limits,
+                        verdict.local,
+                        -(reserved as i64),
+                        0.0,
+                        now,
+                    );
                 }
                 verdict.reject(Reason::Concurrency, 1000.0);
             }
@@ -174,6 +179,7 @@ where
         tenant,
         label,
         limits,
+        local: verdict.local,
         reserved,
         model,
         capture: UsageCapture::off(),
