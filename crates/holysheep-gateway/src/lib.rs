@@ -54,6 +54,7 @@ mod routes;
 mod server;
 mod stack;
 mod telemetry;
+mod tenants;
 
 pub use config::{Cli, Config, ConfigError, Secret, Settings};
 pub use server::{DEMO_API_KEY, Gateway, GatewayHandle, StartError};
