@@ -7,6 +7,9 @@ pub(crate) struct Check {
     pub(crate) tokens: u64,
     /// Now, ms since the epoch.
     pub(crate) now_ms: f64,
+    /// Whether the request may cost money (it has a body): a spent budget refuses only these,
+    /// so a tenant can still read its usage.
+    pub(crate) may_cost: bool,
 }
 
 /// Why a request was refused.

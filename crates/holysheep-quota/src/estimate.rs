@@ -15,12 +15,17 @@ struct Asked {
 
 /// Tokens to reserve for a request body: the prompt estimated at one token per
 /// [`BYTES_PER_TOKEN`] bytes of the body (rounded up), plus the completion it may ask for
-/// (`max_completion_tokens`, else `max_tokens`, else `default_completion`), times `n`.
+/// (`max_completion_tokens`, else `max_tokens`, else `default_completion`), times `n`. A
+/// request without a body reserves nothing.
 ///
 /// Four bytes per token is the usual figure for English text with OpenAI's tokenizers; the
 /// body's JSON punctuation and field names make it an overestimate, which is the safe side for
 /// a reservation that is reconciled with the answer's `usage` afterwards anyway.
 pub(crate) fn reserve(body: &[u8], default_completion: u64) -> u64 {
+    // A request without a body (`GET /models`) asks for no completion.
+    if body.is_empty() {
+        return 0;
+    }
     let prompt = (body.len() as u64).div_ceil(BYTES_PER_TOKEN);
     let asked = serde_json::from_slice::<Asked>(body).ok();
     let completion = asked
@@ -48,6 +53,7 @@ mod tests {
         assert_eq!(reserve(body, 256), 4 + 256);
         // Not JSON: the bytes and the default.
         assert_eq!(reserve(b"12345", 10), 2 + 10);
+        assert_eq!(reserve(b"", 10), 0);
         assert_eq!(
             reserve(br#"{"max_tokens":18446744073709551615,"n":2}"#, 0),
             u64::MAX

@@ -162,12 +162,14 @@ impl TenantState {
 
         let (day, day_end) = day_window(now);
         if let Some(budget) = limits.dollars_per_day
+            && check.may_cost
             && self.day.spent_in(day) >= budget
         {
             verdict.reject(Reason::DailyBudget, day_end - now);
         }
         let (month, month_end) = month_window(now);
         if let Some(budget) = limits.dollars_per_month
+            && check.may_cost
             && self.month.spent_in(month) >= budget
         {
             verdict.reject(Reason::MonthlyBudget, month_end - now);
@@ -241,7 +243,11 @@ mod tests {
     use super::*;
 
     fn check(tokens: u64, now_ms: f64) -> Check {
-        Check { tokens, now_ms }
+        Check {
+            tokens,
+            now_ms,
+            may_cost: true,
+        }
     }
 
     #[test]

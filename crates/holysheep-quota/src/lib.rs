@@ -13,7 +13,8 @@
 //! - **Tokens** count what reached the upstream. Before the call the layer reserves the
 //!   prompt, estimated at one token per 4 bytes of the request body, plus the completion the
 //!   request may ask for (`max_completion_tokens`, else `max_tokens`, else
-//!   [`completion_reserve`](QuotaLayer::completion_reserve), times `n`). When the answer ends,
+//!   [`completion_reserve`](QuotaLayer::completion_reserve), times `n`; nothing for a request
+//!   without a body). When the answer ends,
 //!   the reservation is replaced by its `usage` (prompt + completion tokens). A response
 //!   marked [`CacheOutcome::Hit`](holysheep_core::signal::CacheOutcome) or `Coalesced` cost no
 //!   upstream call and gives its reservation back; so does a call that failed without an
@@ -26,6 +27,8 @@
 //!   [`PriceTable`](holysheep_core::price::PriceTable) (input, cached input and output rates),
 //!   spent per UTC calendar day and month. The budget is checked before the call and charged
 //!   after it, so requests in flight when the budget runs out may pass it by their own cost.
+//!   A spent budget refuses requests with a body (those that can cost tokens); a bodiless
+//!   `GET` (a model list, a tenant reading its usage) still passes, counted as a request.
 //! - **Requests in flight** are counted per instance, from the check until the response body
 //!   ends.
 //!

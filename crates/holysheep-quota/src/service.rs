@@ -143,6 +143,7 @@ where
     let check = Check {
         tokens: reserved,
         now_ms: shared.clock.now_ms(),
+        may_cost: !bytes.is_empty(),
     };
     let mut verdict = shared.backend.check(&tenant, &limits, check).await;
     let slot = match (verdict.reason, limits.max_concurrent) {

@@ -1,7 +1,8 @@
 -- One quota check, atomic: the arithmetic of gcra.rs (TenantState::check) on a tenant's hash.
 -- KEYS[1]: the tenant's hash, {quota:TENANT}:state
 -- ARGV: now_ms, rpm, tpm, tokens, dollars_per_day, dollars_per_month, day, day_end_ms,
---       month, month_end_ms, ttl_ms   (a limit < 0 is not set)
+--       month, month_end_ms, ttl_ms, may_cost (1: a spent budget refuses it)
+--       (a limit < 0 is not set)
 -- Returns {reason, retry_after_ms, req_remaining, req_reset_ms, tok_remaining, tok_reset_ms,
 --          spent_today_micro, spent_month_micro}: reason 0 = passed (and charged),
 --          1 requests, 2 tokens, 4 daily budget, 5 monthly budget.
@@ -17,6 +18,7 @@ local day_end = tonumber(ARGV[8])
 local month = ARGV[9]
 local month_end = tonumber(ARGV[10])
 local ttl = tonumber(ARGV[11])
+local may_cost = ARGV[12] == '1'
 local MINUTE = 60000.0
 
 local h = redis.call('HMGET', key, 'rtat', 'rlim', 'ttat', 'tlim', 'dwin', 'dspent', 'mwin', 'mspent')
@@ -66,8 +68,8 @@ local dspent = 0
 if h[5] == day then dspent = tonumber(h[6]) or 0 end
 local mspent = 0
 if h[7] == month then mspent = tonumber(h[8]) or 0 end
-if dpd >= 0 and dspent >= dpd then reject(4, day_end - now) end
-if dpm >= 0 and mspent >= dpm then reject(5, month_end - now) end
+if may_cost and dpd >= 0 and dspent >= dpd then reject(4, day_end - now) end
+if may_cost and dpm >= 0 and mspent >= dpm then reject(5, month_end - now) end
 
 local new_r, new_t
 if rpm >= 0 then

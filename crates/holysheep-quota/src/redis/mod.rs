@@ -288,7 +288,8 @@ impl RedisBackend {
             .arg(day_end)
             .arg(month)
             .arg(month_end)
-            .arg(KEY_TTL_MS);
+            .arg(KEY_TTL_MS)
+            .arg(if check.may_cost { "1" } else { "0" });
         let reply: Vec<i64> = match self.conn().await? {
             Conn::Node(mut c) => invocation.invoke_async(&mut c).await?,
             Conn::Cluster(mut c) => invocation.invoke_async(&mut c).await?,
