@@ -385,3 +385,70 @@ pub(crate) fn semantic_switches(tenants: &Tenants) -> HashMap<Arc<str>, bool> {
         .filter_map(|t| t.semantic.map(|on| (Arc::clone(&t.namespace.0), on)))
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_example_file_parses_with_its_documented_keys() {
+        let path = PathBuf::from(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/gateway.tenants.example.toml"
+        ));
+        let tenants = Tenants::load_all(&[path]).unwrap();
+        let acme = &tenants.tenants[0];
+        assert_eq!(acme.namespace.as_str(), "acme");
+        let digest: [u8; 32] = Sha256::digest(b"sk-acme-1").into();
+        assert_eq!(acme.digests, vec![digest]);
+        assert_eq!(acme.limits.requests_per_minute_limit(), Some(600));
+        assert!(acme.models.as_ref().unwrap().check("gpt-4.1").is_ok());
+        assert!(acme.models.as_ref().unwrap().check("gpt-5").is_err());
+        let hobby = &tenants.tenants[1];
+        let digest: [u8; 32] = Sha256::digest(b"sk-hobby-1").into();
+        assert_eq!(hobby.digests, vec![digest]);
+        assert!(hobby.models.is_none());
+    }
+
+    #[test]
+    fn bad_files_are_refused_with_the_reason() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.toml");
+        let digest = "ab".repeat(32);
+        for (text, reason) in [
+            ("[[tenant]]\nname = \"a\"\n", "has no key"),
+            (
+                "[[tenant]]\nname = \"a\"\nkeys = [\"xyz\"]\n",
+                "64 hex digits",
+            ),
+            (
+                "[[tenant]]\nname = \"a\"\nkey_env = \"HOLYSHEEP_TEST_NO_SUCH_VAR\"\n",
+                "is not set",
+            ),
+            ("[[tenant]]\nname = \"a\"\nkeyz = []\n", "unknown field"),
+            (
+                &format!(
+                    "[[tenant]]\nname = \"a\"\nkeys = [\"{digest}\"]\ndollars_per_day = -1.0\n"
+                ),
+                "0 or more",
+            ),
+            (
+                &format!(
+                    "[[tenant]]\nname = \"a\"\nkeys = [\"{digest}\"]\n[[tenant]]\nname = \"a\"\nkeys = [\"{}\"]\n",
+                    "cd".repeat(32)
+                ),
+                "defined twice",
+            ),
+            (
+                &format!(
+                    "[[tenant]]\nname = \"a\"\nkeys = [\"{digest}\"]\n[[tenant]]\nname = \"b\"\nkeys = [\"{digest}\"]\n"
+                ),
+                "another tenant",
+            ),
+        ] {
+            std::fs::write(&path, text).unwrap();
+            let error = Tenants::load_all(std::slice::from_ref(&path)).unwrap_err();
+            assert!(error.contains(reason), "{error} should say {reason}");
+        }
+    }
+}
