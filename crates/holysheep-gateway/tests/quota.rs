@@ -310,3 +310,60 @@ async fn sighup_reloads_the_tenants_and_a_broken_file_is_refused() {
     assert_eq!(reply.status, 200, "{}", reply.text());
     assert_eq!(reply.header("x-ratelimit-limit-requests"), Some("1000"));
 }
+
+#[tokio::test]
+async fn three_gateways_sharing_redis_admit_exactly_the_limit() {
+    let redis = holysheep_testkit::redis::RedisServer::start().expect("redis-server");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tenants.toml");
+    write(
+        &path,
+        &format!(
+            "[[tenant]]\nname = \"fleet\"\nkeys = [\"{}\"]\nrequests_per_minute = 6\n\
+             [[tenant]]\nname = \"other\"\nkeys = [\"{}\"]\nrequests_per_minute = 6\n",
+            digest("sk-fleet"),
+            digest("sk-other")
+        ),
+    );
+    let mut gateways = Vec::new();
+    let mut mocks = Vec::new();
+    for _ in 0..3 {
+        let (file, url) = (path.clone(), redis.url().to_owned());
+        let (mock, gateway) = mock_and_gateway(move |config| {
+            config.settings.quota.tenant_files = Some(vec![file]);
+            config.settings.cache.redis = Some(vec![url]);
+            // A slow machine must not send checks to the local fallback.
+            config.settings.quota.fleet_timeout_ms = Some(2000);
+        })
+        .await;
+        mocks.push(mock);
+        gateways.push(gateway);
+    }
+    let mut passed = 0;
+    for i in 0..12 {
+        let reply = post_json(
+            &url(&gateways[i % 3], "/v1/chat/completions"),
+            Some("sk-fleet"),
+            &chat_body("gpt-4.1", &format!("fleet question {i}")),
+        )
+        .await;
+        assert_eq!(reply.header("x-ratelimit-limit-requests"), Some("6"));
+        match reply.status {
+            StatusCode::OK => passed += 1,
+            StatusCode::TOO_MANY_REQUESTS => assert!(reply.header("retry-after").is_some()),
+            other => panic!("unexpected {other}: {}", reply.text()),
+        }
+    }
+    // 6 per minute refills one request each 10 s, far longer than these 12 requests take.
+    assert_eq!(passed, 6);
+    let upstream: u64 = mocks.iter().map(|m| m.stats().chat_requests()).sum();
+    assert_eq!(upstream, passed);
+    let reply = post_json(
+        &url(&gateways[1], "/v1/chat/completions"),
+        Some("sk-other"),
+        &chat_body("gpt-4.1", "another tenant"),
+    )
+    .await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.header("x-ratelimit-remaining-requests"), Some("5"));
+}
