@@ -27,13 +27,21 @@ pub(crate) fn reserve(body: &[u8], default_completion: u64) -> u64 {
         return 0;
     }
     let prompt = (body.len() as u64).div_ceil(BYTES_PER_TOKEN);
-    let asked = serde_json::from_slice::<Asked>(body).ok();
+    // Most bodies name none of the fields: then they are not parsed at all.
+    let names_one = contains(body, b"\"max_") || contains(body, b"\"n\"");
+    let asked = names_one
+        .then(|| serde_json::from_slice::<Asked>(body).ok())
+        .flatten();
     let completion = asked
         .as_ref()
         .and_then(|a| a.max_completion_tokens.or(a.max_tokens))
         .unwrap_or(default_completion);
     let n = asked.and_then(|a| a.n).unwrap_or(1).clamp(1, 128);
     prompt.saturating_add(completion.saturating_mul(n))
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
 }
 
 /// Bytes of request body counted as one prompt token in the reservation.

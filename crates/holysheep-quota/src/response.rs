@@ -44,19 +44,54 @@ pub(crate) fn insert_headers(headers: &mut HeaderMap, verdict: &Verdict) {
 fn insert_trio(headers: &mut HeaderMap, state: &RateState, [l, r, t]: [HeaderName; 3]) {
     headers.insert(l, HeaderValue::from(state.limit));
     headers.insert(r, HeaderValue::from(state.remaining));
-    if let Ok(value) = HeaderValue::try_from(duration_text(state.reset_ms)) {
+    // On the stack: this runs for every answer.
+    let mut text = StackText::default();
+    write_duration(&mut text, state.reset_ms);
+    if let Ok(value) = HeaderValue::from_bytes(text.as_bytes()) {
         headers.insert(t, value);
     }
 }
 
+/// A few bytes of text without an allocation (longer text is cut, which a duration never is).
+#[derive(Default)]
+struct StackText {
+    bytes: [u8; 32],
+    len: usize,
+}
+
+impl StackText {
+    fn as_bytes(&self) -> &[u8] {
+        &self.bytes[..self.len]
+    }
+}
+
+impl Write for StackText {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        let end = self.len + s.len();
+        if end > self.bytes.len() {
+            return Err(std::fmt::Error);
+        }
+        self.bytes[self.len..end].copy_from_slice(s.as_bytes());
+        self.len = end;
+        Ok(())
+    }
+}
+
 /// A duration as OpenAI writes its reset headers: `250ms`, `1s`, `1.5s`, `6m0s`, `1h2m3s`.
-pub(crate) fn duration_text(ms: f64) -> String {
+#[cfg(test)]
+fn duration_text(ms: f64) -> String {
+    let mut out = String::new();
+    write_duration(&mut out, ms);
+    out
+}
+
+/// Writes a duration as OpenAI writes its reset headers.
+fn write_duration(out: &mut impl Write, ms: f64) {
     let ms = if ms.is_finite() { ms.max(0.0) } else { 0.0 };
     let whole_ms = ms.ceil() as u64;
-    let mut out = String::new();
     if whole_ms < 1000 {
         let _ = write!(out, "{whole_ms}ms");
-        return out;
+        return;
     }
     let hours = whole_ms / 3_600_000;
     let minutes = whole_ms / 60_000 % 60;
@@ -67,14 +102,17 @@ pub(crate) fn duration_text(ms: f64) -> String {
     if hours > 0 || minutes > 0 {
         let _ = write!(out, "{minutes}m");
     }
-    let (s, frac) = (secs_ms / 1000, secs_ms % 1000);
+    let (s, mut frac) = (secs_ms / 1000, secs_ms % 1000);
     if frac == 0 {
         let _ = write!(out, "{s}s");
     } else {
-        let frac = format!("{frac:03}");
-        let _ = write!(out, "{s}.{}s", frac.trim_end_matches('0'));
+        let mut width = 3;
+        while frac % 10 == 0 {
+            frac /= 10;
+            width -= 1;
+        }
+        let _ = write!(out, "{s}.{frac:0width$}s");
     }
-    out
 }
 
 /// The `429` of a refused request, in OpenAI's shape, with `Retry-After` in whole seconds
@@ -145,5 +183,19 @@ mod tests {
         assert_eq!(duration_text(360_000.0), "6m0s");
         assert_eq!(duration_text(3_723_000.0), "1h2m3s");
         assert_eq!(duration_text(f64::NAN), "0ms");
+        assert_eq!(duration_text(1050.0), "1.05s");
+        assert_eq!(duration_text(61_007.0), "1m1.007s");
+        // The longest there is still fits the stack buffer of the headers.
+        let mut headers = HeaderMap::new();
+        let verdict = Verdict {
+            requests: Some(RateState {
+                limit: 1,
+                remaining: 0,
+                reset_ms: 1e300,
+            }),
+            ..Verdict::default()
+        };
+        insert_headers(&mut headers, &verdict);
+        assert_eq!(headers[RESET_REQUESTS], duration_text(1e300).as_str());
     }
 }
