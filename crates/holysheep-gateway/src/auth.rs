@@ -17,7 +17,7 @@ use axum::extract::{ConnectInfo, Request, State};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use holysheep_core::signal::Namespace;
-use http::{HeaderMap, StatusCode, header};
+use http::{HeaderMap, HeaderValue, StatusCode, header};
 use sha2::{Digest, Sha256};
 
 use crate::config::Secret;
@@ -32,7 +32,7 @@ pub(crate) struct Auth {
 
 pub(crate) enum Rule {
     /// Callers must present one of these keys, stored only as SHA-256 digests.
-    Keys(Vec<Tenant>, HashMap<Namespace, AllowedModels>),
+    Keys(Vec<Tenant>, HashMap<Namespace, Extras>),
     /// No keys configured: loopback peers only.
     LoopbackOnly,
 }
@@ -40,6 +40,13 @@ pub(crate) enum Rule {
 pub(crate) struct Tenant {
     digest: [u8; 32],
     namespace: Namespace,
+}
+
+/// What a tenant of the tenants files adds to its requests.
+#[derive(Default)]
+pub(crate) struct Extras {
+    models: Option<AllowedModels>,
+    cache_control: Option<HeaderValue>,
 }
 
 impl Auth {
@@ -91,8 +98,14 @@ impl Auth {
                     namespace: tenant.namespace.clone(),
                 });
             }
-            if let Some(allowed) = &tenant.models {
-                models.insert(tenant.namespace.clone(), allowed.clone());
+            if tenant.models.is_some() || tenant.cache_control.is_some() {
+                models.insert(
+                    tenant.namespace.clone(),
+                    Extras {
+                        models: tenant.models.clone(),
+                        cache_control: tenant.cache_control.clone(),
+                    },
+                );
             }
         }
         if entries.is_empty() {
@@ -194,10 +207,18 @@ pub(crate) async fn require_caller(
             headers.remove("x-api-key");
             headers.remove("api-key");
             if let Some(namespace) = namespace {
-                if let Rule::Keys(_, models) = &*auth.current()
-                    && let Some(allowed) = models.get(&namespace)
+                if let Rule::Keys(_, extras) = &*auth.current()
+                    && let Some(extras) = extras.get(&namespace)
                 {
-                    request.extensions_mut().insert(allowed.clone());
+                    if let Some(allowed) = &extras.models {
+                        request.extensions_mut().insert(allowed.clone());
+                    }
+                    // Beside the caller's own directives: the cache takes the strictest.
+                    if let Some(value) = &extras.cache_control {
+                        request
+                            .headers_mut()
+                            .append(header::CACHE_CONTROL, value.clone());
+                    }
                 }
                 request.extensions_mut().insert(namespace);
             }

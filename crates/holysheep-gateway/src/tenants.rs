@@ -14,6 +14,7 @@
 //! dollars_per_month = 1000.0
 //! max_concurrent = 20
 //! models = ["gpt-4.1", "deepseek-v3.2"]  # allowed models; absent or empty: all
+//! cache_ttl_secs = 600                # its cached answers live (and are served) at most this long
 //! semantic = true                     # the semantic cache on (or off) for this tenant
 //! ```
 //!
@@ -62,6 +63,7 @@ struct Entry {
     max_concurrent: Option<u32>,
     #[serde(default)]
     models: Vec<String>,
+    cache_ttl_secs: Option<u64>,
     semantic: Option<bool>,
 }
 
@@ -80,6 +82,9 @@ pub(crate) struct Tenant {
     pub(crate) limits: Limits,
     /// The models it may call; `None`: all.
     pub(crate) models: Option<AllowedModels>,
+    /// The `Cache-Control` its requests carry to the cache: `max-age` of its cache TTL
+    /// (`no-store` for 0), so its entries live at most that long and no older one answers it.
+    pub(crate) cache_control: Option<HeaderValue>,
     pub(crate) semantic: Option<bool>,
 }
 
@@ -198,11 +203,17 @@ impl Tenants {
             }
             let models = (!entry.models.is_empty())
                 .then(|| AllowedModels(Arc::new(entry.models.into_iter().collect())));
+            let cache_control = entry.cache_ttl_secs.map(|ttl| match ttl {
+                0 => HeaderValue::from_static("no-store"),
+                ttl => HeaderValue::try_from(format!("max-age={ttl}"))
+                    .unwrap_or(HeaderValue::from_static("no-store")),
+            });
             tenants.push(Tenant {
                 namespace: Namespace(Arc::from(name)),
                 digests,
                 limits,
                 models,
+                cache_control,
                 semantic: entry.semantic,
             });
         }

@@ -238,6 +238,30 @@ async fn models_outside_a_tenants_list_are_refused() {
     assert_eq!(mock.stats().chat_requests(), 1);
 }
 
+#[tokio::test]
+async fn a_tenants_cache_ttl_bounds_its_entries() {
+    let file = format!(
+        "[[tenant]]\nname = \"fresh\"\nkeys = [\"{}\"]\ncache_ttl_secs = 0\n\n\
+         [[tenant]]\nname = \"cached\"\nkeys = [\"{}\"]\ncache_ttl_secs = 600\n",
+        digest("sk-fresh"),
+        digest("sk-cached")
+    );
+    let (mock, gateway, _dir, _) = gateway(&file).await;
+    let endpoint = url(&gateway, "/v1/chat/completions");
+    let body = chat_body("gpt-4.1", "same question");
+    for _ in 0..2 {
+        let reply = post_json(&endpoint, Some("sk-fresh"), &body).await;
+        assert_eq!(reply.status, 200);
+        assert_ne!(reply.header("x-cache"), Some("HIT"));
+    }
+    assert_eq!(mock.stats().chat_requests(), 2, "a TTL of 0 caches nothing");
+    let first = post_json(&endpoint, Some("sk-cached"), &body).await;
+    assert_eq!(first.header("x-cache"), Some("MISS"));
+    let second = post_json(&endpoint, Some("sk-cached"), &body).await;
+    assert_eq!(second.header("x-cache"), Some("HIT"));
+    assert_eq!(mock.stats().chat_requests(), 3);
+}
+
 fn sighup() {
     let status = std::process::Command::new("kill")
         .args(["-HUP", &std::process::id().to_string()])
