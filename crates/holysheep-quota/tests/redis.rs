@@ -243,3 +243,98 @@ async fn redis_down_local_limits_hold_and_the_fleet_resumes_after_restart() {
             .local_fallback
     );
 }
+
+/// The Lua script is the arithmetic of `gcra.rs` again: a long run of checks (burst, waits,
+/// token costs over and under the limit) gets the same answers and headers from Redis as from
+/// the in-process backend.
+#[tokio::test]
+async fn the_script_decides_as_the_memory_backend_does() {
+    let redis = RedisServer::from_env_or_start().expect("redis-server");
+    let policy = || {
+        QuotaPolicy::new().tenant(
+            "a",
+            Limits::new()
+                .requests_per_minute(20)
+                .tokens_per_minute(3000),
+        )
+    };
+    let memory_clock = Clock::manual(start_of_2026());
+    let redis_clock = Clock::manual(start_of_2026());
+    let memory = Quota::new(
+        no_usage(),
+        &QuotaLayer::new(policy()).clock(memory_clock.clone()),
+    );
+    let fleet = Quota::new(
+        no_usage(),
+        &QuotaLayer::with_redis(
+            policy(),
+            RedisQuota::connect(redis.url())
+                .unwrap()
+                .timeout(Duration::from_secs(2))
+                .key_prefix(unique_prefix("quota-same").as_str()),
+        )
+        .clock(redis_clock.clone()),
+    );
+    let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut next = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    let (mut passed, mut refused) = (0, 0);
+    for step in 0..300 {
+        let wait = Duration::from_millis(next() % 2500);
+        memory_clock.advance(wait);
+        redis_clock.advance(wait);
+        let max_tokens = next() % 1200;
+        let body = format!(r#"{{"model":"m","messages":[],"max_tokens":{max_tokens}}}"#);
+        let request = || {
+            let mut req = Request::post("/chat/completions")
+                .body(Full::new(Bytes::from(body.clone())))
+                .unwrap();
+            req.extensions_mut().insert(Namespace("a".into()));
+            req
+        };
+        let a = memory.clone().oneshot(request()).await.unwrap();
+        let b = fleet.clone().oneshot(request()).await.unwrap();
+        assert_eq!(a.status(), b.status(), "step {step}");
+        for name in [
+            "retry-after",
+            "x-ratelimit-remaining-requests",
+            "x-ratelimit-remaining-tokens",
+            "x-ratelimit-reset-requests",
+            "x-ratelimit-reset-tokens",
+        ] {
+            assert_eq!(
+                a.headers().get(name),
+                b.headers().get(name),
+                "step {step}: {name}"
+            );
+        }
+        if a.status() == StatusCode::OK {
+            passed += 1;
+        } else {
+            refused += 1;
+        }
+    }
+    assert!(
+        passed > 50 && refused > 50,
+        "{passed} passed, {refused} refused"
+    );
+}
+
+/// An upstream whose answers carry no usage (so the reservations stand and nothing is settled
+/// in the background).
+fn no_usage() -> impl tower::Service<
+    Request<Full<Bytes>>,
+    Response = Response<Full<Bytes>>,
+    Error = Infallible,
+    Future = impl Send,
+> + Clone
++ Send
++ 'static {
+    service_fn(|_req: Request<Full<Bytes>>| async {
+        Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"{}"))))
+    })
+}
