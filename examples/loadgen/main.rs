@@ -21,6 +21,7 @@
 //! time (`--out DIR/soak-output.txt`, `DIR/soak-rss.svg`); see `soak.rs`.
 
 mod driver;
+mod fleet;
 mod nginx;
 mod proxy;
 mod report;
@@ -73,6 +74,9 @@ enum Command {
     Hits,
     /// All of the above, in that order.
     All,
+    /// Upstream calls per distinct prompt with 1, 2 and 4 gateway instances sharing a Redis
+    /// (fleet coalescing), under bursts of identical requests spread over the instances.
+    Fleet,
     /// Mixed traffic through the gateway for `--duration` (default 10 minutes) with upstream
     /// faults, hang-ups, slow readers and two Redis restarts: memory, open files and the
     /// in-flight gauge over time.
@@ -175,6 +179,13 @@ impl Output {
 #[tokio::main]
 async fn main() -> Result<(), BoxError> {
     let Cli { command, opts } = Cli::parse();
+    // Quiet unless asked: the harness's own output is its report.
+    if std::env::var_os("RUST_LOG").is_some() {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_writer(std::io::stderr)
+            .init();
+    }
     if let Command::ServeGateway {
         upstream,
         cache_mib,
@@ -210,6 +221,10 @@ async fn main() -> Result<(), BoxError> {
         hits(&opts, &prices, &mut out).await?;
         sections_run += 1;
     }
+    if command == Command::Fleet {
+        fleet::fleet(&opts, &mut out).await?;
+        sections_run += 1;
+    }
     if command == Command::Soak {
         soak::soak(&opts, &mut out).await?;
         sections_run += 1;
@@ -221,6 +236,7 @@ async fn main() -> Result<(), BoxError> {
         Command::Overhead => "loadgen-overhead.txt".to_owned(),
         Command::Hits => "loadgen-hits.txt".to_owned(),
         Command::Soak => "soak-output.txt".to_owned(),
+        Command::Fleet => "loadgen-fleet.txt".to_owned(),
     };
     out.write_file(&opts, &name, &out.text);
     Ok(())

@@ -270,6 +270,7 @@ impl Recorder {
         if let Some(sse) = &mut self.sse {
             sse.push(chunk);
         }
+        self.lead.mirror_chunk(chunk);
         let flight = Arc::clone(self.lead.flight());
         let mut state = flight.state();
         state.push(chunk.clone());

@@ -40,7 +40,7 @@ pub(crate) struct Shape {
 
 impl Shape {
     /// Whether an answer made for `leader` can be replayed byte for byte to `self`.
-    fn replays(self, leader: Shape) -> bool {
+    pub(crate) fn replays(self, leader: Shape) -> bool {
         self.stream == leader.stream && (!self.stream || self.include_usage == leader.include_usage)
     }
 
@@ -252,9 +252,13 @@ pub(crate) fn join(shared: &Arc<Shared>, key: &CacheKey, shape: Shape) -> Joined
             shared: Arc::clone(shared),
             key: key.clone(),
             flight: Arc::clone(&flight),
+            #[cfg(feature = "redis")]
+            lease: None,
         }),
         flight,
         finished: false,
+        #[cfg(feature = "redis")]
+        mirror: None,
     })
 }
 
@@ -268,6 +272,9 @@ pub(crate) struct Registration {
     shared: Arc<Shared>,
     key: CacheKey,
     flight: Arc<Flight>,
+    /// The fleet lease, let go with the registration (see [`Lead::attach`]).
+    #[cfg(feature = "redis")]
+    lease: Option<crate::fleet::Lease>,
 }
 
 impl Drop for Registration {
@@ -287,6 +294,9 @@ pub(crate) struct Lead {
     flight: Arc<Flight>,
     registration: Option<Registration>,
     finished: bool,
+    /// Mirrors the answer to remote followers, when this instance leads the fleet.
+    #[cfg(feature = "redis")]
+    mirror: Option<crate::fleet::Mirror>,
 }
 
 impl Lead {
@@ -298,6 +308,40 @@ impl Lead {
             flight,
             registration: None,
             finished: false,
+            #[cfg(feature = "redis")]
+            mirror: None,
+        }
+    }
+
+    /// Whether others may join this flight (it is in the in-flight map).
+    #[cfg(feature = "redis")]
+    pub(crate) fn is_registered(&self) -> bool {
+        self.registration.is_some()
+    }
+
+    /// Makes this the fleet's leader for its key: the answer is mirrored to remote followers,
+    /// and the lease is let go with the registration (after the entry is stored, or when the
+    /// flight is unregistered) — and never before the answer ended.
+    #[cfg(feature = "redis")]
+    pub(crate) fn attach(&mut self, mirror: crate::fleet::Mirror, lease: crate::fleet::Lease) {
+        self.mirror = Some(mirror);
+        if let Some(registration) = &mut self.registration {
+            registration.lease = Some(lease);
+        }
+    }
+
+    /// A chunk of the answer, for remote followers.
+    pub(crate) fn mirror_chunk(&mut self, _chunk: &Bytes) {
+        #[cfg(feature = "redis")]
+        if let Some(mirror) = &mut self.mirror {
+            mirror.chunk(_chunk);
+        }
+    }
+
+    #[cfg(feature = "redis")]
+    fn mirror_end(&mut self, ending: crate::fleet::Ending) {
+        if let Some(mirror) = &mut self.mirror {
+            mirror.end(ending);
         }
     }
 
@@ -319,6 +363,8 @@ impl Lead {
 
     /// The upstream call failed before a head was published: followers get `error`.
     pub(crate) fn fail(&mut self, error: SharedError) {
+        #[cfg(feature = "redis")]
+        self.mirror_end(crate::fleet::Ending::Failed);
         self.unregister();
         self.flight.state().phase = Phase::Failed(error);
         self.finished = true;
@@ -326,7 +372,11 @@ impl Lead {
     }
 
     /// Publishes the response head.
-    pub(crate) fn head(&self, head: Head) {
+    pub(crate) fn head(&mut self, head: Head) {
+        #[cfg(feature = "redis")]
+        if let Some(mirror) = &mut self.mirror {
+            mirror.head(head.status, &head.headers, self.flight.shape);
+        }
         self.flight.state().phase = Phase::Head(Arc::new(head));
         self.flight.notify();
     }
@@ -334,6 +384,12 @@ impl Lead {
     /// Ends the flight. The registration, if still held, is dropped here unless taken before;
     /// a flight that ended with all its chunks may still be joined by hand-off.
     pub(crate) fn end(&mut self, end: End) {
+        #[cfg(feature = "redis")]
+        self.mirror_end(match end {
+            End::Complete(_) => crate::fleet::Ending::Ok,
+            End::Error(_) => crate::fleet::Ending::Error,
+            End::Abandoned => crate::fleet::Ending::Abandoned,
+        });
         self.registration = None;
         let mut state = self.flight.state();
         if !matches!(end, End::Complete(_)) {
@@ -509,6 +565,8 @@ impl Follower {
                     shared: Arc::clone(shared),
                     key: key.clone(),
                     flight: Arc::clone(&next),
+                    #[cfg(feature = "redis")]
+                    lease: None,
                 })
             }
         };
@@ -516,6 +574,8 @@ impl Follower {
             flight: next,
             registration,
             finished: false,
+            #[cfg(feature = "redis")]
+            mirror: None,
         })
     }
 }
@@ -642,7 +702,7 @@ mod tests {
     #[tokio::test]
     async fn trimming_keeps_what_followers_still_need() {
         let s = shared();
-        let Joined::Leader(lead) = join(&s, &key(), STREAM) else {
+        let Joined::Leader(mut lead) = join(&s, &key(), STREAM) else {
             panic!()
         };
         let Joined::Follower(mut slow) = join(&s, &key(), STREAM) else {

@@ -32,6 +32,8 @@ pub struct CacheLayer {
     store: Arc<dyn CacheStore>,
     policy: Arc<dyn KeyPolicy>,
     settings: Settings,
+    #[cfg(feature = "redis")]
+    fleet: Option<crate::fleet::FleetCoalescing>,
 }
 
 impl CacheLayer {
@@ -74,7 +76,18 @@ impl CacheLayer {
                 finish_timeout: Self::DEFAULT_FINISH_TIMEOUT,
                 finish_max_bytes: Self::DEFAULT_FINISH_MAX_BYTES,
             },
+            #[cfg(feature = "redis")]
+            fleet: None,
         }
+    }
+
+    /// Coalesces identical misses across every instance sharing a Redis, not only within this
+    /// one: see [`FleetCoalescing`](crate::FleetCoalescing). Needs coalescing on
+    /// ([`coalesce`](Self::coalesce)). Default: off.
+    #[cfg(feature = "redis")]
+    pub fn fleet(mut self, fleet: crate::fleet::FleetCoalescing) -> Self {
+        self.fleet = Some(fleet);
+        self
     }
 
     /// How long an entry lives. A request's `Cache-Control: max-age=N` lowers it for the entry
@@ -155,20 +168,18 @@ impl CacheLayer {
 impl CacheLayer {
     /// The state a service built from this layer shares.
     pub(crate) fn shared_for_tests(&self) -> Arc<Shared> {
-        Arc::new(Shared::new(
-            Arc::clone(&self.store),
-            Arc::clone(&self.policy),
-            self.settings.clone(),
-        ))
+        Arc::new(self.shared())
     }
 }
 
 impl fmt::Debug for CacheLayer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("CacheLayer")
-            .field("store", &self.store.kind())
-            .field("settings", &self.settings)
-            .finish_non_exhaustive()
+        let mut d = f.debug_struct("CacheLayer");
+        d.field("store", &self.store.kind())
+            .field("settings", &self.settings);
+        #[cfg(feature = "redis")]
+        d.field("fleet", &self.fleet);
+        d.finish_non_exhaustive()
     }
 }
 
@@ -176,11 +187,25 @@ impl<S> Layer<S> for CacheLayer {
     type Service = Cache<S>;
 
     fn layer(&self, inner: S) -> Cache<S> {
-        let shared = Shared::new(
+        Cache::from_parts(inner, Arc::new(self.shared()))
+    }
+}
+
+impl CacheLayer {
+    fn shared(&self) -> Shared {
+        #[allow(unused_mut)]
+        let mut shared = Shared::new(
             Arc::clone(&self.store),
             Arc::clone(&self.policy),
             self.settings.clone(),
         );
-        Cache::from_parts(inner, Arc::new(shared))
+        #[cfg(feature = "redis")]
+        {
+            shared.fleet = self
+                .fleet
+                .as_ref()
+                .map(crate::fleet::FleetCoalescing::build);
+        }
+        shared
     }
 }

@@ -134,6 +134,8 @@
 //! | hit | `holysheep; hit` (and `Age`) | `HIT` | `Hit` |
 //! | answered by a layer inside from an entry ([`CacheAccess`]) | `holysheep; hit; detail=semantic` (and `Age`) | `HIT` | `Hit` |
 //! | coalesced follower | `holysheep; fwd=miss; collapsed` | `HIT` | `Coalesced` |
+//! | remote follower (another instance's answer, [fleet coalescing](#fleet-coalescing)) | `holysheep; hit; collapsed; detail=fleet` | `HIT` | `Coalesced` |
+//! | remote follower of an error answer | `holysheep; fwd=miss; collapsed; detail=fleet` | `HIT` | `Coalesced` |
 //! | miss, JSON answer stored | `holysheep; fwd=miss; stored` | `MISS` | `Miss` |
 //! | miss, streamed answer (stored or not is known only at its end) | `holysheep; fwd=miss` | `MISS` | `Miss` |
 //! | `no-cache` / `max-age=0` | `holysheep; fwd=request` (`; stored`) | `MISS` | `Miss` |
@@ -153,6 +155,19 @@
 //! entry of the same store, rendered as the cache renders its own hits. The semantic cache
 //! (`holysheep-semantic`) is built on it. An answer made that way carries
 //! [`CacheOutcome::Hit`]; the cache passes it on as it is and does not store it again.
+//!
+//! # Fleet coalescing
+//!
+//! Coalescing is per instance; with [`CacheLayer::fleet`] and a `RedisStore` it is across every
+//! instance that shares the Redis (one node or a Cluster): the first instance to miss on a key
+//! takes a short lease on it (`SET … NX PX`, renewed while the answer is produced) and mirrors its
+//! answer into a Redis Stream as it arrives; the others call no upstream and replay that stream
+//! live (`XREAD BLOCK`), or read the stored entry when they asked for the other shape. A leader
+//! that fails or dies loses the lease within seconds and a follower takes over — at most one more
+//! upstream call per failure — and a follower never waits longer than
+//! `FleetCoalescing::max_wait` before it calls upstream itself. Redis down or slow: each instance
+//! coalesces on its own, and no request waits for Redis longer than the store's timeout. The
+//! `fleet` module docs have the details and the metrics (`holysheep_fleet_*`).
 //!
 //! # Stores
 //!
@@ -193,6 +208,8 @@ mod control;
 mod convert;
 mod entry;
 mod error;
+#[cfg(feature = "redis")]
+pub mod fleet;
 mod flight;
 mod future;
 mod key;
@@ -205,6 +222,8 @@ pub use self::access::{CacheAccess, EntryLookup};
 pub use self::body::ResponseBody;
 pub use self::control::RequestControl;
 pub use self::error::CoalesceError;
+#[cfg(feature = "redis")]
+pub use self::fleet::FleetCoalescing;
 pub use self::future::ResponseFuture;
 pub use self::key::{
     CacheKey, DefaultKeyPolicy, KeyPolicy, KeyRequest, KeyScheme, ParseKeySchemeError, ParsedBody,

@@ -11,6 +11,8 @@ use http::header::{AGE, CONTENT_TYPE};
 use http::request::Parts;
 use http::{HeaderName, HeaderValue, Method, Request, Response, StatusCode};
 use http_body::Body;
+#[cfg(feature = "redis")]
+use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full};
 use tower::Service;
 
@@ -42,6 +44,12 @@ const BYPASS: HeaderValue = HeaderValue::from_static("BYPASS");
 
 pub(crate) const STATUS_HIT: HeaderValue = HeaderValue::from_static("holysheep; hit");
 const STATUS_COLLAPSED: HeaderValue = HeaderValue::from_static("holysheep; fwd=miss; collapsed");
+/// An answer another instance fetched (fleet coalescing).
+const STATUS_FLEET: HeaderValue =
+    HeaderValue::from_static("holysheep; hit; collapsed; detail=fleet");
+/// An error answer another instance got, shared as it is.
+const STATUS_FLEET_FWD: HeaderValue =
+    HeaderValue::from_static("holysheep; fwd=miss; collapsed; detail=fleet");
 const STATUS_BYPASS: HeaderValue = HeaderValue::from_static("holysheep; fwd=bypass");
 const STATUS_METHOD: HeaderValue = HeaderValue::from_static("holysheep; fwd=method");
 
@@ -330,7 +338,91 @@ where
             }
         }
     };
+    #[cfg(feature = "redis")]
+    let lead = match fleet_role(&shared, &ctx, lead).await {
+        FleetTurn::Lead(lead) => lead,
+        FleetTurn::Answer(lead, res) => {
+            return lead_answer(shared, res, ctx, lead, Origin::Fleet).await;
+        }
+    };
     lead_call(shared, inner, parts, bytes, ctx, lead, fwd).await
+}
+
+#[cfg(feature = "redis")]
+enum FleetTurn {
+    /// Call upstream (as the fleet's leader, or coalescing locally only).
+    Lead(Lead),
+    /// Another instance's answer, to serve as if it came from upstream.
+    Answer(Lead, Response<UnsyncBoxBody<Bytes, BoxError>>),
+}
+
+/// Asks the fleet lease for a local leader's key: lead the fleet (the answer is mirrored),
+/// follow another instance, or coalesce locally only.
+#[cfg(feature = "redis")]
+async fn fleet_role(shared: &Arc<Shared>, ctx: &Ctx, mut lead: Lead) -> FleetTurn {
+    use crate::fleet::{Followed, Role};
+    let Some(fleet) = shared.fleet.as_ref().filter(|_| lead.is_registered()) else {
+        return FleetTurn::Lead(lead);
+    };
+    let max_bytes = shared.settings.max_entry_bytes;
+    let remote = match fleet.claim(&ctx.key, max_bytes).await {
+        Role::Leader(mirror, lease) => {
+            lead.attach(mirror, lease);
+            return FleetTurn::Lead(lead);
+        }
+        Role::Local => return FleetTurn::Lead(lead),
+        Role::Stored => return stored_turn(shared, ctx, lead).await,
+        Role::Follower(remote) => remote,
+    };
+    match remote.follow(ctx.shape, max_bytes).await {
+        Followed::Live {
+            status,
+            headers,
+            body,
+        } => {
+            let mut res = Response::new(body);
+            *res.status_mut() = status;
+            *res.headers_mut() = headers;
+            FleetTurn::Answer(lead, res)
+        }
+        Followed::Stored => stored_turn(shared, ctx, lead).await,
+        Followed::TakeOver(mirror, lease) => {
+            lead.attach(mirror, lease);
+            FleetTurn::Lead(lead)
+        }
+        Followed::Alone => FleetTurn::Lead(lead),
+    }
+}
+
+/// Serves the entry another instance stored, or calls upstream when it cannot.
+#[cfg(feature = "redis")]
+async fn stored_turn(shared: &Shared, ctx: &Ctx, lead: Lead) -> FleetTurn {
+    match stored_entry(shared, ctx).await {
+        Some(res) => FleetTurn::Answer(lead, res.map(UnsyncBoxBody::new)),
+        None => FleetTurn::Lead(lead),
+    }
+}
+
+/// The entry another instance stored, in this request's shape.
+#[cfg(feature = "redis")]
+async fn stored_entry(shared: &Shared, ctx: &Ctx) -> Option<Response<ResponseBody>> {
+    let value = match shared.store.get(ctx.key.as_str()).await {
+        Ok(value) => value?,
+        Err(error) => {
+            shared.store_failed("get", &error);
+            return None;
+        }
+    };
+    let entry = Entry::decode(value)?;
+    if shared.check_reads && !good_entry(ctx.endpoint, &entry) {
+        shared.invalid_entry(ctx.key.as_str(), "not a good answer");
+        return None;
+    }
+    let mut res = from_entry(&entry, ctx, CacheOutcome::Coalesced, STATUS_FLEET)?;
+    // Served again below as a replay: the head is rebuilt there.
+    res.headers_mut().remove(CACHE_STATUS);
+    res.headers_mut().remove(X_CACHE);
+    Some(res)
 }
 
 /// Goes upstream as the leader of a flight: publishes the answer to followers, records it, and
@@ -355,8 +447,8 @@ where
     let access = CacheAccess::new(Arc::clone(&shared), ctx.clone());
     parts.extensions.insert(access);
     let req = Request::from_parts(parts, Full::new(bytes));
-    let res = match call_upstream(inner, req).await {
-        Ok(res) => res,
+    match call_upstream(inner, req).await {
+        Ok(res) => lead_answer(shared, res, ctx, lead, Origin::Upstream(fwd)).await,
         Err(error) => {
             // Followers get the leader's own error (in their chain), so they are answered as
             // it is: a shed's 503 and Retry-After, a timeout's 504.
@@ -364,9 +456,36 @@ where
             let followers = lead.flight().state().followers;
             let (error, shared) = share(error, followers);
             lead.fail(shared);
-            return Err(error);
+            Err(error)
         }
-    };
+    }
+}
+
+/// Where a leader's answer came from.
+#[derive(Clone, Copy)]
+enum Origin {
+    /// This instance's upstream call.
+    Upstream(Fwd),
+    /// Another instance's, replayed (fleet coalescing): never stored again here.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    Fleet,
+}
+
+/// Serves a leader's answer: publishes it to followers, records it, and stores it when it
+/// ends well.
+async fn lead_answer<ResBody>(
+    shared: Arc<Shared>,
+    res: Response<ResBody>,
+    ctx: Ctx,
+    lead: Lead,
+    origin: Origin,
+) -> Result<Response<ResponseBody>, BoxError>
+where
+    ResBody: Body + Send + 'static,
+    ResBody::Data: Send,
+    ResBody::Error: Into<BoxError>,
+{
+    let mut lead = lead;
     let (head, body) = res.into_parts();
     let content_type = head.headers.get(CONTENT_TYPE).cloned();
     let is_sse = content_type
@@ -400,16 +519,17 @@ where
         lead.unregister();
         if lead.flight().state().followers == 0 {
             lead.end(End::Complete(None));
-            let status = forwarded_status(fwd, head.status);
+            let (outcome, status) = origin.status(head.status, false);
             let mut res = Response::from_parts(head, ResponseBody::passthrough(body));
             if !inner_hit {
-                mark(&mut res, CacheOutcome::Miss, status, model);
+                mark(&mut res, outcome, status, model);
             }
             return Ok(res);
         }
     }
     let plan = control
         .ttl(shared.settings.ttl)
+        .filter(|_| matches!(origin, Origin::Upstream(_)))
         .filter(|_| ok && !inner_hit && (!is_sse || shared.settings.cache_streams))
         .map(|ttl| Plan { ttl });
     let default_type = if ok && is_sse { EVENT_STREAM } else { JSON };
@@ -437,20 +557,37 @@ where
     } else {
         recording.prefetch(shared.settings.max_entry_bytes).await?
     };
-    let status = match (ok, fwd, stored) {
-        (false, fwd, _) => forwarded_status(fwd, head.status),
-        (true, Fwd::Miss, false) => HeaderValue::from_static("holysheep; fwd=miss"),
-        (true, Fwd::Miss, true) => HeaderValue::from_static("holysheep; fwd=miss; stored"),
-        (true, Fwd::Request, false) => HeaderValue::from_static("holysheep; fwd=request"),
-        (true, Fwd::Request, true) => HeaderValue::from_static("holysheep; fwd=request; stored"),
-        (true, Fwd::Stale, false) => HeaderValue::from_static("holysheep; fwd=stale"),
-        (true, Fwd::Stale, true) => HeaderValue::from_static("holysheep; fwd=stale; stored"),
-    };
+    let (outcome, status) = origin.status(head.status, stored);
     let mut res = Response::from_parts(head, recording.into_body());
     if !inner_hit {
-        mark(&mut res, CacheOutcome::Miss, status, model);
+        mark(&mut res, outcome, status, model);
     }
     Ok(res)
+}
+
+impl Origin {
+    /// How a leader's answer is marked: its outcome and `Cache-Status`.
+    fn status(self, upstream: StatusCode, stored: bool) -> (CacheOutcome, HeaderValue) {
+        let fwd = match self {
+            Origin::Fleet if upstream == StatusCode::OK => {
+                return (CacheOutcome::Coalesced, STATUS_FLEET);
+            }
+            Origin::Fleet => return (CacheOutcome::Coalesced, STATUS_FLEET_FWD),
+            Origin::Upstream(fwd) => fwd,
+        };
+        let status = match (upstream == StatusCode::OK, fwd, stored) {
+            (false, fwd, _) => forwarded_status(fwd, upstream),
+            (true, Fwd::Miss, false) => HeaderValue::from_static("holysheep; fwd=miss"),
+            (true, Fwd::Miss, true) => HeaderValue::from_static("holysheep; fwd=miss; stored"),
+            (true, Fwd::Request, false) => HeaderValue::from_static("holysheep; fwd=request"),
+            (true, Fwd::Request, true) => {
+                HeaderValue::from_static("holysheep; fwd=request; stored")
+            }
+            (true, Fwd::Stale, false) => HeaderValue::from_static("holysheep; fwd=stale"),
+            (true, Fwd::Stale, true) => HeaderValue::from_static("holysheep; fwd=stale; stored"),
+        };
+        (CacheOutcome::Miss, status)
+    }
 }
 
 /// `Cache-Status` of an answer that is not a `200`: never stored.

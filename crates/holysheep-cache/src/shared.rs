@@ -34,6 +34,9 @@ pub(crate) struct Shared {
     /// Whether values read from the store are checked before they are served
     /// ([`CacheStore::is_shared`]).
     pub(crate) check_reads: bool,
+    /// Fleet coalescing, when configured.
+    #[cfg(feature = "redis")]
+    pub(crate) fleet: Option<Arc<crate::fleet::Fleet>>,
     invalid: AtomicU64,
     warn: WarnLimiter,
     invalid_warn: WarnLimiter,
@@ -51,6 +54,8 @@ impl Shared {
             policy,
             settings,
             flights: Mutex::new(HashMap::new()),
+            #[cfg(feature = "redis")]
+            fleet: None,
             invalid: AtomicU64::new(0),
             warn: WarnLimiter::default(),
             invalid_warn: WarnLimiter::default(),

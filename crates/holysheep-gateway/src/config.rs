@@ -240,6 +240,15 @@ section! {
         /// refreshed the entry (0: always ask Redis) [default: 10]
         #[arg(long = "cache-front-ttl-secs", env = "HOLYSHEEP_CACHE_FRONT_TTL_SECS", value_name = "SECONDS")]
         front_ttl_secs: u64,
+        /// With Redis: one upstream call per prompt across every instance sharing it (a lease
+        /// per key, answers and live streams passed on through Redis); no effect without Redis
+        /// [default: true]
+        #[arg(long = "fleet-coalescing", env = "HOLYSHEEP_FLEET_COALESCING", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+        fleet_coalescing: bool,
+        /// Longest a request waits for another instance's answer before it calls upstream
+        /// itself, in seconds [default: 60, or client.timeout_secs when that is set]
+        #[arg(long = "fleet-max-wait-secs", env = "HOLYSHEEP_FLEET_MAX_WAIT_SECS", value_name = "SECONDS")]
+        fleet_max_wait_secs: u64,
         /// How cache keys are derived: canonical or python-compat [default: canonical]
         #[arg(long = "cache-key-scheme", env = "HOLYSHEEP_CACHE_KEY_SCHEME", value_name = "SCHEME")]
         key_scheme: KeyScheme,
@@ -805,6 +814,7 @@ pub fn range_of(key: &str) -> Option<RangeInclusive<u64>> {
         "cache.redis_timeout_ms" => 1..=HOUR_MS,
         // 0 asks Redis on every hit.
         "cache.front_ttl_secs" => 0..=DAY_SECS,
+        "cache.fleet_max_wait_secs" => 1..=DAY_SECS,
         "semantic.embedding_dimensions" => 1..=1 << 16,
         "semantic.embedding_timeout_ms" => 1..=HOUR_MS,
         "semantic.index_max_bytes" => 1..=1 << 40,
@@ -865,6 +875,9 @@ pub fn default_of(key: &str) -> Option<String> {
         "cache.redis" => "none".to_owned(),
         "cache.redis_timeout_ms" => millis(RedisStore::DEFAULT_TIMEOUT),
         "cache.front_ttl_secs" => secs(TieredStore::<(), ()>::DEFAULT_FRONT_TTL),
+        "cache.fleet_coalescing" => "true".to_owned(),
+        // The upstream timeout's default: a follower waits as long as its own call could take.
+        "cache.fleet_max_wait_secs" => secs(Client::DEFAULT_TIMEOUT),
         "cache.key_scheme" => Scheme::default().to_string(),
         "semantic.enabled" => "false".to_owned(),
         "semantic.tenants" => "none".to_owned(),

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use holysheep::cache::{
-    CacheLayer, CacheStore, DefaultKeyPolicy, MemoryStore, RedisStore, TieredStore,
+    CacheLayer, CacheStore, DefaultKeyPolicy, FleetCoalescing, MemoryStore, RedisStore, TieredStore,
 };
 use holysheep::client::{self, HolySheepClient};
 use holysheep::metrics::MetricsLayer;
@@ -109,8 +109,16 @@ pub(crate) async fn build(
     );
     pool = set(pool, s.pool.queue_depth, PoolLimitLayer::max_queue);
 
-    let (store, shared_store) = cache_store(&s.cache, &config.redis_urls()).await?;
+    let (store, shared_store, redis) = cache_store(&s.cache, &config.redis_urls()).await?;
     let mut cache = CacheLayer::with_store(store).max_body_bytes(config.body_limit());
+    if let Some(redis) = redis.filter(|_| s.cache.fleet_coalescing.unwrap_or(true)) {
+        let max_wait = s
+            .cache
+            .fleet_max_wait_secs
+            .or(s.client.timeout_secs)
+            .map_or(client::Builder::DEFAULT_TIMEOUT, Duration::from_secs);
+        cache = cache.fleet(FleetCoalescing::new(redis).max_wait(max_wait));
+    }
     cache = set(cache, secs(s.cache.ttl_secs), CacheLayer::ttl);
     cache = set(cache, s.cache.max_entry_bytes, CacheLayer::max_entry_bytes);
     cache = set(cache, s.cache.key_scheme, |cache, scheme| {
@@ -174,21 +182,29 @@ fn metrics_layer(settings: &MetricsSettings, prices: PriceTable) -> MetricsLayer
 }
 
 /// The cache store: in-process memory alone, or memory in front of Redis (one node, or a
-/// Redis Cluster for several URLs). Also returns the shared store, which `/readyz` pings.
+/// Redis Cluster for several URLs). Also returns the shared store, which `/readyz` pings, and
+/// the Redis store for fleet coalescing.
 ///
 /// Connecting never waits for Redis: a Redis that is down now is a miss per request, not a
 /// failed start, and the store reconnects on its own.
 async fn cache_store(
     settings: &CacheSettings,
     urls: &[String],
-) -> Result<(Arc<dyn CacheStore>, Option<Arc<dyn CacheStore>>), BoxError> {
+) -> Result<
+    (
+        Arc<dyn CacheStore>,
+        Option<Arc<dyn CacheStore>>,
+        Option<RedisStore>,
+    ),
+    BoxError,
+> {
     let memory = MemoryStore::new(
         settings
             .memory_max_bytes
             .unwrap_or(StackBuilder::DEFAULT_MEMORY_CACHE_BYTES),
     );
     let redis = match urls {
-        [] => return Ok((Arc::new(memory), None)),
+        [] => return Ok((Arc::new(memory), None, None)),
         [url] => RedisStore::connect(url).await,
         urls => {
             let urls: Vec<&str> = urls.iter().map(String::as_str).collect();
@@ -202,12 +218,12 @@ async fn cache_store(
         RedisStore::timeout,
     );
     let tiered = set(
-        TieredStore::new(memory, redis),
+        TieredStore::new(memory, redis.clone()),
         settings.front_ttl_secs.map(Duration::from_secs),
         TieredStore::front_ttl,
     );
     let store: Arc<dyn CacheStore> = Arc::new(tiered);
-    Ok((Arc::clone(&store), Some(store)))
+    Ok((Arc::clone(&store), Some(store), Some(redis)))
 }
 
 /// The semantic cache, when it is on for all or for some tenants; its vectors are shared through

@@ -96,6 +96,9 @@ enum Query {
 #[derive(Clone)]
 pub struct RedisStore {
     conn: Conn,
+    /// How to reach the node (one node) or the seed (a Cluster): address, credentials and
+    /// database, for the dedicated connections of fleet coalescing.
+    info: Arc<redis::ConnectionInfo>,
     timeout: Duration,
     retry_interval: Duration,
     health: Arc<Health>,
@@ -114,7 +117,8 @@ impl RedisStore {
     pub async fn connect(url: &str) -> Result<Self, StoreError> {
         require_tokio()?;
         let client = redis::Client::open(url).map_err(StoreError::config)?;
-        let name = client.get_connection_info().addr().to_string();
+        let info = client.get_connection_info().clone();
+        let name = info.addr().to_string();
         // No retries inside redis-rs: a failed attempt surfaces at once, and the store's retry
         // interval paces the next one.
         let config = ConnectionManagerConfig::new()
@@ -125,6 +129,7 @@ impl RedisStore {
             ConnectionManager::new_lazy_with_config(client, config).map_err(StoreError::config)?;
         Ok(RedisStore::from_conn(
             Conn::Single(manager),
+            info,
             Health::Single(Gate::new(name)),
         ))
     }
@@ -150,8 +155,10 @@ impl RedisStore {
             .build()
             .map_err(StoreError::config)?;
         let mut seeds = Vec::with_capacity(urls.len());
+        let mut first = None;
         for url in urls {
             let info = url.into_connection_info().map_err(StoreError::config)?;
+            first.get_or_insert_with(|| info.clone());
             match info.addr() {
                 redis::ConnectionAddr::Tcp(host, port)
                 | redis::ConnectionAddr::TcpTls { host, port, .. } => {
@@ -164,15 +171,18 @@ impl RedisStore {
             .set_connection_timeout(CONNECTION_TIMEOUT)
             .set_response_timeout(RESPONSE_TIMEOUT);
         let conn = client.get_pending_async_connection_with_config(config);
+        let info = first.ok_or_else(|| StoreError::config("no Redis Cluster node URL"))?;
         Ok(RedisStore::from_conn(
             Conn::Cluster(conn),
+            info,
             Health::Cluster(ClusterHealth::new(seeds)),
         ))
     }
 
-    fn from_conn(conn: Conn, health: Health) -> Self {
+    fn from_conn(conn: Conn, info: redis::ConnectionInfo, health: Health) -> Self {
         let store = RedisStore {
             conn,
+            info: Arc::new(info),
             timeout: Self::DEFAULT_TIMEOUT,
             retry_interval: Self::DEFAULT_RETRY_INTERVAL,
             health: Arc::new(health),
@@ -249,6 +259,46 @@ impl RedisStore {
             }
             cluster.refreshed();
         });
+    }
+
+    /// Runs `cmd` on the node that holds `key`, bounded and gated like every store operation.
+    pub(crate) async fn run_cmd<T: FromRedisValue>(
+        &self,
+        key: &str,
+        cmd: Cmd,
+    ) -> Result<T, StoreError> {
+        self.run(Some(key), Query::Cmd(cmd)).await
+    }
+
+    /// Runs `pipe` on the node that holds `key`, bounded and gated like every store operation.
+    pub(crate) async fn run_pipe<T: FromRedisValue>(
+        &self,
+        key: &str,
+        pipe: Pipeline,
+    ) -> Result<T, StoreError> {
+        self.run(Some(key), Query::Pipe(pipe)).await
+    }
+
+    /// How to open a connection of one's own to the node that holds `key` (for a blocking
+    /// read, which must not hold up the shared connection): `None` while a Cluster's slot map
+    /// is not known yet, or while that node is down.
+    pub(crate) fn node_info(&self, key: &str) -> Option<redis::ConnectionInfo> {
+        match &*self.health {
+            Health::Single(gate) => (!gate.is_down()).then(|| (*self.info).clone()),
+            Health::Cluster(cluster) => {
+                let node = cluster.node_for(key)?;
+                (!node.gate.is_down()).then(|| {
+                    (*self.info)
+                        .clone()
+                        .set_addr(redis::ConnectionAddr::Tcp(node.host.clone(), node.port))
+                })
+            }
+        }
+    }
+
+    /// The bound of every operation.
+    pub(crate) fn op_timeout(&self) -> Duration {
+        self.timeout
     }
 
     /// Runs `query` on the node that holds `key` (any node without a key) within the time
