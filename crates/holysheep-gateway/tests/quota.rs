@@ -391,3 +391,56 @@ async fn three_gateways_sharing_redis_admit_exactly_the_limit() {
     assert_eq!(reply.status, 200);
     assert_eq!(reply.header("x-ratelimit-remaining-requests"), Some("5"));
 }
+
+#[tokio::test]
+async fn the_semantic_cache_follows_each_tenants_switch() {
+    use holysheep_testkit::{MockConfig, UPSTREAM_KEY, start_mock};
+    let mock = start_mock(
+        MockConfig::default()
+            .api_key(UPSTREAM_KEY)
+            .embedding_mode(holysheep_mock::EmbeddingMode::WordOverlap),
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tenants.toml");
+    write(
+        &path,
+        &format!(
+            "[[tenant]]\nname = \"on\"\nkeys = [\"{}\"]\nsemantic = true\n\n\
+             [[tenant]]\nname = \"off\"\nkeys = [\"{}\"]\nsemantic = false\n",
+            digest("sk-on"),
+            digest("sk-off")
+        ),
+    );
+    let mut config = support::test_config(&mock);
+    config.settings.quota.tenant_files = Some(vec![path]);
+    // However loaded the machine: this test is about hits, not embedding timeouts.
+    config.settings.semantic.embedding_timeout_ms = Some(30_000);
+    let gateway = support::start(config).await;
+    let chat = url(&gateway, "/v1/chat/completions");
+    let question = chat_body("gpt-4.1", "What's the capital of France?");
+    let paraphrase = chat_body("gpt-4.1", "what is the capital of france");
+    for (key, semantic) in [("sk-on", true), ("sk-off", false)] {
+        let first = post_json(&chat, Some(key), &question).await;
+        assert_eq!(first.header("x-cache"), Some("MISS"));
+        // The exact entry is written a moment after the answer ends.
+        let mut stored = false;
+        for _ in 0..100 {
+            let again = post_json(&chat, Some(key), &question).await;
+            if again.header("cache-status") == Some("holysheep; hit") {
+                stored = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(stored, "{key}: the answer is stored");
+        let reply = post_json(&chat, Some(key), &paraphrase).await;
+        assert_eq!(reply.status, 200);
+        assert_eq!(
+            reply.header("cache-status") == Some("holysheep; hit; detail=semantic"),
+            semantic,
+            "{key}: {:?}",
+            reply.headers
+        );
+    }
+}
