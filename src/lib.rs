@@ -93,6 +93,10 @@ pub use holysheep_metrics as metrics;
 #[cfg_attr(docsrs, doc(cfg(feature = "usage")))]
 pub use holysheep_usage as usage;
 
+#[cfg(feature = "quota")]
+#[cfg_attr(docsrs, doc(cfg(feature = "quota")))]
+pub use holysheep_quota as quota;
+
 #[cfg(feature = "mock")]
 #[cfg_attr(docsrs, doc(cfg(feature = "mock")))]
 pub use holysheep_mock as mock;

@@ -15,6 +15,9 @@ use crate::retry::{Retry, RetryLayer};
 use crate::semantic::{SemanticCache, SemanticCacheLayer};
 use crate::usage::{IncludeUsage, IncludeUsageLayer};
 
+#[cfg(feature = "quota")]
+use crate::quota::{Quota, QuotaLayer, QuotaPolicy};
+
 /// The service at the bottom: the pooled client, or with the `router` feature, the client or a
 /// router over several deployments.
 #[cfg(not(feature = "router"))]
@@ -23,14 +26,18 @@ type Bottom = crate::pool_limit::PoolLimit<HolySheepClient>;
 type Bottom = crate::router::Upstream;
 
 #[cfg(not(feature = "semantic"))]
-type Inner = IncludeUsage<Metrics<Cache<Retry<AttemptTrace<Bottom>>>>>;
+type BelowCache = Retry<AttemptTrace<Bottom>>;
 #[cfg(feature = "semantic")]
-type Inner = IncludeUsage<Metrics<Cache<SemanticCache<Retry<AttemptTrace<Bottom>>>>>>;
+type BelowCache = SemanticCache<Retry<AttemptTrace<Bottom>>>;
+#[cfg(not(feature = "quota"))]
+type Inner = IncludeUsage<Metrics<Cache<BelowCache>>>;
+#[cfg(feature = "quota")]
+type Inner = IncludeUsage<Metrics<Quota<Cache<BelowCache>>>>;
 
 /// The recommended stack, outermost first:
 ///
 /// ```text
-/// IncludeUsageLayer → MetricsLayer → CacheLayer → RetryLayer → AttemptTraceLayer → PoolLimitLayer → HolySheepClient
+/// IncludeUsageLayer → MetricsLayer → [QuotaLayer →] CacheLayer → RetryLayer → AttemptTraceLayer → PoolLimitLayer → HolySheepClient
 /// ```
 ///
 /// - `IncludeUsageLayer` is outermost so that every layer below sees a streamed answer's usage
@@ -38,6 +45,10 @@ type Inner = IncludeUsage<Metrics<Cache<SemanticCache<Retry<AttemptTrace<Bottom>
 ///   usage chunk out again on the way back). Counting layers need no code for streams, and the
 ///   cache stores every stream with its usage and serves askers and non-askers from one entry.
 /// - `MetricsLayer` sees every request, hits too, and opens the request's span.
+/// - With the `quota` feature and [`StackBuilder::quota`], `QuotaLayer` sits between the
+///   metrics and the cache: it counts every request (hits too) and refuses a tenant over its
+///   limits before the cache (a refusal is still measured); tokens and dollars count only what
+///   the cache did not answer.
 /// - A hit costs nothing below the cache; a retried miss fills the cache once.
 /// - With the `semantic` feature and [`StackBuilder::semantic_cache`], `SemanticCacheLayer`
 ///   sits between the cache and the retries: exact hits never pay for an embedding, and the
@@ -100,6 +111,8 @@ pub struct Stack {
     pool: PoolLimitHandle,
     #[cfg(feature = "router")]
     router: Option<crate::router::Router>,
+    #[cfg(feature = "quota")]
+    quota: QuotaLayer,
 }
 
 impl Stack {
@@ -126,6 +139,15 @@ impl Stack {
     #[cfg_attr(docsrs, doc(cfg(feature = "router")))]
     pub fn router(&self) -> Option<&crate::router::Router> {
         self.router.as_ref()
+    }
+
+    /// The stack's quota layer: its [`handle`](QuotaLayer::handle) reloads the tenants and
+    /// reads one's usage, and wrapping another service in it (a route answered by the
+    /// application itself) counts that service's requests against the same limits.
+    #[cfg(feature = "quota")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "quota")))]
+    pub fn quota(&self) -> &QuotaLayer {
+        &self.quota
     }
 }
 
@@ -165,6 +187,8 @@ pub struct StackBuilder {
     metrics: MetricsLayer,
     #[cfg(feature = "semantic")]
     semantic: Option<SemanticCacheLayer>,
+    #[cfg(feature = "quota")]
+    quota: Option<QuotaLayer>,
     usage: IncludeUsageLayer,
     #[cfg(feature = "router")]
     router: Option<crate::router::Router>,
@@ -191,6 +215,8 @@ impl StackBuilder {
             metrics: MetricsLayer::new(),
             #[cfg(feature = "semantic")]
             semantic: None,
+            #[cfg(feature = "quota")]
+            quota: None,
             usage: IncludeUsageLayer::new(),
             #[cfg(feature = "router")]
             router: None,
@@ -220,6 +246,16 @@ impl StackBuilder {
     #[cfg_attr(docsrs, doc(cfg(feature = "semantic")))]
     pub fn semantic_cache(mut self, semantic: SemanticCacheLayer) -> Self {
         self.semantic = Some(semantic);
+        self
+    }
+
+    /// Tenants' limits between the metrics and the cache (default: a [`QuotaLayer`] with an
+    /// empty policy, which limits no one until its [`handle`](QuotaLayer::handle) (from
+    /// [`Stack::quota`]) is given one).
+    #[cfg(feature = "quota")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "quota")))]
+    pub fn quota(mut self, quota: QuotaLayer) -> Self {
+        self.quota = Some(quota);
         self
     }
 
@@ -320,13 +356,22 @@ impl StackBuilder {
             .semantic
             .unwrap_or_else(SemanticCacheLayer::disabled)
             .layer(below);
-        let inner = self.usage.layer(metrics.layer(cache.layer(below)));
+        let cached = cache.layer(below);
+        #[cfg(feature = "quota")]
+        let quota_layer = self
+            .quota
+            .unwrap_or_else(|| QuotaLayer::new(QuotaPolicy::new()));
+        #[cfg(feature = "quota")]
+        let cached = quota_layer.layer(cached);
+        let inner = self.usage.layer(metrics.layer(cached));
         Ok(Stack {
             inner,
             client,
             pool,
             #[cfg(feature = "router")]
             router: self.router,
+            #[cfg(feature = "quota")]
+            quota: quota_layer,
         })
     }
 }

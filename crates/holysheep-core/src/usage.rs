@@ -24,6 +24,9 @@
 
 use serde::{Deserialize, Deserializer};
 
+mod capture;
+pub use capture::{Captured, UsageCapture};
+
 /// The tokens of one answer.
 ///
 /// Deserializes from an OpenAI `usage` object: `prompt_tokens`, `completion_tokens`,

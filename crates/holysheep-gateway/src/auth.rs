@@ -4,59 +4,119 @@
 //! becomes the tenant of that key: its cache entries live in their own namespace, named by a hash
 //! of the key so the key itself is never stored or logged. Without keys, only loopback callers
 //! are served, as one tenant.
+//!
+//! Tenants of the tenants files (`crate::tenants`) are keys too, named by their tenant; their
+//! list of models travels with the request as an [`AllowedModels`] extension. The rule is
+//! swapped whole when the files are reloaded.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError, RwLock, Weak};
 
 use axum::extract::{ConnectInfo, Request, State};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use holysheep_core::signal::Namespace;
-use http::{HeaderMap, StatusCode, header};
+use http::{HeaderMap, HeaderValue, StatusCode, header};
 use sha2::{Digest, Sha256};
 
 use crate::config::Secret;
 use crate::errors::ApiError;
+use crate::tenants::{AllowedModels, Tenants};
 
-/// The access rule, built once from the configuration.
+/// The access rule, built from the configuration (and rebuilt when the tenants are reloaded).
 #[derive(Clone)]
 pub(crate) struct Auth {
-    inner: Arc<Rule>,
+    inner: Arc<RwLock<Arc<Rule>>>,
 }
 
-enum Rule {
+pub(crate) enum Rule {
     /// Callers must present one of these keys, stored only as SHA-256 digests.
-    Keys(Vec<Tenant>),
+    Keys(Vec<Tenant>, HashMap<Namespace, Extras>),
     /// No keys configured: loopback peers only.
     LoopbackOnly,
 }
 
-struct Tenant {
+pub(crate) struct Tenant {
     digest: [u8; 32],
     namespace: Namespace,
 }
 
+/// What a tenant of the tenants files adds to its requests.
+#[derive(Default)]
+pub(crate) struct Extras {
+    models: Option<AllowedModels>,
+    cache_control: Option<HeaderValue>,
+}
+
 impl Auth {
     /// The rule for these client keys; none means loopback only.
+    #[cfg(test)]
     pub(crate) fn new(keys: &[Secret]) -> Self {
-        let rule = if keys.is_empty() {
+        Self::with_tenants(keys, &Tenants::default())
+    }
+
+    /// The rule for these client keys and the tenants' keys; none at all means loopback only.
+    pub(crate) fn with_tenants(keys: &[Secret], tenants: &Tenants) -> Self {
+        Self {
+            inner: Arc::new(RwLock::new(Arc::new(Self::rule(keys, tenants)))),
+        }
+    }
+
+    /// Swaps in the rule for new tenants: the next request is checked against it.
+    pub(crate) fn replace(&self, keys: &[Secret], tenants: &Tenants) {
+        let rule = Arc::new(Self::rule(keys, tenants));
+        *self.inner.write().unwrap_or_else(PoisonError::into_inner) = rule;
+    }
+
+    /// A reference that does not keep the rule alive (for the reload task).
+    pub(crate) fn downgrade(&self) -> Weak<RwLock<Arc<Rule>>> {
+        Arc::downgrade(&self.inner)
+    }
+
+    /// The check again, while the gateway that made it still runs.
+    pub(crate) fn upgrade(weak: &Weak<RwLock<Arc<Rule>>>) -> Option<Self> {
+        weak.upgrade().map(|inner| Self { inner })
+    }
+
+    fn rule(keys: &[Secret], tenants: &Tenants) -> Rule {
+        let mut entries: Vec<Tenant> = keys
+            .iter()
+            .map(|key| {
+                let digest: [u8; 32] = Sha256::digest(key.expose().as_bytes()).into();
+                Tenant {
+                    digest,
+                    namespace: namespace_of(&digest),
+                }
+            })
+            .collect();
+        let mut models = HashMap::new();
+        for tenant in &tenants.tenants {
+            for digest in &tenant.digests {
+                entries.push(Tenant {
+                    digest: *digest,
+                    namespace: tenant.namespace.clone(),
+                });
+            }
+            if tenant.models.is_some() || tenant.cache_control.is_some() {
+                models.insert(
+                    tenant.namespace.clone(),
+                    Extras {
+                        models: tenant.models.clone(),
+                        cache_control: tenant.cache_control.clone(),
+                    },
+                );
+            }
+        }
+        if entries.is_empty() {
             Rule::LoopbackOnly
         } else {
-            Rule::Keys(
-                keys.iter()
-                    .map(|key| {
-                        let digest: [u8; 32] = Sha256::digest(key.expose().as_bytes()).into();
-                        Tenant {
-                            digest,
-                            namespace: namespace_of(&digest),
-                        }
-                    })
-                    .collect(),
-            )
-        };
-        Self {
-            inner: Arc::new(rule),
+            Rule::Keys(entries, models)
         }
+    }
+
+    fn current(&self) -> Arc<Rule> {
+        Arc::clone(&self.inner.read().unwrap_or_else(PoisonError::into_inner))
     }
 
     /// Decides on one request: `Ok(Some(ns))` for a keyed tenant, `Ok(None)` for the single
@@ -66,7 +126,7 @@ impl Auth {
         headers: &HeaderMap,
         peer: Option<SocketAddr>,
     ) -> Result<Option<Namespace>, ApiError> {
-        match &*self.inner {
+        match &*self.current() {
             Rule::LoopbackOnly => match peer {
                 // `to_canonical` so an IPv4-mapped `::ffff:127.0.0.1` counts as loopback too.
                 Some(peer) if peer.ip().to_canonical().is_loopback() => Ok(None),
@@ -78,7 +138,7 @@ impl Auth {
                 )
                 .code("loopback_only")),
             },
-            Rule::Keys(tenants) => {
+            Rule::Keys(tenants, _) => {
                 let Some(presented) = bearer_token(headers) else {
                     return Err(unauthorized(
                         "You didn't provide an API key. You need to provide your API key in an \
@@ -147,6 +207,19 @@ pub(crate) async fn require_caller(
             headers.remove("x-api-key");
             headers.remove("api-key");
             if let Some(namespace) = namespace {
+                if let Rule::Keys(_, extras) = &*auth.current()
+                    && let Some(extras) = extras.get(&namespace)
+                {
+                    if let Some(allowed) = &extras.models {
+                        request.extensions_mut().insert(allowed.clone());
+                    }
+                    // Beside the caller's own directives: the cache takes the strictest.
+                    if let Some(value) = &extras.cache_control {
+                        request
+                            .headers_mut()
+                            .append(header::CACHE_CONTROL, value.clone());
+                    }
+                }
                 request.extensions_mut().insert(namespace);
             }
             next.run(request).await

@@ -304,6 +304,28 @@ section! {
 }
 
 section! {
+    /// `[quota]`: tenants with limits (see `crate::tenants` for the tenants file).
+    pub struct QuotaSettings {
+        /// Tenants files (TOML, `[[tenant]]` entries: name, keys, limits, models), read at start
+        /// and again on SIGHUP; repeat it or give a comma list [default: none]
+        #[arg(long = "tenant-file", env = "HOLYSHEEP_TENANT_FILES", value_name = "FILE", value_delimiter = ',')]
+        tenant_files: Vec<PathBuf>,
+        /// With Redis (cache.redis), the share of each tenant's limits, in percent, one
+        /// instance enforces alone while Redis cannot be reached [default: 50]
+        #[arg(long = "quota-fallback-percent", env = "HOLYSHEEP_QUOTA_FALLBACK_PERCENT", value_name = "PERCENT")]
+        fallback_percent: u64,
+        /// With Redis, how long a quota check waits for it before deciding locally, in ms
+        /// [default: 50]
+        #[arg(long = "quota-redis-timeout-ms", env = "HOLYSHEEP_QUOTA_REDIS_TIMEOUT_MS", value_name = "MS")]
+        fleet_timeout_ms: u64,
+        /// Completion tokens reserved for a request that sets no max_tokens, until its usage
+        /// is known [default: 1024]
+        #[arg(long = "quota-completion-reserve", env = "HOLYSHEEP_QUOTA_COMPLETION_RESERVE", value_name = "TOKENS")]
+        completion_reserve: u64,
+    }
+}
+
+section! {
     /// `[tracing]`: spans and their export.
     pub struct TracingSettings {
         /// Export spans over OTLP, configured by the standard OTEL_* environment variables
@@ -368,6 +390,10 @@ pub struct Settings {
     #[command(flatten, next_help_heading = "Metrics")]
     #[serde(default)]
     pub metrics: MetricsSettings,
+    /// `[quota]`.
+    #[command(flatten, next_help_heading = "Quota")]
+    #[serde(default)]
+    pub quota: QuotaSettings,
     /// `[tracing]`.
     #[command(flatten, next_help_heading = "Tracing")]
     #[serde(default)]
@@ -397,6 +423,7 @@ impl Settings {
             cache: self.cache.or(lower.cache),
             semantic: self.semantic.or(lower.semantic),
             metrics: self.metrics.or(lower.metrics),
+            quota: self.quota.or(lower.quota),
             tracing: self.tracing.or(lower.tracing),
             router: self.router.or(lower.router),
             deployments: match self.deployments.is_empty() {
@@ -440,7 +467,7 @@ impl Settings {
     /// default. Secrets are never part of the settings.
     pub fn to_toml(&self) -> String {
         let set: toml::Table = toml::Table::try_from(self).unwrap_or_default();
-        let sections: [(&str, &[&str]); 9] = [
+        let sections: [(&str, &[&str]); 10] = [
             ("server", ServerSettings::KEYS),
             ("client", ClientSettings::KEYS),
             ("pool", PoolSettings::KEYS),
@@ -448,6 +475,7 @@ impl Settings {
             ("cache", CacheSettings::KEYS),
             ("semantic", SemanticSettings::KEYS),
             ("metrics", MetricsSettings::KEYS),
+            ("quota", QuotaSettings::KEYS),
             ("tracing", TracingSettings::KEYS),
             ("router", RouterSettings::KEYS),
         ];
@@ -783,8 +811,11 @@ impl Config {
             ));
         }
         crate::deployments::validate(s)?;
+        let tenants =
+            crate::tenants::Tenants::load_all(s.quota.tenant_files.as_deref().unwrap_or_default())
+                .map_err(ConfigError)?;
         let listen = self.listen();
-        if self.gateway_keys.is_empty() && !listen.ip().is_loopback() {
+        if self.gateway_keys.is_empty() && !tenants.has_keys() && !listen.ip().is_loopback() {
             return Err(ConfigError(format!(
                 "refusing to listen on {listen} without client keys: set {GATEWAY_KEYS_ENV} to a \
                  comma list of keys callers must send as `Authorization: Bearer <key>`, or \
@@ -845,6 +876,9 @@ pub fn range_of(key: &str) -> Option<RangeInclusive<u64>> {
         "router.ejection_ms" => 1..=DAY_SECS * 1000,
         // 0: no bound.
         "router.first_byte_timeout_ms" => 0..=HOUR_MS,
+        "quota.fallback_percent" => 0..=100,
+        "quota.fleet_timeout_ms" => 1..=HOUR_MS,
+        "quota.completion_reserve" => 0..=MILLION,
         _ => return None,
     })
 }
@@ -914,6 +948,14 @@ pub fn default_of(key: &str) -> Option<String> {
             holysheep::metrics::MetricsLayer::DEFAULT_GENAI_METRICS.to_string()
         }
         "metrics.max_tenants" => holysheep::metrics::MetricsLayer::DEFAULT_MAX_TENANTS.to_string(),
+        "quota.tenant_files" => "none".to_owned(),
+        "quota.fallback_percent" => ((holysheep::quota::RedisQuota::DEFAULT_FALLBACK_SHARE * 100.0)
+            .round() as u32)
+            .to_string(),
+        "quota.fleet_timeout_ms" => millis(holysheep::quota::RedisQuota::DEFAULT_TIMEOUT),
+        "quota.completion_reserve" => {
+            holysheep::quota::QuotaLayer::DEFAULT_COMPLETION_RESERVE.to_string()
+        }
         "tracing.otlp" => defaults::OTLP.to_string(),
         "router.eject_after_failures" => {
             holysheep::router::HealthConfig::DEFAULT_CONSECUTIVE_FAILURES.to_string()

@@ -26,6 +26,7 @@
 //! | `POST /v1/chat/completions` | JSON, or `"stream": true` (SSE, each chunk forwarded as it arrives); cached |
 //! | `POST /v1/embeddings` | forwarded and cached |
 //! | `GET /v1/models` | forwarded |
+//! | `GET /v1/holysheep/usage` | the calling tenant's limits and what is left of them |
 //! | `GET /healthz` | the process is up |
 //! | `GET /readyz` | the upstream (and Redis, when configured) answers; one probe per interval |
 //! | `GET /metrics` | Prometheus text |
@@ -33,6 +34,10 @@
 //! Every answer carries an `x-request-id` (the caller's, or a new UUID), which every log line
 //! and span of the request carries too. With the `otlp` cargo feature and `--otlp`, spans are
 //! exported over OTLP as the standard `OTEL_*` environment variables say.
+//!
+//! Tenants with limits (requests and tokens per minute, dollars per day and month, requests in
+//! flight, allowed models) come from tenants files (`[quota] tenant_files`), reloaded on SIGHUP;
+//! every `/v1/` route passes the same `QuotaLayer`, fleet-wide when `cache.redis` is set.
 //!
 //! Configuration comes from flags, environment variables and a TOML file ([`config`]); every
 //! setting left unset keeps the default of the crate that owns it.
@@ -55,6 +60,7 @@ mod routes;
 mod server;
 mod stack;
 mod telemetry;
+mod tenants;
 
 pub use config::{Cli, Config, ConfigError, Secret, Settings};
 pub use server::{DEMO_API_KEY, Gateway, GatewayHandle, StartError};

@@ -8,7 +8,7 @@ use axum::body::Body;
 use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::middleware;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, get_service, post};
 use bytes::Bytes;
 use holysheep_core::chat::{ChatCompletionRequest, ChatMessage};
 use holysheep_core::hop_by_hop::{HopByHop, remove_hop_by_hop};
@@ -24,6 +24,7 @@ use crate::conn::BodyReadTimeout;
 use crate::errors::{self, ApiError, error_response, invalid_request};
 use crate::logging::log_requests;
 use crate::stack::{Readiness, UpstreamRequest};
+use crate::tenants::AllowedModels;
 use holysheep::Stack;
 
 /// What every handler shares.
@@ -46,6 +47,10 @@ pub(crate) fn router(state: AppState, auth: Auth) -> Router {
         .route("/v1/chat/completions", post(chat_completions))
         .route("/v1/embeddings", post(embeddings))
         .route("/v1/models", get(models))
+        .route(
+            "/v1/holysheep/usage",
+            get_service(crate::tenants::usage_service(&state.stack)),
+        )
         .route_layer(middleware::from_fn_with_state(auth, require_caller));
     // Operator routes are outside the key check: probes and scrapers carry no client key, and
     // these answers hold no tenant's data. Without keys the listener is loopback-only anyway.
@@ -440,6 +445,11 @@ fn upstream_request(
 ///
 /// Takes the handler's own copy of the stack: calling it needs an owned service.
 async fn forward(stack: Stack, parts: Parts, body: Bytes, model: Option<Arc<str>>) -> Response {
+    if let (Some(allowed), Some(model)) = (parts.extensions.get::<AllowedModels>(), &model)
+        && let Err(error) = allowed.check(model)
+    {
+        return error.into_response();
+    }
     let request = match upstream_request(&parts, body, model.as_ref()) {
         Ok(request) => request,
         Err(error) => return error.into_response(),

@@ -18,7 +18,6 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot, watch};
 use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::Instant;
 
-use crate::auth::Auth;
 use crate::config::{Config, defaults};
 use crate::conn::{ConnIo, ConnService, ConnState, Timeouts, linger};
 use crate::routes::{AppState, router};
@@ -116,7 +115,8 @@ impl Gateway {
             readiness: built.readiness,
             render_metrics: built.render_metrics,
         };
-        let app = crate::telemetry::traced(router(state, Auth::new(&config.gateway_keys)));
+        let auth = crate::tenants::auth(&config, &state.stack);
+        let app = crate::telemetry::traced(router(state, auth));
         let serving = Serving {
             app,
             timeouts: Timeouts {

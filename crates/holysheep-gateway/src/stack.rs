@@ -26,6 +26,7 @@ use tokio::time::Instant;
 use tower::{Layer, ServiceExt};
 
 use crate::config::{CacheSettings, Config, MetricsSettings, SemanticSettings};
+use crate::tenants::{self, Tenants};
 
 /// What the routes send through the stack: a buffered JSON body, cloneable for retries.
 pub(crate) type UpstreamRequest = Request<Full<Bytes>>;
@@ -137,13 +138,22 @@ pub(crate) async fn build(
 
     // A clone shares the pool: the readiness probe takes its slots like any call.
     let probe_pool = pool.clone();
+    let prices = price_table(&s.metrics)?;
+    let tenants = Tenants::load_all(s.quota.tenant_files.as_deref().unwrap_or_default())?;
     let mut builder = Stack::builder()
         .client(client)
         .retry(retry)
         .pool_limit(pool)
         .cache(cache)
-        .metrics(metrics_layer(&s.metrics)?);
-    if let Some(semantic) = semantic_cache(&s.semantic, &config.redis_urls(), s.cache.ttl_secs)? {
+        .metrics(metrics_layer(&s.metrics, prices.clone()))
+        .quota(tenants::quota_layer(config, &tenants, prices)?);
+    let switches = tenants::semantic_switches(&tenants);
+    if let Some(semantic) = semantic_cache(
+        &s.semantic,
+        &config.redis_urls(),
+        s.cache.ttl_secs,
+        &switches,
+    )? {
         builder = builder.semantic_cache(semantic);
     }
     if let Some(router) = router {
@@ -170,19 +180,24 @@ pub(crate) async fn build(
     })
 }
 
-/// The metrics layer: HolySheep's published prices with the price files laid over them, in
-/// order, and the metric settings that are set.
-fn metrics_layer(settings: &MetricsSettings) -> Result<MetricsLayer, BoxError> {
+/// HolySheep's published prices with the price files laid over them, in order: what the
+/// metrics and the quota count dollars with.
+fn price_table(settings: &MetricsSettings) -> Result<PriceTable, BoxError> {
     let mut prices = PriceTable::default();
     for file in settings.price_files.as_deref().unwrap_or_default() {
         let table = PriceTable::load(file)?;
         tracing::info!(file = %file.display(), models = table.len(), "price file loaded");
         prices = prices.merge(table);
     }
+    Ok(prices)
+}
+
+/// The metrics layer with its prices and the metric settings that are set.
+fn metrics_layer(settings: &MetricsSettings, prices: PriceTable) -> MetricsLayer {
     let mut metrics = MetricsLayer::new().price_table(prices);
     metrics = set(metrics, settings.genai_metrics, MetricsLayer::genai_metrics);
     metrics = set(metrics, settings.max_tenants, MetricsLayer::max_tenants);
-    Ok(metrics)
+    metrics
 }
 
 /// The cache store: in-process memory alone, or memory in front of Redis (one node, or a
@@ -236,10 +251,11 @@ fn semantic_cache(
     s: &SemanticSettings,
     urls: &[String],
     cache_ttl_secs: Option<u64>,
+    switches: &std::collections::HashMap<Arc<str>, bool>,
 ) -> Result<Option<SemanticCacheLayer>, BoxError> {
     let tenants = s.tenants.as_deref().unwrap_or_default();
     let enabled = s.enabled.unwrap_or(false);
-    if !enabled && tenants.is_empty() {
+    if !enabled && tenants.is_empty() && !switches.values().any(|on| *on) {
         return Ok(None);
     }
     let mut layer = SemanticCacheLayer::new().enabled(enabled);
@@ -247,6 +263,10 @@ fn semantic_cache(
         if !tenant.is_empty() {
             layer = layer.tenant(tenant, true);
         }
+    }
+    // A tenants file's `semantic` switch wins over the lists above.
+    for (tenant, on) in switches {
+        layer = layer.tenant(&**tenant, *on);
     }
     layer = set(layer, s.threshold, SemanticCacheLayer::threshold);
     layer = set(

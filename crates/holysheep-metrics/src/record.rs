@@ -438,7 +438,7 @@ impl Tracker {
             semantic: None,
             attempts: None,
             streamed: false,
-            capture: Capture::Off,
+            capture: Capture::off(),
             span,
             finished: false,
         }
@@ -455,7 +455,7 @@ impl Tracker {
             self.model = ext.get::<RequestModel>().map(|m| m.0.clone());
         }
         self.capture = self.capture_for(&head.headers, body_len_lower_bound);
-        self.streamed = matches!(self.capture, Capture::Sse { .. });
+        self.streamed = self.capture.is_stream();
         if !self.span.is_disabled() {
             self.span
                 .record("http.response.status_code", head.status.as_u16());
