@@ -4,8 +4,8 @@
 //! upstream pool), in this process, all in front of one mock upstream. A round sends every
 //! distinct prompt of a fresh set from many callers at once, spread over the instances in turn
 //! (what a load balancer does to a burst), half of them as JSON and half as streams, and counts
-//! what reached the mock. The aim is 1.00 upstream call per distinct prompt at every N; without
-//! fleet coalescing it would be up to N.
+//! what reached the mock. The aim is 1.00 upstream call per distinct prompt at every N; a last
+//! round with the most instances and fleet coalescing off shows what it saves.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -60,10 +60,15 @@ pub(crate) async fn fleet(opts: &Opts, out: &mut Output) -> Result<(), BoxError>
         "misses coalesced locally only (Redis too slow)",
         "round time",
     ]);
-    for (round, n) in INSTANCES.into_iter().enumerate() {
+    // The last round: the most instances with fleet coalescing off, for comparison.
+    let rounds = INSTANCES
+        .into_iter()
+        .map(|n| (n, true))
+        .chain([(INSTANCES[INSTANCES.len() - 1], false)]);
+    for (round, (n, fleet)) in rounds.enumerate() {
         let mut gateways = Vec::new();
         for _ in 0..n {
-            gateways.push(start(opts, &mock, redis.url()).await?);
+            gateways.push(start(opts, &mock, redis.url(), fleet).await?);
         }
         let targets: Vec<Arc<HttpTarget>> = gateways
             .iter()
@@ -97,7 +102,11 @@ pub(crate) async fn fleet(opts: &Opts, out: &mut Output) -> Result<(), BoxError>
         let upstream = calls(&mock) - before;
         let local = local_only(&gateways[0]).await.saturating_sub(local_before);
         table.row([
-            n.to_string(),
+            if fleet {
+                n.to_string()
+            } else {
+                format!("{n}, fleet coalescing off")
+            },
             requests.to_string(),
             errors.to_string(),
             upstream.to_string(),
@@ -114,9 +123,15 @@ pub(crate) async fn fleet(opts: &Opts, out: &mut Output) -> Result<(), BoxError>
     Ok(())
 }
 
-async fn start(opts: &Opts, mock: &MockServer, redis: &str) -> Result<GatewayHandle, BoxError> {
+async fn start(
+    opts: &Opts,
+    mock: &MockServer,
+    redis: &str,
+    fleet: bool,
+) -> Result<GatewayHandle, BoxError> {
     let mut config = crate::gateway_config(opts, &mock.base_url(), crate::MEMORY_CACHE_BYTES);
     config.settings.cache.redis = Some(vec![redis.to_owned()]);
+    config.settings.cache.fleet_coalescing = Some(fleet);
     // The harness's machine is loaded: a roomy Redis bound, so what is measured is coalescing.
     config.settings.cache.redis_timeout_ms = Some(500);
     Ok(holysheep_gateway::Gateway::start(config).await?)
