@@ -8,6 +8,7 @@
 //! cargo run --release --example loadgen -- hits
 //! cargo run --release --example loadgen -- all --out bench-results/
 //! cargo run --release --example loadgen -- soak [--duration 10m] --out bench-results/
+//! cargo run --example loadgen -- routing [--duration 20s --callers 16] --out bench-results/
 //! ```
 //!
 //! Everything runs in this one process, on loopback: the mock upstream (`holysheep-mock`), the
@@ -19,12 +20,17 @@
 //! `soak` (not part of `all`) runs mixed traffic against the gateway for ten minutes while
 //! Redis is killed and restarted, and reports memory, open files and the in-flight gauge over
 //! time (`--out DIR/soak-output.txt`, `DIR/soak-rss.svg`); see `soak.rs`.
+//!
+//! `routing` (not part of `all`) compares the gateway in front of one upstream with its router
+//! over two upstreams of different latencies, and over two where the fast one dies midway
+//! (`--out DIR/loadgen-routing.txt`); see `routing.rs`.
 
 mod driver;
 mod fleet;
 mod nginx;
 mod proxy;
 mod report;
+mod routing;
 mod soak;
 mod svg;
 mod system;
@@ -81,6 +87,14 @@ enum Command {
     /// faults, hang-ups, slow readers and two Redis restarts: memory, open files and the
     /// in-flight gauge over time.
     Soak,
+    /// P50 / P99 through the gateway in front of a fast upstream alone, a slow one alone, the
+    /// router over both, and the router over both while the fast one dies halfway (each phase
+    /// `--duration`, default 20s).
+    Routing {
+        /// Closed-loop concurrency of every phase.
+        #[arg(long, default_value_t = 16)]
+        callers: usize,
+    },
     /// Runs only the gateway in front of `--upstream`, prints `listening <addr>` and serves
     /// until standard input closes: the child process whose memory `overhead` measures.
     #[command(hide = true)]
@@ -97,7 +111,7 @@ enum Command {
 #[derive(Args, Clone)]
 struct Opts {
     /// Length of each article-table phase (open loop and closed loop, per client; default
-    /// 30s), or of the whole soak (default 10m).
+    /// 30s), of each routing phase (default 20s), or of the whole soak (default 10m).
     #[arg(long, global = true, value_parser = report::parse_duration)]
     duration: Option<Duration>,
     /// How many times the soak kills and restarts Redis, evenly spread over the run.
@@ -229,6 +243,10 @@ async fn main() -> Result<(), BoxError> {
         soak::soak(&opts, &mut out).await?;
         sections_run += 1;
     }
+    if let Command::Routing { callers } = command {
+        routing::routing(&opts, callers, &mut out).await?;
+        sections_run += 1;
+    }
     debug_assert!(sections_run > 0);
     let name = match command {
         Command::All | Command::ServeGateway { .. } => "loadgen-output.txt".to_owned(),
@@ -237,6 +255,7 @@ async fn main() -> Result<(), BoxError> {
         Command::Hits => "loadgen-hits.txt".to_owned(),
         Command::Soak => "soak-output.txt".to_owned(),
         Command::Fleet => "loadgen-fleet.txt".to_owned(),
+        Command::Routing { .. } => "loadgen-routing.txt".to_owned(),
     };
     out.write_file(&opts, &name, &out.text);
     Ok(())
