@@ -93,8 +93,8 @@ pub(crate) async fn routing(
     out.say(format!(
         "Two mock upstreams, log-normal latency, no faults: fast (median {}, P99 {}) and slow \
          (median {}, P99 {}); latencies are real (not time-scaled). Each phase: fresh mocks, a \
-         fresh in-process gateway (memory cache on, router defaults: ejection after 5 failures \
-         in a row, 10 s first cool-down), a closed loop of unique prompts (no cache hits) at \
+         fresh in-process gateway (memory cache on, retry deadline {} as in the other modes, \
+         router defaults: ejection after 5 failures in a row, 10 s first cool-down), a closed loop of unique prompts (no cache hits) at \
          concurrency {concurrency} for {}. `share` = the chat calls that reached each mock \
          (its own counter, counted on arrival); upstream calls above the client's requests are \
          retries.",
@@ -102,6 +102,7 @@ pub(crate) async fn routing(
         dur(FAST.1),
         dur(SLOW.0),
         dur(SLOW.1),
+        dur(crate::stack_settings(opts).deadline),
         dur(phase)
     ));
     out.say("");
@@ -113,6 +114,7 @@ pub(crate) async fn routing(
         "P50",
         "P90",
         "P99",
+        "max",
         "throughput",
         "upstream calls",
         "fast share",
@@ -137,6 +139,7 @@ pub(crate) async fn routing(
             dur(m.rec.at(0.5)),
             dur(m.rec.at(0.9)),
             dur(m.rec.at(0.99)),
+            dur(Duration::from_nanos(m.rec.latency.max())),
             format!("{} req/s", sig3(m.rec.throughput())),
             calls.to_string(),
             share(m.fast_calls),
