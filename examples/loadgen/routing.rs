@@ -331,3 +331,69 @@ async fn router_counters(gateway: &GatewayHandle) -> BTreeMap<String, f64> {
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    fn opts() -> Opts {
+        crate::Cli::try_parse_from(["loadgen", "routing", "--quiet"])
+            .expect("valid arguments")
+            .opts
+    }
+
+    /// The single-upstream gateway calls its own mock and the router's gateway the two, on the
+    /// path the shares are counted on.
+    #[tokio::test]
+    async fn the_gateways_call_the_mocks_the_shares_count() {
+        let opts = opts();
+        let start = || MockServer::start(MockConfig::default().api_key(UPSTREAM_KEY));
+        let (fast, slow) = (start().await.expect("mock"), start().await.expect("mock"));
+        let calls = |mock: &MockServer| mock.stats().requests_for_path(CHAT_PATH);
+        let mut seen = Vec::new();
+        for config in [single(&opts, &slow), routed(&opts, &fast, &slow)] {
+            let before = (calls(&fast), calls(&slow));
+            let gateway = Gateway::start(config).await.expect("gateway");
+            let target = HttpTarget::pooled(&crate::gateway_url(&gateway)).expect("target");
+            let workload = Workload::new(Prompts::Unique, 5);
+            for i in 0..20 {
+                let (_, body) = workload.request(i);
+                let outcome = crate::driver::Target::call(&target, body, false).await;
+                assert!(outcome.ok(), "request {i}: {:?}", outcome.status);
+            }
+            gateway.shutdown().await;
+            seen.push((calls(&fast) - before.0, calls(&slow) - before.1));
+        }
+        // Alone, the slow mock took every call; routed, the two took 20 between them.
+        assert_eq!(seen[0], (0, 20));
+        assert_eq!(seen[1].0 + seen[1].1, 20);
+    }
+
+    /// Phase 4 end to end, shortened: the fast upstream dies halfway and the client sees no
+    /// error; both upstreams took calls and the router ejected the dead one.
+    #[tokio::test]
+    async fn the_dying_phase_answers_every_request() {
+        let prices = PriceTable::default();
+        let m = run_phase(
+            &opts(),
+            Setup::RouterFastDies,
+            Duration::from_secs(2),
+            4,
+            0,
+            &prices,
+        )
+        .await
+        .expect("phase");
+        assert!(m.rec.total() > 0);
+        assert_eq!(m.rec.errors, 0, "{}", statuses(&m.rec));
+        assert!(m.fast_calls > 0 && m.slow_calls > 0);
+        assert_eq!(
+            m.router
+                .get("holysheep_router_ejections_total{deployment=\"fast\"}")
+                .copied(),
+            Some(1.0)
+        );
+    }
+}
