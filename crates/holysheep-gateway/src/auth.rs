@@ -220,7 +220,11 @@ pub(crate) async fn require_caller(
                             .append(header::CACHE_CONTROL, value.clone());
                     }
                 }
-                request.extensions_mut().insert(namespace);
+                request.extensions_mut().insert(namespace.clone());
+                // On the response too, for the request's log line (its tenant, never its key).
+                let mut response = next.run(request).await;
+                response.extensions_mut().insert(namespace);
+                return response;
             }
             next.run(request).await
         }

@@ -8,7 +8,7 @@ use axum::extract::{MatchedPath, Request};
 use axum::middleware::Next;
 use axum::response::Response;
 use holysheep_core::error::ErrorClass;
-use holysheep_core::signal::{Attempts, CacheOutcome, RequestModel};
+use holysheep_core::signal::{Attempts, CacheOutcome, Namespace, RequestModel};
 use tracing_subscriber::EnvFilter;
 
 use crate::config::LogFormat;
@@ -37,8 +37,8 @@ pub(crate) fn init(format: LogFormat) {
     };
 }
 
-/// Middleware: one `info` line per request with method, route, model, status, cache outcome,
-/// upstream attempts and the time until the response head (a stream goes on after it).
+/// Middleware: one `info` line per request with method, route, tenant, model, status, cache
+/// outcome, upstream attempts and the time until the response head (a stream goes on after it).
 ///
 /// Only the route pattern is logged, never the query string or any header, so no key can end
 /// up in a log line. What the caller chose (the method, the model) is logged as [`Untrusted`]:
@@ -58,9 +58,12 @@ pub(crate) async fn log_requests(request: Request, next: Next) -> Response {
         .map_or("-", |outcome| outcome.as_str());
     let attempts = extensions.get::<Attempts>().map_or(0, |a| a.0);
     let error = extensions.get::<ErrorClass>().map_or("-", |e| e.as_str());
+    // The tenant's name from the configuration, or the digest prefix of a gateway key.
+    let tenant = extensions.get::<Namespace>().map_or("-", Namespace::as_str);
     tracing::info!(
         method = %Untrusted(method.as_str()),
         route = %route.as_ref().map_or("unmatched", MatchedPath::as_str),
+        tenant = %Untrusted(tenant),
         model = %Untrusted(model),
         status = response.status().as_u16(),
         cache = %cache,

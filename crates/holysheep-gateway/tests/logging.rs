@@ -59,6 +59,11 @@ async fn one_log_line_per_request_and_no_key_in_any_log() {
     assert_eq!(ok["attempts"], 1);
     assert!(ok["duration_ms"].as_f64().is_some());
     assert_eq!(requests[1]["status"], 401);
+    // The tenant: the key's namespace (a digest prefix), never the key; none for a refusal.
+    let tenant = ok["tenant"].as_str().expect("a tenant field");
+    assert_eq!(tenant.len(), 16, "{tenant}");
+    assert!(tenant.bytes().all(|b| b.is_ascii_hexdigit()), "{tenant}");
+    assert_eq!(requests[1]["tenant"], "-");
 
     let all = lines
         .iter()
