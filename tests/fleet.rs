@@ -143,7 +143,7 @@ async fn remote_followers_replay_a_stream_live() {
     let mock = mock_with(
         MockConfig::default()
             .stream_chunks(8)
-            .stream_gap(Duration::from_millis(100)),
+            .stream_gap(Duration::from_millis(200)),
     )
     .await;
     let instances = fleet(&[redis.url().to_owned()], &mock, 3).await;
@@ -195,7 +195,7 @@ async fn error_answers_are_shared_not_multiplied() {
     let mock = mock_with(
         MockConfig::default()
             .rate_limit_rate(1.0)
-            .latency(Latency::fixed(Duration::from_millis(300))),
+            .latency(Latency::fixed(Duration::from_secs(1))),
     )
     .await;
     let instances = fleet(&[redis.url().to_owned()], &mock, 3).await;
@@ -242,7 +242,9 @@ fn a_leader_instance_killed_midway_is_taken_over() {
         .build()
         .unwrap();
     let mock = main.block_on(mock_with(
-        MockConfig::default().latency(Latency::fixed(Duration::from_millis(1500))),
+        // Long enough that the leader's call cannot end before it is killed, however loaded
+        // the machine.
+        MockConfig::default().latency(Latency::fixed(Duration::from_secs(4))),
     ));
     let body = chat_body("gpt-4.1", &unique("fleet kill"));
 
@@ -344,7 +346,7 @@ async fn a_follower_of_the_other_shape_is_served_from_the_stored_entry() {
 async fn a_follower_waits_no_longer_than_its_bound() {
     let redis = RedisServer::from_env_or_start().expect("a Redis for the test");
     let mock =
-        mock_with(MockConfig::default().latency(Latency::fixed(Duration::from_millis(1500)))).await;
+        mock_with(MockConfig::default().latency(Latency::fixed(Duration::from_secs(3)))).await;
     let url = [redis.url().to_owned()];
     let leader_instance = instance(&url, &mock).await;
     let impatient = instance_with(&url, &mock, Duration::from_millis(200)).await;
@@ -377,11 +379,11 @@ async fn a_stalled_redis_holds_no_request_back() {
         mock_with(MockConfig::default().latency(Latency::fixed(Duration::from_millis(50)))).await;
     let instances = fleet(&[redis.url().to_owned()], &mock, 3).await;
     let body = chat_body("gpt-4.1", &unique("fleet redis stalled"));
-    // Redis answers nothing for 4 s (its event loop sleeps), while every request is sent.
+    // Redis answers nothing for 6 s (its event loop sleeps), while every request is sent.
     let port = redis.port().to_string();
     let sleep = tokio::task::spawn_blocking(move || {
         std::process::Command::new("redis-cli")
-            .args(["-p", &port, "DEBUG", "SLEEP", "4"])
+            .args(["-p", &port, "DEBUG", "SLEEP", "6"])
             .output()
     });
     tokio::time::sleep(Duration::from_millis(200)).await;
