@@ -100,8 +100,11 @@
 //! ```
 
 mod backend;
+#[doc(hidden)]
+pub mod bench;
 mod body;
 mod clock;
+mod counters;
 mod decision;
 mod estimate;
 mod future;
