@@ -11,6 +11,7 @@
 //! - `quota/check_memory`, `quota/check_redis`: the check alone, without a request or an
 //!   upstream: the tenant's limits looked up, its tokens estimated from the request body, the
 //!   backend's decision (and charge).
+//! - `quota/estimate`: the token estimate of the request body alone (part of the check).
 
 use std::convert::Infallible;
 use std::hint::black_box;
@@ -117,6 +118,9 @@ fn bench(c: &mut Criterion) {
         });
     };
     check(&QuotaLayer::new(policy()), "check_memory", &mut group);
+    group.bench_function("estimate", |b| {
+        b.iter(|| holysheep_quota::bench::estimate(black_box(REQUEST.as_bytes())));
+    });
 
     match RedisServer::from_env_or_start() {
         Ok(redis) => {

@@ -49,3 +49,9 @@ impl Checker {
             .allowed()
     }
 }
+
+/// The tokens the layer reserves for a request with this body, with the default completion
+/// reserve (the estimate is part of [`Checker::check`]).
+pub fn estimate(body: &[u8]) -> u64 {
+    estimate::reserve(body, QuotaLayer::DEFAULT_COMPLETION_RESERVE)
+}
