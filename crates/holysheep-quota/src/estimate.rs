@@ -27,14 +27,14 @@ pub(crate) fn reserve(body: &[u8], default_completion: u64) -> u64 {
         return 0;
     }
     let prompt = (body.len() as u64).div_ceil(BYTES_PER_TOKEN);
-    // Most bodies name none of the fields: then they are not parsed at all.
-    let names_one = contains(body, b"\"max_") || contains(body, b"\"n\"");
-    let asked = if names_one {
-        // The byte scan reads the usual body; serde decides what it leaves.
-        scan::asked(body).unwrap_or_else(|| serde_json::from_slice::<Asked>(body).ok())
-    } else {
-        None
-    };
+    // The byte scan reads the usual body; serde decides what it leaves, when the body names
+    // one of the fields (most do not: then they are not parsed at all).
+    let asked = scan::asked(body).unwrap_or_else(|| {
+        let names_one = contains(body, b"\"max_") || contains(body, b"\"n\"");
+        names_one
+            .then(|| serde_json::from_slice::<Asked>(body).ok())
+            .flatten()
+    });
     let completion = asked
         .as_ref()
         .and_then(|a| a.max_completion_tokens.or(a.max_tokens))
@@ -115,6 +115,33 @@ mod scan {
         (s.at == body.len()).then_some(Some(asked))
     }
 
+    /// Where the first `"`, `\\` or control character (what ends a run of a JSON string) is,
+    /// eight bytes at a time.
+    pub(super) fn next_special(bytes: &[u8]) -> Option<usize> {
+        const ONES: u64 = 0x0101_0101_0101_0101;
+        const HIGH: u64 = 0x8080_8080_8080_8080;
+        // A byte's high bit is set in `(x - ONES) & !x & HIGH` where `x` is 0 (and maybe in
+        // bytes after such a byte, never before): the lowest bit set is the first hit.
+        let zero = |x: u64| x.wrapping_sub(ONES) & !x & HIGH;
+        let mut at = 0;
+        while let Some(chunk) = bytes.get(at..at + 8) {
+            let mut word = [0; 8];
+            word.copy_from_slice(chunk);
+            let v = u64::from_le_bytes(word);
+            let hits = zero(v ^ (ONES * u64::from(b'"')))
+                | zero(v ^ (ONES * u64::from(b'\\')))
+                | (v.wrapping_sub(ONES * 0x20) & !v & HIGH);
+            if hits != 0 {
+                return Some(at + (hits.trailing_zeros() / 8) as usize);
+            }
+            at += 8;
+        }
+        bytes[at..]
+            .iter()
+            .position(|&b| b == b'"' || b == b'\\' || b < 0x20)
+            .map(|i| at + i)
+    }
+
     struct Scan<'a> {
         body: &'a [u8],
         at: usize,
@@ -143,16 +170,14 @@ mod scan {
                 return None;
             }
             let start = self.at;
-            let len = self.body[start..]
-                .iter()
-                .position(|&b| b == b'"' || b == b'\\' || b < 0x20)?;
+            let len = next_special(&self.body[start..])?;
             let end = start + len;
             if self.body[end] != b'"' {
                 return None;
             }
             self.at = end + 1;
             let key: &'a [u8] = &self.body[start..end];
-            std::str::from_utf8(key).ok().map(str::as_bytes)
+            (key.is_ascii() || std::str::from_utf8(key).is_ok()).then_some(key)
         }
 
         /// `null` or a plain `u64` (no sign, fraction, exponent or leading zero).
@@ -184,9 +209,7 @@ mod scan {
         fn skip_string(&mut self) -> Option<()> {
             self.at += 1;
             loop {
-                let len = self.body[self.at..]
-                    .iter()
-                    .position(|&b| b == b'"' || b == b'\\' || b < 0x20)?;
+                let len = next_special(&self.body[self.at..])?;
                 self.at += len;
                 match self.body[self.at] {
                     b'"' => {
@@ -287,6 +310,25 @@ mod tests {
             reserve(br#"{"max_tokens":18446744073709551615,"n":2}"#, 0),
             u64::MAX
         );
+    }
+
+    #[test]
+    fn the_special_bytes_of_a_string_are_found_eight_at_a_time() {
+        let naive = |b: &[u8]| b.iter().position(|&c| c == b'"' || c == b'\\' || c < 0x20);
+        let mut bytes: Vec<u8> = (0..=255u8).cycle().take(700).collect();
+        for i in 0..bytes.len() {
+            assert_eq!(scan::next_special(&bytes[i..]), naive(&bytes[i..]), "{i}");
+        }
+        // Runs of plain text (ASCII and UTF-8) before each kind of special byte, at each offset.
+        for special in [b'"', b'\\', 0x00, 0x1f, b'\n'] {
+            for len in 0..40 {
+                bytes = "é a~\x7f".bytes().cycle().take(len).collect();
+                bytes.push(special);
+                bytes.extend_from_slice(b"xyz\"");
+                assert_eq!(scan::next_special(&bytes), Some(len), "{special} {len}");
+            }
+        }
+        assert_eq!(scan::next_special(b"plain text, no end"), None);
     }
 
     /// What serde reads of a body (the estimate before the byte scan).
