@@ -62,7 +62,8 @@
 //! `insufficient_quota` for a spent budget, with `Retry-After` in whole seconds. Every answer
 //! for a limited tenant carries `x-ratelimit-limit-requests`, `x-ratelimit-remaining-requests`,
 //! `x-ratelimit-reset-requests` and the same three for tokens, for the limits it has.
-//! Counters are in [`names`].
+//! Counters are in [`names`]; their handles are resolved at a tenant's first request under a
+//! policy, so install the metrics recorder before the first request (as for `MetricsLayer`).
 //!
 //! # Cost
 //!
