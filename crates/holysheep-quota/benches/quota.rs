@@ -8,6 +8,10 @@
 //! - `quota/redis`: the same on `RedisQuota` over loopback (one script round trip per check;
 //!   the settle is sent in the background), against `REDIS_URL` or a `redis-server` the bench
 //!   starts; skipped with a note when neither is available.
+//! - `quota/check_memory`, `quota/check_redis`: the check alone, without a request or an
+//!   upstream: the tenant's limits looked up, its tokens estimated from the request body, the
+//!   backend's decision (and charge).
+//! - `quota/estimate`: the token estimate of the request body alone (part of the check).
 
 use std::convert::Infallible;
 use std::hint::black_box;
@@ -15,6 +19,7 @@ use std::hint::black_box;
 use bytes::Bytes;
 use criterion::{Criterion, criterion_group, criterion_main};
 use holysheep_core::signal::{Namespace, RequestModel};
+use holysheep_quota::bench::Checker;
 use holysheep_quota::{Limits, Quota, QuotaLayer, QuotaPolicy, RedisQuota};
 use holysheep_testkit::redis::{RedisServer, unique_prefix};
 use http::{Request, Response};
@@ -103,12 +108,27 @@ fn bench(c: &mut Criterion) {
     );
     quota(QuotaLayer::new(policy()), "memory", "bench", &mut group);
 
+    let check = |layer: &QuotaLayer, name: &str, group: &mut criterion::BenchmarkGroup<'_, _>| {
+        let checker = Checker::new(layer);
+        let tenant = Namespace("bench".into());
+        group.bench_function(name, |b| {
+            b.to_async(&rt).iter(|| async {
+                assert!(checker.check(&tenant, REQUEST.as_bytes()).await);
+            });
+        });
+    };
+    check(&QuotaLayer::new(policy()), "check_memory", &mut group);
+    group.bench_function("estimate", |b| {
+        b.iter(|| holysheep_quota::bench::estimate(black_box(REQUEST.as_bytes())));
+    });
+
     match RedisServer::from_env_or_start() {
         Ok(redis) => {
             let store = RedisQuota::connect(redis.url())
                 .unwrap()
                 .key_prefix(unique_prefix("quota-bench"));
             let layer = rt.block_on(async { QuotaLayer::with_redis(policy(), store) });
+            check(&layer, "check_redis", &mut group);
             quota(layer, "redis", "bench", &mut group);
             drop(redis);
         }

@@ -5,12 +5,11 @@ use std::task::{Context, Poll, ready};
 use bytes::{Buf, Bytes};
 use holysheep_core::usage::UsageCapture;
 use http_body::{Body, Frame, SizeHint};
-use metrics::{SharedString, counter};
 use pin_project_lite::pin_project;
 
+use crate::counters::TenantCounters;
 use crate::in_flight::InFlightGuard;
 use crate::limits::Limits;
-use crate::names;
 use crate::service::Shared;
 
 pin_project! {
@@ -32,7 +31,7 @@ pin_project! {
         Upstream {
             #[pin]
             body: B,
-            settlement: Option<Box<Settlement>>,
+            settlement: Option<Settlement>,
         },
         Refused {
             body: Option<Bytes>,
@@ -43,10 +42,7 @@ pin_project! {
 impl<B> ResponseBody<B> {
     pub(crate) fn upstream(body: B, settlement: Option<Settlement>) -> Self {
         Self {
-            kind: Kind::Upstream {
-                body,
-                settlement: settlement.map(Box::new),
-            },
+            kind: Kind::Upstream { body, settlement },
         }
     }
 
@@ -127,7 +123,7 @@ impl<B> std::fmt::Debug for ResponseBody<B> {
 pub(crate) struct Settlement {
     pub(crate) shared: Arc<Shared>,
     pub(crate) tenant: Arc<str>,
-    pub(crate) label: SharedString,
+    pub(crate) counters: Arc<TenantCounters>,
     pub(crate) limits: Limits,
     /// The check was decided by this instance alone.
     pub(crate) local: bool,
@@ -163,10 +159,10 @@ impl Drop for Settlement {
             .saturating_sub(i64::try_from(self.reserved).unwrap_or(i64::MAX));
         let usd = if usd.is_finite() { usd.max(0.0) } else { 0.0 };
         if tokens > 0 {
-            counter!(names::TOKENS, "tenant" => self.label.clone()).increment(tokens);
+            self.counters.tokens().increment(tokens);
         }
         if usd > 0.0 {
-            counter!(names::COST, "tenant" => self.label.clone()).increment((usd * 1e6) as u64);
+            self.counters.cost().increment((usd * 1e6) as u64);
         }
         if delta != 0 || usd > 0.0 {
             self.shared.backend.settle(

@@ -99,7 +99,7 @@ impl QuotaLayer {
         }
     }
 
-    fn shared(&self) -> Arc<Shared> {
+    pub(crate) fn shared(&self) -> Arc<Shared> {
         Arc::new(Shared {
             policy: Arc::clone(&self.policy),
             backend: self.backend.clone(),

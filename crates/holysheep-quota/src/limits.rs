@@ -3,6 +3,11 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use metrics::SharedString;
+
+use crate::counters::TenantCounters;
+use crate::names;
+
 /// One tenant's limits. Every limit is off until set; a tenant with none set is not limited
 /// (and gets no rate-limit headers).
 ///
@@ -152,10 +157,35 @@ impl Limits {
 /// assert_eq!(policy.limits_of(Some("hobby")).requests_per_minute_limit(), Some(10));
 /// assert!(policy.limits_of(Some("someone-else")).is_unlimited());
 /// ```
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct QuotaPolicy {
-    tenants: HashMap<Arc<str>, Limits>,
+    tenants: HashMap<Arc<str>, Listed>,
     default: Limits,
+    /// The counters of tenants not listed (label `other`).
+    other: Arc<TenantCounters>,
+}
+
+/// A listed tenant: its limits and its metric handles.
+#[derive(Debug, Clone)]
+struct Listed {
+    limits: Limits,
+    counters: Arc<TenantCounters>,
+}
+
+/// What the layer needs of the policy for one request, found with one map lookup.
+pub(crate) struct Lookup<'a> {
+    pub(crate) limits: Limits,
+    pub(crate) counters: &'a Arc<TenantCounters>,
+}
+
+impl Default for QuotaPolicy {
+    fn default() -> Self {
+        Self {
+            tenants: HashMap::new(),
+            default: Limits::new(),
+            other: TenantCounters::new(SharedString::const_str(names::OTHER)),
+        }
+    }
 }
 
 impl QuotaPolicy {
@@ -169,7 +199,9 @@ impl QuotaPolicy {
 
     /// Adds (or replaces) a tenant's limits.
     pub fn tenant(mut self, name: impl Into<Arc<str>>, limits: Limits) -> Self {
-        self.tenants.insert(name.into(), limits);
+        let name = name.into();
+        let counters = TenantCounters::new(SharedString::from(Arc::clone(&name)));
+        self.tenants.insert(name, Listed { limits, counters });
         self
     }
 
@@ -183,8 +215,7 @@ impl QuotaPolicy {
     pub fn limits_of(&self, tenant: Option<&str>) -> Limits {
         tenant
             .and_then(|t| self.tenants.get(t))
-            .copied()
-            .unwrap_or(self.default)
+            .map_or(self.default, |t| t.limits)
     }
 
     /// Whether a tenant is listed.
@@ -194,12 +225,21 @@ impl QuotaPolicy {
 
     /// The listed tenants.
     pub fn tenants(&self) -> impl Iterator<Item = (&str, &Limits)> {
-        self.tenants.iter().map(|(k, v)| (&**k, v))
+        self.tenants.iter().map(|(k, v)| (&**k, &v.limits))
     }
 
-    /// The listed tenant's own name as shared (for a label), if listed.
-    pub(crate) fn listed_name(&self, tenant: &str) -> Option<Arc<str>> {
-        self.tenants.get_key_value(tenant).map(|(k, _)| k.clone())
+    /// The limits of a tenant (`None`: a request without a namespace, counted as
+    /// [`ANONYMOUS`](Self::ANONYMOUS)) and the counters of its label (its own when listed,
+    /// else `other`).
+    pub(crate) fn lookup(&self, tenant: Option<&str>) -> Lookup<'_> {
+        let listed = self.tenants.get(tenant.unwrap_or(Self::ANONYMOUS));
+        Lookup {
+            limits: match (tenant, listed) {
+                (Some(_), Some(listed)) => listed.limits,
+                _ => self.default,
+            },
+            counters: listed.map_or(&self.other, |l| &l.counters),
+        }
     }
 }
 

@@ -17,23 +17,24 @@ pub(crate) struct MemoryBackend {
 }
 
 impl MemoryBackend {
-    fn state(&self, tenant: &Arc<str>) -> Arc<Mutex<TenantState>> {
-        if let Some(state) = self
-            .tenants
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(tenant)
+    /// Runs `f` on the tenant's state, locked. A known tenant's state is used under the map's
+    /// read lock (no handle cloned); the write lock is taken only to add a tenant.
+    fn with_state<R>(&self, tenant: &Arc<str>, f: impl FnOnce(&mut TenantState) -> R) -> R {
         {
-            return Arc::clone(state);
+            let map = self.tenants.read().unwrap_or_else(PoisonError::into_inner);
+            if let Some(state) = map.get(tenant) {
+                return f(&mut state.lock().unwrap_or_else(PoisonError::into_inner));
+            }
         }
-        let mut map = self.tenants.write().unwrap_or_else(PoisonError::into_inner);
-        Arc::clone(map.entry(Arc::clone(tenant)).or_default())
+        let state = {
+            let mut map = self.tenants.write().unwrap_or_else(PoisonError::into_inner);
+            Arc::clone(map.entry(Arc::clone(tenant)).or_default())
+        };
+        f(&mut state.lock().unwrap_or_else(PoisonError::into_inner))
     }
 
     pub(crate) fn check(&self, tenant: &Arc<str>, limits: &Limits, check: &Check) -> Verdict {
-        let state = self.state(tenant);
-        let mut state = state.lock().unwrap_or_else(PoisonError::into_inner);
-        state.check(limits, check)
+        self.with_state(tenant, |state| state.check(limits, check))
     }
 
     pub(crate) fn settle(
@@ -44,14 +45,13 @@ impl MemoryBackend {
         usd: f64,
         now_ms: f64,
     ) {
-        let state = self.state(tenant);
-        let mut state = state.lock().unwrap_or_else(PoisonError::into_inner);
-        state.settle(limits, token_delta, usd, now_ms);
+        self.with_state(tenant, |state| {
+            state.settle(limits, token_delta, usd, now_ms);
+        });
     }
 
     pub(crate) fn usage(&self, tenant: &Arc<str>, limits: &Limits, now_ms: f64) -> TenantUsage {
-        let state = self.state(tenant);
-        let state = *state.lock().unwrap_or_else(PoisonError::into_inner);
+        let state = self.with_state(tenant, |state| *state);
         TenantUsage::from_state(&state, limits, now_ms)
     }
 }

@@ -7,7 +7,7 @@ use holysheep_core::error::ErrorBody;
 use http::header::RETRY_AFTER;
 use http::{HeaderMap, HeaderName, HeaderValue, Response, StatusCode};
 
-use crate::decision::{RateState, Reason, Verdict};
+use crate::decision::{Reason, Verdict};
 
 /// `x-ratelimit-limit-requests`.
 pub const LIMIT_REQUESTS: HeaderName = HeaderName::from_static("x-ratelimit-limit-requests");
@@ -24,43 +24,75 @@ pub const REMAINING_TOKENS: HeaderName = HeaderName::from_static("x-ratelimit-re
 pub const RESET_TOKENS: HeaderName = HeaderName::from_static("x-ratelimit-reset-tokens");
 
 /// Sets the `x-ratelimit-*` headers of the limits the tenant has.
+///
+/// This runs for every answer of a limited tenant, so the (up to six) values are written on the
+/// stack and moved to the heap in one allocation that they all share.
 pub(crate) fn insert_headers(headers: &mut HeaderMap, verdict: &Verdict) {
-    if let Some(state) = &verdict.requests {
-        insert_trio(
-            headers,
-            state,
+    let trios = [
+        (
+            verdict.requests.as_ref(),
             [LIMIT_REQUESTS, REMAINING_REQUESTS, RESET_REQUESTS],
-        );
-    }
-    if let Some(state) = &verdict.tokens {
-        insert_trio(
-            headers,
-            state,
+        ),
+        (
+            verdict.tokens.as_ref(),
             [LIMIT_TOKENS, REMAINING_TOKENS, RESET_TOKENS],
-        );
-    }
-}
-
-fn insert_trio(headers: &mut HeaderMap, state: &RateState, [l, r, t]: [HeaderName; 3]) {
-    headers.insert(l, HeaderValue::from(state.limit));
-    headers.insert(r, HeaderValue::from(state.remaining));
-    // On the stack: this runs for every answer.
+        ),
+    ];
     let mut text = StackText::default();
-    write_duration(&mut text, state.reset_ms);
-    if let Ok(value) = HeaderValue::from_bytes(text.as_bytes()) {
-        headers.insert(t, value);
+    // Where each value ends in `text`, in the order of `trios`.
+    let mut ends = [0; 6];
+    let mut count = 0;
+    for (state, _) in &trios {
+        let Some(state) = state else { continue };
+        let written = write!(text, "{}", state.limit)
+            .map(|()| ends[count] = text.len)
+            .and_then(|()| write!(text, "{}", state.remaining))
+            .map(|()| ends[count + 1] = text.len)
+            .and_then(|()| write_duration(&mut text, state.reset_ms))
+            .map(|()| ends[count + 2] = text.len);
+        if written.is_err() {
+            // Never for numbers and durations (the buffer holds the longest); no headers then
+            // rather than wrong ones.
+            return;
+        }
+        count += 3;
+    }
+    if count == 0 {
+        return;
+    }
+    headers.reserve(count);
+    let shared = Bytes::from_owner(text);
+    let names = trios
+        .into_iter()
+        .filter(|(state, _)| state.is_some())
+        .flat_map(|(_, names)| names);
+    let mut start = 0;
+    for (name, &end) in names.zip(&ends[..count]) {
+        if let Ok(value) = HeaderValue::from_maybe_shared(shared.slice(start..end)) {
+            headers.insert(name, value);
+        }
+        start = end;
     }
 }
 
-/// A few bytes of text without an allocation (longer text is cut, which a duration never is).
-#[derive(Default)]
+/// A few bytes of text without an allocation (longer text is refused, which the rate-limit
+/// headers never are: two trios of two `u64`s and a duration).
 struct StackText {
-    bytes: [u8; 32],
+    bytes: [u8; 160],
     len: usize,
 }
 
-impl StackText {
-    fn as_bytes(&self) -> &[u8] {
+impl Default for StackText {
+    fn default() -> Self {
+        Self {
+            bytes: [0; 160],
+            len: 0,
+        }
+    }
+}
+
+impl AsRef<[u8]> for StackText {
+    fn as_ref(&self) -> &[u8] {
         &self.bytes[..self.len]
     }
 }
@@ -81,37 +113,36 @@ impl Write for StackText {
 #[cfg(test)]
 fn duration_text(ms: f64) -> String {
     let mut out = String::new();
-    write_duration(&mut out, ms);
+    let _ = write_duration(&mut out, ms);
     out
 }
 
 /// Writes a duration as OpenAI writes its reset headers.
-fn write_duration(out: &mut impl Write, ms: f64) {
+fn write_duration(out: &mut impl Write, ms: f64) -> std::fmt::Result {
     let ms = if ms.is_finite() { ms.max(0.0) } else { 0.0 };
     let whole_ms = ms.ceil() as u64;
     if whole_ms < 1000 {
-        let _ = write!(out, "{whole_ms}ms");
-        return;
+        return write!(out, "{whole_ms}ms");
     }
     let hours = whole_ms / 3_600_000;
     let minutes = whole_ms / 60_000 % 60;
     let secs_ms = whole_ms % 60_000;
     if hours > 0 {
-        let _ = write!(out, "{hours}h");
+        write!(out, "{hours}h")?;
     }
     if hours > 0 || minutes > 0 {
-        let _ = write!(out, "{minutes}m");
+        write!(out, "{minutes}m")?;
     }
     let (s, mut frac) = (secs_ms / 1000, secs_ms % 1000);
     if frac == 0 {
-        let _ = write!(out, "{s}s");
+        write!(out, "{s}s")
     } else {
         let mut width = 3;
         while frac % 10 == 0 {
             frac /= 10;
             width -= 1;
         }
-        let _ = write!(out, "{s}.{frac:0width$}s");
+        write!(out, "{s}.{frac:0width$}s")
     }
 }
 
@@ -173,6 +204,7 @@ pub(crate) fn rejection(tenant: &str, reason: Reason, verdict: &Verdict) -> Resp
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::decision::RateState;
 
     #[test]
     fn durations_read_like_openai_headers() {
@@ -185,17 +217,46 @@ mod tests {
         assert_eq!(duration_text(f64::NAN), "0ms");
         assert_eq!(duration_text(1050.0), "1.05s");
         assert_eq!(duration_text(61_007.0), "1m1.007s");
-        // The longest there is still fits the stack buffer of the headers.
+        // The longest there is still fits the stack buffer of the headers, both trios.
+        let mut headers = HeaderMap::new();
+        let longest = RateState {
+            limit: u64::MAX,
+            remaining: u64::MAX,
+            reset_ms: 1e300,
+        };
+        let verdict = Verdict {
+            requests: Some(longest),
+            tokens: Some(longest),
+            ..Verdict::default()
+        };
+        insert_headers(&mut headers, &verdict);
+        for (limit, remaining, reset) in [
+            (LIMIT_REQUESTS, REMAINING_REQUESTS, RESET_REQUESTS),
+            (LIMIT_TOKENS, REMAINING_TOKENS, RESET_TOKENS),
+        ] {
+            assert_eq!(headers[limit], u64::MAX.to_string().as_str());
+            assert_eq!(headers[remaining], u64::MAX.to_string().as_str());
+            assert_eq!(headers[reset], duration_text(1e300).as_str());
+        }
+    }
+
+    #[test]
+    fn headers_of_the_limits_the_tenant_has() {
         let mut headers = HeaderMap::new();
         let verdict = Verdict {
-            requests: Some(RateState {
-                limit: 1,
-                remaining: 0,
-                reset_ms: 1e300,
+            tokens: Some(RateState {
+                limit: 1000,
+                remaining: 250,
+                reset_ms: 45_000.0,
             }),
             ..Verdict::default()
         };
         insert_headers(&mut headers, &verdict);
-        assert_eq!(headers[RESET_REQUESTS], duration_text(1e300).as_str());
+        assert_eq!(headers.len(), 3);
+        assert_eq!(headers[LIMIT_TOKENS], "1000");
+        assert_eq!(headers[REMAINING_TOKENS], "250");
+        assert_eq!(headers[RESET_TOKENS], "45s");
+        insert_headers(&mut headers, &Verdict::default());
+        assert_eq!(headers.len(), 3);
     }
 }

@@ -1,7 +1,7 @@
 use std::sync::{Arc, PoisonError, RwLock};
 use std::task::{Context, Poll};
 
-use bytes::Bytes;
+use bytes::{Buf, Bytes, BytesMut};
 use holysheep_core::BoxError;
 use holysheep_core::price::PriceTable;
 use holysheep_core::signal::{CacheOutcome, Namespace, RequestModel};
@@ -123,19 +123,18 @@ where
 {
     let (parts, body) = req.into_parts();
     let policy = shared.policy();
-    let namespace = parts.extensions.get::<Namespace>().map(|n| n.0.clone());
-    let limits = policy.limits_of(namespace.as_deref());
-    let bytes = body.collect().await.map_err(Into::into)?.to_bytes();
+    let namespace = parts.extensions.get::<Namespace>().map(|n| &n.0);
+    let lookup = policy.lookup(namespace.map(|n| &**n));
+    let limits = lookup.limits;
+    let bytes = read_body(body).await.map_err(Into::into)?;
     if limits.is_unlimited() {
         let req = Request::from_parts(parts, Full::new(bytes));
         let res = inner.call(req).await.map_err(Into::into)?;
         return Ok(res.map(|body| ResponseBody::upstream(body, None)));
     }
 
-    let tenant = namespace.unwrap_or_else(|| Arc::from(QuotaPolicy::ANONYMOUS));
-    let label: SharedString = policy
-        .listed_name(&tenant)
-        .map_or(SharedString::const_str(names::OTHER), SharedString::from);
+    let tenant = namespace.map_or_else(|| Arc::from(QuotaPolicy::ANONYMOUS), Arc::clone);
+    let counters = Arc::clone(lookup.counters);
     let reserved = match limits.tokens_per_minute {
         Some(_) => estimate::reserve(&bytes, shared.completion_reserve),
         None => 0,
@@ -169,16 +168,16 @@ where
         _ => None,
     };
     if let Some(reason) = verdict.reason {
-        return Ok(refuse(&tenant, label, reason, &verdict));
+        return Ok(refuse(&tenant, counters.label(), reason, &verdict));
     }
-    counter!(names::REQUESTS, "tenant" => label.clone(), "result" => "allowed").increment(1);
+    counters.allowed().increment(1);
 
     let model = parts.extensions.get::<RequestModel>().map(|m| m.0.clone());
     let req = Request::from_parts(parts, Full::new(bytes));
     let mut settlement = Settlement {
         shared: Arc::clone(&shared),
         tenant,
-        label,
+        counters,
         limits,
         local: verdict.local,
         reserved,
@@ -216,12 +215,82 @@ where
 
 fn refuse<B>(
     tenant: &str,
-    label: SharedString,
+    label: &SharedString,
     reason: Reason,
     verdict: &Verdict,
 ) -> Response<ResponseBody<B>> {
     counter!(names::REQUESTS, "tenant" => label.clone(), "result" => "rejected").increment(1);
-    counter!(names::REJECTIONS, "tenant" => label, "reason" => reason.as_str()).increment(1);
+    counter!(names::REJECTIONS, "tenant" => label.clone(), "reason" => reason.as_str())
+        .increment(1);
     tracing::debug!(tenant, reason = reason.as_str(), "quota: request refused");
     rejection(tenant, reason, verdict).map(ResponseBody::refused)
+}
+
+/// The request body in one piece. A body of one data frame (a `Full`, most requests) is taken
+/// as it is, without a copy or a list of buffers; more frames are joined. Trailers are dropped.
+async fn read_body<B: Body>(body: B) -> Result<Bytes, B::Error> {
+    let mut body = std::pin::pin!(body);
+    let mut first: Option<Bytes> = None;
+    let mut joined = BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        let Ok(mut data) = frame?.into_data() else {
+            continue;
+        };
+        let chunk = data.copy_to_bytes(data.remaining());
+        match first.take() {
+            None if joined.is_empty() => first = Some(chunk),
+            earlier => {
+                if let Some(earlier) = earlier {
+                    joined.extend_from_slice(&earlier);
+                }
+                joined.extend_from_slice(&chunk);
+            }
+        }
+    }
+    Ok(first.unwrap_or_else(|| joined.freeze()))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::VecDeque;
+    use std::convert::Infallible;
+    use std::pin::Pin;
+
+    use http_body::Frame;
+    use http_body_util::Empty;
+
+    use super::*;
+
+    /// A body of the frames given.
+    struct Frames(VecDeque<Frame<Bytes>>);
+
+    impl Body for Frames {
+        type Data = Bytes;
+        type Error = Infallible;
+
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+            Poll::Ready(self.0.pop_front().map(Ok))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_body_of_several_frames_is_joined_and_trailers_dropped() {
+        let body = Frames(VecDeque::from([
+            Frame::data(Bytes::from_static(b"{\"a\":")),
+            Frame::data(Bytes::new()),
+            Frame::data(Bytes::from_static(b"1}")),
+            Frame::trailers(http::HeaderMap::new()),
+        ]));
+        assert_eq!(read_body(body).await.unwrap(), &b"{\"a\":1}"[..]);
+
+        let one = Bytes::from_static(b"{}");
+        let read = read_body(Full::new(one.clone())).await.unwrap();
+        assert_eq!(read, one);
+        // The frame itself, not a copy.
+        assert_eq!(read.as_ptr(), one.as_ptr());
+        assert!(read_body(Empty::<Bytes>::new()).await.unwrap().is_empty());
+    }
 }

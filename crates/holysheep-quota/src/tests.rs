@@ -393,3 +393,70 @@ async fn rejections_are_counted_by_tenant_and_reason() {
         });
     assert!(found);
 }
+
+#[tokio::test(start_paused = true)]
+async fn allowed_requests_and_tokens_are_counted_by_tenant_label() {
+    use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let policy = QuotaPolicy::new()
+        .tenant(
+            "a",
+            Limits::new()
+                .requests_per_minute(10)
+                .tokens_per_minute(10_000),
+        )
+        .default_limits(Limits::new().requests_per_minute(10));
+    let h = harness(QuotaLayer::new(policy));
+    let _guard = metrics::set_default_local_recorder(&recorder);
+    h.send(request(Some("a"), BODY, Answer::Json(3, 4))).await;
+    h.send(request(Some("a"), BODY, Answer::Json(5, 6))).await;
+    h.send(request(Some("unlisted"), BODY, Answer::Json(1, 1)))
+        .await;
+    h.send(request(None, BODY, Answer::Json(1, 1))).await;
+    // Name, labels, value.
+    type Series = (String, Vec<(String, String)>, DebugValue);
+    let counters: Vec<Series> = snapshotter
+        .snapshot()
+        .into_vec()
+        .into_iter()
+        .map(|(key, _, _, value)| {
+            let labels = key
+                .key()
+                .labels()
+                .map(|l| (l.key().to_owned(), l.value().to_owned()))
+                .collect();
+            (key.key().name().to_owned(), labels, value)
+        })
+        .collect();
+    let value = |name: &str, labels: &[(&str, &str)]| {
+        counters
+            .iter()
+            .find(|(n, l, _)| {
+                n == name
+                    && l.len() == labels.len()
+                    && labels
+                        .iter()
+                        .all(|(k, v)| l.contains(&((*k).to_owned(), (*v).to_owned())))
+            })
+            .map(|(_, _, v)| v)
+    };
+    let allowed = |tenant| [("tenant", tenant), ("result", "allowed")];
+    assert_eq!(
+        value(crate::names::REQUESTS, &allowed("a")),
+        Some(&DebugValue::Counter(2))
+    );
+    // The unlisted tenant and the requests without a namespace share the label `other`.
+    assert_eq!(
+        value(crate::names::REQUESTS, &allowed("other")),
+        Some(&DebugValue::Counter(2))
+    );
+    assert_eq!(
+        value(crate::names::TOKENS, &[("tenant", "a")]),
+        Some(&DebugValue::Counter(3 + 4 + 5 + 6))
+    );
+    assert_eq!(
+        value(crate::names::TOKENS, &[("tenant", "other")]),
+        Some(&DebugValue::Counter(4))
+    );
+}
