@@ -13,6 +13,7 @@
 //! treat as a leader that failed.
 
 use bytes::Bytes;
+use holysheep_core::hop_by_hop::{HopByHop, remove_hop_by_hop};
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use redis::Value;
 
@@ -70,23 +71,18 @@ pub(crate) enum Record {
     Invalid,
 }
 
-/// Headers not passed on: they describe the leader's connection, not the answer.
-fn hop_by_hop(name: &HeaderName) -> bool {
-    name == header::CONNECTION
-        || name == header::TRANSFER_ENCODING
-        || name == header::CONTENT_LENGTH
-        || name.as_str() == "keep-alive"
-}
-
 /// The fields of a head record.
 pub(crate) fn head_fields(
     status: StatusCode,
     headers: &HeaderMap,
     shape: Shape,
 ) -> [(&'static str, Vec<u8>); 4] {
+    // Not passed on: the leader's connection's fields, and its length (the body is framed
+    // again for each follower).
+    let hop_by_hop = HopByHop::of(headers);
     let mut lines = Vec::new();
     for (name, value) in headers {
-        if hop_by_hop(name) {
+        if hop_by_hop.contains(name) || name == header::CONTENT_LENGTH {
             continue;
         }
         lines.extend_from_slice(name.as_str().as_bytes());
@@ -144,10 +140,11 @@ fn parse_head(status: Option<&[u8]>, lines: Option<&[u8]>, shape: Option<&[u8]>)
         let colon = line.iter().position(|&b| b == b':')?;
         let name = HeaderName::from_bytes(&line[..colon]).ok()?;
         let value = HeaderValue::from_bytes(line[colon + 1..].trim_ascii()).ok()?;
-        if !hop_by_hop(&name) {
-            headers.append(name, value);
-        }
+        headers.append(name, value);
     }
+    // A stream written by anything else may hold them too.
+    remove_hop_by_hop(&mut headers);
+    headers.remove(header::CONTENT_LENGTH);
     let shape = match shape? {
         [s, u] => Shape {
             stream: match s {
