@@ -351,6 +351,49 @@ mod tests {
         assert!(braces.lease.starts_with('{') && braces.lease.ends_with("}:lease"));
     }
 
+    /// A miss's lookup and its claim are two round trips: an entry stored (and its lease let
+    /// go) between them is found by the claim, which then neither leads nor follows.
+    #[tokio::test]
+    async fn a_claim_finds_an_entry_stored_since_the_lookup() {
+        use crate::key::{DefaultKeyPolicy, KeyPolicy, KeyRequest, ParsedBody};
+        use crate::store::CacheStore;
+
+        let redis = holysheep_testkit::redis::RedisServer::from_env_or_start()
+            .expect("a Redis for the test");
+        let store = RedisStore::connect(redis.url())
+            .await
+            .expect("a valid URL")
+            .timeout(Duration::from_millis(500));
+        let prompt = format!(
+            r#"{{"model": "m", "messages": [{{"role": "user", "content": "claim {}"}}]}}"#,
+            std::process::id()
+        );
+        let body = ParsedBody::parse(prompt.as_bytes()).unwrap();
+        let key = DefaultKeyPolicy::new()
+            .key(&KeyRequest {
+                path: "/chat/completions",
+                upstream: "http://up",
+                namespace: None,
+                body: &body,
+            })
+            .unwrap();
+        let fleet = FleetCoalescing::new(store.clone()).build();
+        let mut stored = false;
+        for _ in 0..100 {
+            if store
+                .put(key.as_str(), "entry".into(), Duration::from_secs(60))
+                .await
+                .is_ok()
+            {
+                stored = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(stored, "redis reachable");
+        assert!(matches!(fleet.claim(&key, 1 << 20).await, Role::Stored));
+    }
+
     #[test]
     fn tokens_differ() {
         let a = instance_id();
