@@ -10,15 +10,19 @@
 //! swapped whole when the files are reloaded.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::{Arc, PoisonError, RwLock, Weak};
+use std::task::{Context, Poll, ready};
 
-use axum::extract::{ConnectInfo, Request, State};
-use axum::middleware::Next;
+use axum::extract::{ConnectInfo, Request};
 use axum::response::{IntoResponse, Response};
 use holysheep_core::signal::Namespace;
 use http::{HeaderMap, HeaderValue, StatusCode, header};
+use pin_project_lite::pin_project;
 use sha2::{Digest, Sha256};
+use tower::{Layer, Service};
 
 use crate::config::Secret;
 use crate::errors::ApiError;
@@ -189,47 +193,123 @@ fn constant_time_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
     std::hint::black_box(diff) == 0
 }
 
-/// Middleware: admits or rejects the caller, records its tenant, and removes its credentials so
-/// they can never travel further (the upstream gets the gateway's own key from the client).
-pub(crate) async fn require_caller(
-    State(auth): State<Auth>,
-    mut request: Request,
-    next: Next,
-) -> Response {
+/// Layer: admits or rejects the caller, records its tenant, and removes its credentials so they
+/// can never travel further (the upstream gets the gateway's own key from the client). The
+/// tenant goes on the response too, for the request's log line (its name, never its key).
+#[derive(Clone)]
+pub(crate) struct RequireCallerLayer {
+    auth: Auth,
+}
+
+impl RequireCallerLayer {
+    pub(crate) fn new(auth: Auth) -> Self {
+        Self { auth }
+    }
+}
+
+impl<S> Layer<S> for RequireCallerLayer {
+    type Service = RequireCaller<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        RequireCaller {
+            inner,
+            auth: self.auth.clone(),
+        }
+    }
+}
+
+/// The service of [`RequireCallerLayer`].
+#[derive(Clone)]
+pub(crate) struct RequireCaller<S> {
+    inner: S,
+    auth: Auth,
+}
+
+impl<S> Service<Request> for RequireCaller<S>
+where
+    S: Service<Request, Response = Response>,
+{
+    type Response = Response;
+    type Error = S::Error;
+    type Future = CallerFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: Request) -> Self::Future {
+        match admit(&self.auth, &mut request) {
+            Ok(namespace) => CallerFuture::Admitted {
+                inner: self.inner.call(request),
+                namespace,
+            },
+            Err(error) => CallerFuture::Refused {
+                answer: Some(error.into_response()),
+            },
+        }
+    }
+}
+
+pin_project! {
+    /// The response future of [`RequireCaller`].
+    #[project = CallerProj]
+    pub(crate) enum CallerFuture<F> {
+        Admitted { #[pin] inner: F, namespace: Option<Namespace> },
+        Refused { answer: Option<Response> },
+    }
+}
+
+impl<F, E> Future for CallerFuture<F>
+where
+    F: Future<Output = Result<Response, E>>,
+{
+    type Output = Result<Response, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project() {
+            CallerProj::Admitted { inner, namespace } => {
+                let mut response = ready!(inner.poll(cx))?;
+                if let Some(namespace) = namespace.take() {
+                    response.extensions_mut().insert(namespace);
+                }
+                Poll::Ready(Ok(response))
+            }
+            CallerProj::Refused { answer } => Poll::Ready(Ok(answer
+                .take()
+                .expect("CallerFuture polled after it completed"))),
+        }
+    }
+}
+
+/// The caller's tenant (`None` for the single loopback tenant), with its credentials removed
+/// from the request and its tenant's extras added; or the answer refusing it.
+fn admit(auth: &Auth, request: &mut Request) -> Result<Option<Namespace>, ApiError> {
     let peer = request
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
         .map(|ConnectInfo(addr)| *addr);
-    match auth.check(request.headers(), peer) {
-        Ok(namespace) => {
-            let headers = request.headers_mut();
-            headers.remove(header::AUTHORIZATION);
-            headers.remove("x-api-key");
-            headers.remove("api-key");
-            if let Some(namespace) = namespace {
-                if let Rule::Keys(_, extras) = &*auth.current()
-                    && let Some(extras) = extras.get(&namespace)
-                {
-                    if let Some(allowed) = &extras.models {
-                        request.extensions_mut().insert(allowed.clone());
-                    }
-                    // Beside the caller's own directives: the cache takes the strictest.
-                    if let Some(value) = &extras.cache_control {
-                        request
-                            .headers_mut()
-                            .append(header::CACHE_CONTROL, value.clone());
-                    }
-                }
-                request.extensions_mut().insert(namespace.clone());
-                // On the response too, for the request's log line (its tenant, never its key).
-                let mut response = next.run(request).await;
-                response.extensions_mut().insert(namespace);
-                return response;
+    let namespace = auth.check(request.headers(), peer)?;
+    let headers = request.headers_mut();
+    headers.remove(header::AUTHORIZATION);
+    headers.remove("x-api-key");
+    headers.remove("api-key");
+    if let Some(namespace) = &namespace {
+        if let Rule::Keys(_, extras) = &*auth.current()
+            && let Some(extras) = extras.get(namespace)
+        {
+            if let Some(allowed) = &extras.models {
+                request.extensions_mut().insert(allowed.clone());
             }
-            next.run(request).await
+            // Beside the caller's own directives: the cache takes the strictest.
+            if let Some(value) = &extras.cache_control {
+                request
+                    .headers_mut()
+                    .append(header::CACHE_CONTROL, value.clone());
+            }
         }
-        Err(error) => error.into_response(),
+        request.extensions_mut().insert(namespace.clone());
     }
+    Ok(namespace)
 }
 
 #[cfg(test)]

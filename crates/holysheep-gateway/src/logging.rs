@@ -1,14 +1,19 @@
 //! Log set-up and the one line per request.
 
 use std::fmt::{self, Write};
+use std::future::Future;
 use std::io::IsTerminal;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
 use std::time::Instant;
 
-use axum::extract::{MatchedPath, Request};
-use axum::middleware::Next;
+use axum::extract::MatchedPath;
 use axum::response::Response;
 use holysheep_core::error::ErrorClass;
 use holysheep_core::signal::{Attempts, CacheOutcome, Namespace, RequestModel};
+use http::{Method, Request};
+use pin_project_lite::pin_project;
+use tower::{Layer, Service};
 use tracing_subscriber::EnvFilter;
 
 use crate::config::LogFormat;
@@ -37,18 +42,81 @@ pub(crate) fn init(format: LogFormat) {
     };
 }
 
-/// Middleware: one `info` line per request with method, route, tenant, model, status, cache
-/// outcome, upstream attempts and the time until the response head (a stream goes on after it).
+/// Layer: one `info` line per request with method, route, tenant, model, status, cache outcome,
+/// upstream attempts and the time until the response head (a stream goes on after it).
 ///
 /// Only the route pattern is logged, never the query string or any header, so no key can end
 /// up in a log line. What the caller chose (the method, the model) is logged as [`Untrusted`]:
 /// it cannot break the line, forge a field or flood the log.
-pub(crate) async fn log_requests(request: Request, next: Next) -> Response {
-    let start = Instant::now();
-    let method = request.method().clone();
-    // A clone of the matched path shares its string; no copy per request.
-    let route = request.extensions().get::<MatchedPath>().cloned();
-    let response = next.run(request).await;
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct RequestLogLayer;
+
+impl<S> Layer<S> for RequestLogLayer {
+    type Service = RequestLog<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        RequestLog { inner }
+    }
+}
+
+/// The service of [`RequestLogLayer`].
+#[derive(Clone, Debug)]
+pub(crate) struct RequestLog<S> {
+    inner: S,
+}
+
+impl<S, B> Service<Request<B>> for RequestLog<S>
+where
+    S: Service<Request<B>, Response = Response>,
+{
+    type Response = Response;
+    type Error = S::Error;
+    type Future = RequestLogFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<B>) -> Self::Future {
+        let start = Instant::now();
+        let method = request.method().clone();
+        // A clone of the matched path shares its string; no copy per request.
+        let route = request.extensions().get::<MatchedPath>().cloned();
+        RequestLogFuture {
+            inner: self.inner.call(request),
+            start,
+            method,
+            route,
+        }
+    }
+}
+
+pin_project! {
+    /// The response future of [`RequestLog`]: logs the line when the response head is ready.
+    pub(crate) struct RequestLogFuture<F> {
+        #[pin]
+        inner: F,
+        start: Instant,
+        method: Method,
+        route: Option<MatchedPath>,
+    }
+}
+
+impl<F, E> Future for RequestLogFuture<F>
+where
+    F: Future<Output = Result<Response, E>>,
+{
+    type Output = Result<Response, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let response = ready!(this.inner.poll(cx))?;
+        log_line(*this.start, this.method, this.route.as_ref(), &response);
+        Poll::Ready(Ok(response))
+    }
+}
+
+fn log_line(start: Instant, method: &Method, route: Option<&MatchedPath>, response: &Response) {
     let extensions = response.extensions();
     let model = extensions
         .get::<RequestModel>()
@@ -62,7 +130,7 @@ pub(crate) async fn log_requests(request: Request, next: Next) -> Response {
     let tenant = extensions.get::<Namespace>().map_or("-", Namespace::as_str);
     tracing::info!(
         method = %Untrusted(method.as_str()),
-        route = %route.as_ref().map_or("unmatched", MatchedPath::as_str),
+        route = %route.map_or("unmatched", MatchedPath::as_str),
         tenant = %Untrusted(tenant),
         model = %Untrusted(model),
         status = response.status().as_u16(),
@@ -72,7 +140,6 @@ pub(crate) async fn log_requests(request: Request, next: Next) -> Response {
         duration_ms = start.elapsed().as_secs_f64() * 1000.0,
         "request"
     );
-    response
 }
 
 /// The most bytes of one caller-supplied value a log line carries; the rest is counted.

@@ -6,11 +6,10 @@ use std::sync::Arc;
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{DefaultBodyLimit, Request, State};
-use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, get_service, post};
 use bytes::Bytes;
-use holysheep_core::chat::{ChatCompletionRequest, ChatMessage};
+use holysheep_core::chat::{ChatCompletionRequest, ChatMessage, ChatRequestCheck};
 use holysheep_core::hop_by_hop::{HopByHop, remove_hop_by_hop};
 use holysheep_core::signal::{Namespace, RequestModel};
 use http::request::Parts;
@@ -19,10 +18,10 @@ use http_body_util::Full;
 use serde_json::{Map, Value};
 use tower::ServiceExt;
 
-use crate::auth::{Auth, require_caller};
+use crate::auth::{Auth, RequireCallerLayer};
 use crate::conn::BodyReadTimeout;
 use crate::errors::{self, ApiError, error_response, invalid_request};
-use crate::logging::log_requests;
+use crate::logging::RequestLogLayer;
 use crate::stack::{Readiness, UpstreamRequest};
 use crate::tenants::AllowedModels;
 use holysheep::Stack;
@@ -51,7 +50,7 @@ pub(crate) fn router(state: AppState, auth: Auth) -> Router {
             "/v1/holysheep/usage",
             get_service(crate::tenants::usage_service(&state.stack)),
         )
-        .route_layer(middleware::from_fn_with_state(auth, require_caller));
+        .route_layer(RequireCallerLayer::new(auth));
     // Operator routes are outside the key check: probes and scrapers carry no client key, and
     // these answers hold no tenant's data. Without keys the listener is loopback-only anyway.
     Router::new()
@@ -63,7 +62,7 @@ pub(crate) fn router(state: AppState, auth: Auth) -> Router {
         .method_not_allowed_fallback(wrong_method)
         // The gateway reads bodies itself, with its own limit and a JSON 413.
         .layer(DefaultBodyLimit::disable())
-        .layer(middleware::from_fn(log_requests))
+        .layer(RequestLogLayer)
         .with_state(state)
 }
 
@@ -291,15 +290,15 @@ fn required_model(object: &Map<String, Value>) -> Result<Arc<str>, ApiError> {
 
 /// Checks that the body is a chat completion request; returns its model.
 fn validate_chat(bytes: &[u8]) -> Result<Arc<str>, ApiError> {
-    // One typed parse settles almost every request. It accepts exactly what the checks below
-    // accept (same shared type, same non-empty model and messages); a body it refuses goes
-    // through them for the error that names the offending field (or, for the rare body only
-    // the untyped parse takes, such as a repeated key, for its acceptance).
-    if let Ok(request) = serde_json::from_slice::<ChatCompletionRequest>(bytes)
-        && !request.model.trim().is_empty()
-        && !request.messages.is_empty()
+    // One pass that builds nothing settles almost every request. It accepts nothing the checks
+    // below refuse (see `ChatRequestCheck`), with the same non-empty model and messages; a body
+    // it refuses goes through them for the error that names the offending field (or, for the
+    // rare body only the untyped parse takes, such as a repeated key, for its acceptance).
+    if let Ok(check) = ChatRequestCheck::parse(bytes)
+        && !check.model.trim().is_empty()
+        && check.messages > 0
     {
-        return Ok(Arc::from(request.model));
+        return Ok(Arc::from(check.model.as_ref()));
     }
     explain_chat(bytes)
 }

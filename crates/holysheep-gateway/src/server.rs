@@ -116,7 +116,7 @@ impl Gateway {
             render_metrics: built.render_metrics,
         };
         let auth = crate::tenants::auth(&config, &state.stack);
-        let app = crate::telemetry::traced(router(state, auth));
+        let app = crate::telemetry::traced(router(state, auth), config.otlp());
         let serving = Serving {
             app,
             timeouts: Timeouts {

@@ -1,7 +1,7 @@
 //! Request ids, the request's server span, and the subscriber that exports spans over OTLP.
 //!
 //! Every request gets an id: the caller's `x-request-id` when it sent a sensible one, a new
-//! UUID otherwise (tower-http's `SetRequestIdLayer`), returned in the answer's `x-request-id`
+//! UUID otherwise (tower-http's `SetRequestIdLayer` with [`NewRequestId`]), returned in the answer's `x-request-id`
 //! (`PropagateRequestIdLayer`) and carried by the request's server span (tower-http's
 //! `TraceLayer`), so every log line of the request carries it. `MetricsLayer`'s GenAI span and
 //! the upstream attempt spans are children of that span.
@@ -11,9 +11,11 @@ use std::time::Duration;
 use axum::Router;
 use axum::body::Body;
 use axum::extract::MatchedPath;
-use http::{HeaderName, Request, Response};
+use http::{HeaderName, HeaderValue, Request, Response};
 use tower::ServiceBuilder;
-use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::request_id::{
+    MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
+};
 use tower_http::trace::TraceLayer;
 use tracing::Span;
 use tracing::field::Empty;
@@ -29,18 +31,28 @@ pub(crate) const UPSTREAM_REQUEST_ID: HeaderName = HeaderName::from_static("x-up
 /// A caller's id longer than this is replaced: it ends up in every log line of the request.
 const MAX_REQUEST_ID_LEN: usize = 128;
 
-/// `router` with request ids and a server span per request, outermost.
-pub(crate) fn traced(router: Router) -> Router {
+/// `router` with request ids and a server span per request, outermost. The span carries the
+/// OpenTelemetry HTTP server fields only when spans are `exported` (`--otlp`); for the log
+/// lines alone it carries the request id, which is all they add to the request's own line.
+pub(crate) fn traced(router: Router, exported: bool) -> Router {
     router.layer(
         ServiceBuilder::new()
             .map_request(drop_unfit_request_id)
-            .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
+            .layer(SetRequestIdLayer::new(REQUEST_ID, NewRequestId))
             .layer(
                 TraceLayer::new_for_http()
-                    .make_span_with(request_span)
+                    .make_span_with(move |request: &Request<Body>| {
+                        if exported {
+                            exported_span(request)
+                        } else {
+                            logged_span(request)
+                        }
+                    })
                     .on_request(())
-                    .on_response(|res: &Response<Body>, _: Duration, span: &Span| {
-                        span.record("http.response.status_code", res.status().as_u16());
+                    .on_response(move |res: &Response<Body>, _: Duration, span: &Span| {
+                        if exported {
+                            span.record("http.response.status_code", res.status().as_u16());
+                        }
                     })
                     .on_body_chunk(())
                     .on_eos(())
@@ -60,6 +72,21 @@ fn keep_upstream_request_id(mut response: Response<Body>) -> Response<Body> {
     response
 }
 
+/// A new request id: a random (v4) UUID, as tower-http's `MakeRequestUuid` makes, written
+/// straight into the header value (no formatting machinery, no intermediate `String`).
+#[derive(Clone, Copy, Debug, Default)]
+struct NewRequestId;
+
+impl MakeRequestId for NewRequestId {
+    fn make_request_id<B>(&mut self, _: &Request<B>) -> Option<RequestId> {
+        let mut text = [0u8; uuid::fmt::Hyphenated::LENGTH];
+        let id = uuid::Uuid::new_v4().hyphenated();
+        HeaderValue::from_bytes(id.encode_lower(&mut text).as_bytes())
+            .ok()
+            .map(RequestId::new)
+    }
+}
+
 /// Removes a caller's request id that is too long or not printable, so a new one is made.
 fn drop_unfit_request_id(mut request: Request<Body>) -> Request<Body> {
     let unfit = request.headers().get(&REQUEST_ID).is_some_and(|id| {
@@ -71,14 +98,25 @@ fn drop_unfit_request_id(mut request: Request<Body>) -> Request<Body> {
     request
 }
 
-/// The server span: method, route, request id; the status when the head is sent. No header
-/// but the id, no query string, no body.
-fn request_span(request: &Request<Body>) -> Span {
-    let id = request
+/// The request's id as its spans carry it.
+fn request_id(request: &Request<Body>) -> &str {
+    request
         .headers()
         .get(&REQUEST_ID)
         .and_then(|id| id.to_str().ok())
-        .unwrap_or_default();
+        .unwrap_or_default()
+}
+
+/// The server span for the log lines alone: the request id, which every line of the request
+/// then carries (the request's own line has the rest).
+fn logged_span(request: &Request<Body>) -> Span {
+    tracing::info_span!(target: "holysheep::http", "http", request_id = request_id(request))
+}
+
+/// The server span exported over OTLP: method, route, request id; the status when the head is
+/// sent. No header but the id, no query string, no body.
+fn exported_span(request: &Request<Body>) -> Span {
+    let id = request_id(request);
     let route = request
         .extensions()
         .get::<MatchedPath>()
