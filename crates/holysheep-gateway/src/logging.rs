@@ -14,7 +14,10 @@ use holysheep_core::signal::{Attempts, CacheOutcome, Namespace, RequestModel};
 use http::{Method, Request};
 use pin_project_lite::pin_project;
 use tower::{Layer, Service};
+use tracing::field::{Field, Visit};
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::field::{MakeVisitor, VisitFmt, VisitOutput};
+use tracing_subscriber::fmt::format::Writer;
 
 use crate::config::LogFormat;
 
@@ -31,15 +34,169 @@ pub(crate) fn init(format: LogFormat) {
         filter = filter.add_directive(directive);
     }
     // Colours only for a terminal: escape codes in a log file or a collector are noise.
+    let ansi = std::io::stdout().is_terminal();
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_target(false)
-        .with_ansi(std::io::stdout().is_terminal());
+        .with_ansi(ansi);
     // An error only means a subscriber is already installed, which is fine.
     let _ = match format {
-        LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
+        LogFormat::Text if ansi => builder.try_init(),
+        LogFormat::Text => builder.fmt_fields(PlainFields).try_init(),
     };
+}
+
+/// The fields of a text line without colours, written exactly as tracing-subscriber's
+/// `DefaultFields` writes them then — `name=value`, the value as `Debug`, the message and
+/// errors with ANSI escape sequences made harmless when the writer asks for it — but straight
+/// to the line: `DefaultFields` runs its styling (two painted strings per field) even when
+/// every style is empty, which was about 6 % of the gateway's instructions per cache hit.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct PlainFields;
+
+impl<'a> MakeVisitor<Writer<'a>> for PlainFields {
+    type Visitor = PlainVisitor<'a>;
+
+    fn make_visitor(&self, writer: Writer<'a>) -> PlainVisitor<'a> {
+        PlainVisitor {
+            writer,
+            is_empty: true,
+            result: Ok(()),
+        }
+    }
+}
+
+/// The visitor of [`PlainFields`].
+pub(crate) struct PlainVisitor<'a> {
+    writer: Writer<'a>,
+    is_empty: bool,
+    result: fmt::Result,
+}
+
+impl PlainVisitor<'_> {
+    fn write_field(&mut self, field: &Field, value: &dyn fmt::Debug) -> fmt::Result {
+        if self.is_empty {
+            self.is_empty = false;
+        } else {
+            self.writer.write_char(' ')?;
+        }
+        match field.name() {
+            "message" => {
+                let sanitize = self.writer.sanitizes_ansi_escapes();
+                write!(self.writer, "{:?}", Sanitized { value, sanitize })
+            }
+            name => {
+                self.writer
+                    .write_str(name.strip_prefix("r#").unwrap_or(name))?;
+                self.writer.write_char('=')?;
+                write!(self.writer, "{value:?}")
+            }
+        }
+    }
+}
+
+impl Visit for PlainVisitor<'_> {
+    fn record_str(&mut self, field: &Field, value: &str) {
+        if field.name() == "message" {
+            self.record_debug(field, &format_args!("{value}"));
+        } else {
+            self.record_debug(field, &value);
+        }
+    }
+
+    fn record_error(&mut self, field: &Field, value: &(dyn std::error::Error + 'static)) {
+        let sanitize = self.writer.sanitizes_ansi_escapes();
+        let shown = Sanitized {
+            value: &format_args!("{value}"),
+            sanitize,
+        };
+        match value.source() {
+            Some(source) => self.record_debug(
+                field,
+                &format_args!(
+                    "{shown:?} {}.sources={}",
+                    field.name(),
+                    Sources { source, sanitize }
+                ),
+            ),
+            None => self.record_debug(field, &format_args!("{shown:?}")),
+        }
+    }
+
+    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
+        // Log metadata of `log` records, written by the line's own format already.
+        if self.result.is_err() || field.name().starts_with("log.") {
+            return;
+        }
+        self.result = self.write_field(field, value);
+    }
+}
+
+impl VisitOutput<fmt::Result> for PlainVisitor<'_> {
+    fn finish(self) -> fmt::Result {
+        self.result
+    }
+}
+
+impl VisitFmt for PlainVisitor<'_> {
+    fn writer(&mut self) -> &mut dyn fmt::Write {
+        &mut self.writer
+    }
+}
+
+/// A value as `Debug`, with the control characters terminals act on written as escapes when
+/// `sanitize` (as tracing-subscriber does for messages and errors).
+struct Sanitized<'a> {
+    value: &'a dyn fmt::Debug,
+    sanitize: bool,
+}
+
+impl fmt::Debug for Sanitized<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if !self.sanitize {
+            return write!(f, "{:?}", self.value);
+        }
+        struct Escaping<'a, 'b>(&'a mut fmt::Formatter<'b>);
+        impl fmt::Write for Escaping<'_, '_> {
+            fn write_str(&mut self, s: &str) -> fmt::Result {
+                for c in s.chars() {
+                    match c {
+                        '\x1b' => self.0.write_str("\\x1b")?,
+                        '\x07' => self.0.write_str("\\x07")?,
+                        '\x08' => self.0.write_str("\\x08")?,
+                        '\x0c' => self.0.write_str("\\x0c")?,
+                        '\x7f' => self.0.write_str("\\x7f")?,
+                        '\u{80}'..='\u{9f}' => write!(self.0, "\\u{{{:x}}}", u32::from(c))?,
+                        c => self.0.write_char(c)?,
+                    }
+                }
+                Ok(())
+            }
+        }
+        write!(Escaping(f), "{:?}", self.value)
+    }
+}
+
+/// An error's sources as a list, each as `Display`, sanitized like the error itself.
+struct Sources<'a> {
+    source: &'a (dyn std::error::Error + 'static),
+    sanitize: bool,
+}
+
+impl fmt::Display for Sources<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut list = f.debug_list();
+        let mut next = Some(self.source);
+        while let Some(error) = next {
+            list.entry(&Sanitized {
+                value: &format_args!("{error}"),
+                sanitize: self.sanitize,
+            });
+            next = error.source();
+        }
+        list.finish()
+    }
 }
 
 /// Layer: one `info` line per request with method, route, tenant, model, status, cache outcome,
@@ -167,17 +324,28 @@ impl fmt::Display for Untrusted<'_> {
         if quoted {
             f.write_char('"')?;
         }
-        for c in shown.chars() {
-            match c {
-                '\n' => f.write_str("\\n")?,
-                '\r' => f.write_str("\\r")?,
-                '\t' => f.write_str("\\t")?,
-                '\\' => f.write_str("\\\\")?,
-                '"' if quoted => f.write_str("\\\"")?,
-                c if is_unsafe(c) => write!(f, "\\u{{{:x}}}", u32::from(c))?,
-                c => f.write_char(c)?,
+        // Runs of characters shown as they are go out in one write.
+        let mut run = 0;
+        for (at, c) in shown.char_indices() {
+            // The escape for `c`, `None` for a `\u{..}` one; characters shown as they are
+            // stay in the run.
+            let escape = match c {
+                '\n' => Some("\\n"),
+                '\r' => Some("\\r"),
+                '\t' => Some("\\t"),
+                '\\' => Some("\\\\"),
+                '"' if quoted => Some("\\\""),
+                c if is_unsafe(c) => None,
+                _ => continue,
+            };
+            f.write_str(&shown[run..at])?;
+            run = at + c.len_utf8();
+            match escape {
+                Some(escape) => f.write_str(escape)?,
+                None => write!(f, "\\u{{{:x}}}", u32::from(c))?,
             }
         }
+        f.write_str(&shown[run..])?;
         if quoted {
             f.write_char('"')?;
         }
@@ -202,7 +370,104 @@ fn is_unsafe(c: char) -> bool {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::{Arc, Mutex};
+
     use super::*;
+
+    /// What a subscriber without colours or time writes for `emit`, with these fields.
+    fn written<N>(fields: N, emit: impl FnOnce()) -> String
+    where
+        N: for<'a> tracing_subscriber::fmt::FormatFields<'a> + Send + Sync + 'static,
+    {
+        let out = Arc::new(Mutex::new(Vec::new()));
+        let sink = Arc::clone(&out);
+        let subscriber = tracing_subscriber::fmt()
+            .with_ansi(false)
+            .without_time()
+            .with_max_level(tracing::Level::INFO)
+            .fmt_fields(fields)
+            .with_writer(move || Sink(Arc::clone(&sink)))
+            .finish();
+        tracing::subscriber::with_default(subscriber, emit);
+        let bytes = out.lock().unwrap().clone();
+        String::from_utf8(bytes).unwrap()
+    }
+
+    struct Sink(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Sink {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[derive(Debug)]
+    struct Outer(Inner);
+
+    #[derive(Debug)]
+    struct Inner;
+
+    impl fmt::Display for Outer {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("outer \u{1b}[31mfailed")
+        }
+    }
+
+    impl fmt::Display for Inner {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("inner\u{9b} cause")
+        }
+    }
+
+    impl std::error::Error for Outer {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&self.0)
+        }
+    }
+
+    impl std::error::Error for Inner {}
+
+    fn events() {
+        let span = tracing::info_span!("http", request_id = "0b5c-\"q\"", n = 3u64);
+        let _entered = span.enter();
+        tracing::info!(
+            method = %Untrusted("POST"),
+            model = %Untrusted("a model\n"),
+            status = 200u16,
+            attempts = 0u64,
+            delta = -4i64,
+            duration_ms = 0.125f64,
+            whole = 2.0f64,
+            ok = true,
+            r#type = "keyword",
+            text = "with \"quotes\" and \u{1b}",
+            debug = ?Some("x"),
+            "request"
+        );
+        tracing::warn!(
+            error = &Outer(Inner) as &(dyn std::error::Error + 'static),
+            "upstream \u{1b}[2J call failed"
+        );
+        tracing::warn!(error = &Inner as &(dyn std::error::Error + 'static));
+        tracing::info!("message only \u{7}");
+        tracing::info!(empty = "", "");
+    }
+
+    #[test]
+    fn plain_fields_write_what_default_fields_write_without_colours() {
+        let default = written(
+            tracing_subscriber::fmt::format::DefaultFields::new(),
+            events,
+        );
+        let plain = written(PlainFields, events);
+        assert_eq!(default.lines().count(), 5, "{default}");
+        assert_eq!(plain, default);
+    }
 
     fn shown(value: &str) -> String {
         Untrusted(value).to_string()

@@ -196,6 +196,7 @@ mod otlp {
 
     use super::TelemetryGuard;
     use crate::config::LogFormat;
+    use crate::logging::PlainFields;
 
     /// The service name when `OTEL_SERVICE_NAME` does not say.
     const SERVICE_NAME: &str = "holysheep-gateway";
@@ -221,12 +222,14 @@ mod otlp {
         // Each layer its own filter: the log lines as `RUST_LOG` says (default `info`); the
         // exported spans at `info`, and the GenAI and attempt spans, which are `debug`.
         let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+        let ansi = std::io::stdout().is_terminal();
         let fmt = tracing_subscriber::fmt::layer()
             .with_target(false)
-            .with_ansi(std::io::stdout().is_terminal());
+            .with_ansi(ansi);
         let fmt = match format {
-            LogFormat::Text => fmt.with_filter(filter).boxed(),
             LogFormat::Json => fmt.json().flatten_event(true).with_filter(filter).boxed(),
+            LogFormat::Text if ansi => fmt.with_filter(filter).boxed(),
+            LogFormat::Text => fmt.fmt_fields(PlainFields).with_filter(filter).boxed(),
         };
         let spans = Targets::new()
             .with_default(Level::INFO)
