@@ -215,6 +215,15 @@ impl Recorder {
     }
 
     /// Adds another run's counts (for repeated segments of one configuration).
+    /// `200 x 812, 502 x 3`: the answers by status (`0`: no answer).
+    pub(crate) fn statuses_line(&self) -> String {
+        self.statuses
+            .iter()
+            .map(|(status, n)| format!("{status} x {n}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
     pub(crate) fn merge(&mut self, other: &Recorder) {
         // Same bounds on both sides, so adding cannot fail.
         let _ = self.latency.add(&other.latency);

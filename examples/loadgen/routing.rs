@@ -171,7 +171,7 @@ pub(crate) async fn routing(
             out.say(format!(
                 "{}: client answers by status (0 = no answer): {}.",
                 setup.name(),
-                statuses(&m.rec)
+                m.rec.statuses_line()
             ));
         }
     }
@@ -196,7 +196,7 @@ pub(crate) async fn routing(
             "Aim: 0 client errors while the fast upstream dies halfway -> {} of {} ({}): {}",
             dies.errors,
             dies.total(),
-            statuses(dies),
+            dies.statuses_line(),
             if dies.errors == 0 { "met" } else { "NOT met" }
         ));
     }
@@ -297,15 +297,6 @@ fn routed(opts: &Opts, fast: &MockServer, slow: &MockServer) -> Config {
     config
 }
 
-/// `200 x 812, 502 x 3`: the client's answers by status (`0`: no answer).
-fn statuses(rec: &Recorder) -> String {
-    rec.statuses
-        .iter()
-        .map(|(status, n)| format!("{status} x {n}"))
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
 /// The gateway's `holysheep_router_*` series from its `/metrics`, by series (name and labels);
 /// empty when they cannot be read.
 async fn router_counters(gateway: &GatewayHandle) -> BTreeMap<String, f64> {
@@ -387,7 +378,7 @@ mod tests {
         .await
         .expect("phase");
         assert!(m.rec.total() > 0);
-        assert_eq!(m.rec.errors, 0, "{}", statuses(&m.rec));
+        assert_eq!(m.rec.errors, 0, "{}", m.rec.statuses_line());
         assert!(m.fast_calls > 0 && m.slow_calls > 0);
         assert_eq!(
             m.router

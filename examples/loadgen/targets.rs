@@ -12,7 +12,7 @@ use holysheep::cache::{CacheLayer, CacheStore, MemoryStore, RedisStore};
 use holysheep::client::HolySheepClient;
 use holysheep::retry::RetryLayer;
 use holysheep_core::BoxError;
-use http::{Request, Response, header};
+use http::{HeaderMap, HeaderName, Request, Response, header};
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
@@ -59,6 +59,8 @@ where
 pub(crate) struct HttpTarget {
     client: Client<HttpConnector, Full<Bytes>>,
     url: http::Uri,
+    /// Sent with every request besides the content type and the key.
+    headers: HeaderMap,
 }
 
 impl HttpTarget {
@@ -72,6 +74,7 @@ impl HttpTarget {
         Ok(HttpTarget {
             client,
             url: url.parse()?,
+            headers: HeaderMap::new(),
         })
     }
 
@@ -85,22 +88,32 @@ impl HttpTarget {
         Ok(HttpTarget {
             client,
             url: url.parse()?,
+            headers: HeaderMap::new(),
         })
     }
 }
 
 impl HttpTarget {
+    /// Sends `name: value` with every request too.
+    pub(crate) fn with_header(mut self, name: HeaderName, value: &'static str) -> Self {
+        self.headers
+            .insert(name, http::HeaderValue::from_static(value));
+        self
+    }
+
     /// Sends `body` as `POST` to the target's URL and returns the answer's head, its body
     /// unread: for callers that read it their own way (a slow reader, a hang-up).
     pub(crate) fn send(
         &self,
         body: Bytes,
     ) -> impl Future<Output = Result<Response<Incoming>, BoxError>> + Send + 'static {
-        let request = Request::post(self.url.clone())
+        let mut request = Request::post(self.url.clone())
             .header(header::CONTENT_TYPE, "application/json")
-            .header(header::AUTHORIZATION, format!("Bearer {UPSTREAM_KEY}"))
-            .body(Full::new(body));
-        self.request(request)
+            .header(header::AUTHORIZATION, format!("Bearer {UPSTREAM_KEY}"));
+        for (name, value) in &self.headers {
+            request = request.header(name, value);
+        }
+        self.request(request.body(Full::new(body)))
     }
 
     /// Sends `request` (from [`Request::builder`]) on the target's connection pool.
