@@ -14,7 +14,7 @@
 #
 #   cargo build --release --example gateway --example mock_upstream
 #
-# Loopback only, on free ports.
+# Loopback only, on free ports (common.sh).
 set -euo pipefail
 
 seconds=10
@@ -29,34 +29,8 @@ if [ $# -eq 0 ]; then
     echo "usage: $0 [-d SECONDS] NAME=GATEWAY_BINARY..." >&2
     exit 2
 fi
-for tool in valgrind wrk curl python3; do
-    command -v "$tool" >/dev/null || { echo "$tool is not installed" >&2; exit 2; }
-done
-
-here=$(cd "$(dirname "$0")/../.." && pwd)
-mock_bin=${MOCK_BIN:-$here/target/release/examples/mock_upstream}
-work=$(mktemp -d)
-pids=()
-cleanup() {
-    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-    rm -rf "$work"
-}
-trap cleanup EXIT
-
-free_port() {
-    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
-
-body='{"model":"gpt-4.1","messages":[{"role":"user","content":"How do I reset my password?"}]}'
-cat >"$work/post.lua" <<EOF
-wrk.method = "POST"
-wrk.headers["Content-Type"] = "application/json"
-wrk.body = '$body'
-EOF
-
-mock_addr=127.0.0.1:$(free_port)
-"$mock_bin" --listen "$mock_addr" >/dev/null 2>&1 &
-pids+=($!)
+source "$(dirname "$0")/common.sh"
+need valgrind wrk
 
 # Runs BINARY under callgrind with MODE (idle, forward, hit); prints "requests instructions".
 run() {
@@ -67,17 +41,7 @@ run() {
         "$bin" --listen "$addr" --upstream "http://$mock_addr/v1" >/dev/null 2>"$work/valgrind.err" &
     gw=$!
     pids+=("$gw")
-    local up=""
-    for _ in $(seq 300); do
-        if curl -fs "http://$addr/healthz" >/dev/null 2>&1; then up=1; break; fi
-        kill -0 "$gw" 2>/dev/null || break
-        sleep 0.2
-    done
-    if [ -z "$up" ]; then
-        echo "$bin did not start:" >&2
-        cat "$work/valgrind.err" >&2
-        exit 1
-    fi
+    wait_healthy "$addr" "$gw" "$work/valgrind.err"
     local url=http://$addr/v1/chat/completions
     case $mode in
         forward)

@@ -13,7 +13,7 @@
 #   cargo build --release --example gateway --example mock_upstream
 #   examples/loadgen/wrk-ab.sh -r 3 main=target/release/examples/gateway new=/tmp/gateway-new
 #
-# Loopback only, on free ports.
+# Loopback only, on free ports (common.sh).
 set -euo pipefail
 
 rounds=3
@@ -32,41 +32,8 @@ if [ $# -eq 0 ]; then
     echo "usage: $0 [-r ROUNDS] [-d SECONDS] [-e VAR=VALUE]... NAME=GATEWAY_BINARY..." >&2
     exit 2
 fi
-command -v wrk >/dev/null || { echo "wrk is not installed (apt-get install wrk)" >&2; exit 2; }
-
-here=$(cd "$(dirname "$0")/../.." && pwd)
-mock_bin=${MOCK_BIN:-$here/target/release/examples/mock_upstream}
-work=$(mktemp -d)
-pids=()
-cleanup() {
-    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-    rm -rf "$work"
-}
-trap cleanup EXIT
-
-free_port() {
-    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
-
-# Prints the first line a process writes to $1 (its base URL or listening address).
-first_line() {
-    for _ in $(seq 100); do
-        if [ -s "$1" ]; then head -n1 "$1"; return; fi
-        sleep 0.1
-    done
-    echo "no address in $1" >&2
-    exit 1
-}
-
-"$mock_bin" --listen "127.0.0.1:$(free_port)" >"$work/mock.out" 2>/dev/null &
-pids+=($!)
-upstream=$(first_line "$work/mock.out")
-
-cat >"$work/post.lua" <<'EOF'
-wrk.method = "POST"
-wrk.headers["Content-Type"] = "application/json"
-wrk.body = '{"model":"gpt-4.1","messages":[{"role":"user","content":"How do I reset my password?"}]}'
-EOF
+source "$(dirname "$0")/common.sh"
+need wrk
 
 # Requests per second from a wrk run; errors and non-2xx answers fail the run.
 rate() {
@@ -84,16 +51,11 @@ for round in $(seq "$rounds"); do
         name=${pair%%=*}
         bin=${pair#*=}
         addr=127.0.0.1:$(free_port)
-        env "${envs[@]}" HOLYSHEEP_API_KEY=sk-ab "$bin" --listen "$addr" --upstream "$upstream" \
+        env "${envs[@]}" HOLYSHEEP_API_KEY=sk-ab "$bin" --listen "$addr" --upstream "http://$mock_addr/v1" \
             >/dev/null 2>"$work/gw.err" &
         gw=$!
         pids+=("$gw")
-        ready=""
-        for _ in $(seq 100); do
-            if curl -fs "http://$addr/healthz" >/dev/null 2>&1; then ready=1; break; fi
-            sleep 0.1
-        done
-        [ -n "$ready" ] || { echo "$name did not start" >&2; cat "$work/gw.err" >&2; exit 1; }
+        wait_healthy "$addr" "$gw" "$work/gw.err"
         url="http://$addr/v1/chat/completions"
         f1=$(rate -t1 -c1 -d"${seconds}s" -s "$work/post.lua" -H "Cache-Control: no-store" "$url")
         f64=$(rate -t1 -c64 -d"${seconds}s" -s "$work/post.lua" -H "Cache-Control: no-store" "$url")
