@@ -170,6 +170,8 @@ pub(crate) struct ModelSlot {
     tokens: Handles<(&'static str, Option<&'static str>, &'static str), Counter>,
     /// Its cost counters, once per (interned tenant label, spend).
     costs: Handles<(usize, Spend), Counter>,
+    /// Its counters labelled by the model alone (upstream attempts, retries, shed), once each.
+    by_model: Handles<&'static str, Counter>,
 }
 
 /// The handles of one request series: recorded through them, a request builds no label set.
@@ -219,6 +221,7 @@ impl ModelSlot {
             requests: Handles::new(),
             tokens: Handles::new(),
             costs: Handles::new(),
+            by_model: Handles::new(),
         })
     }
 
@@ -249,6 +252,12 @@ impl ModelSlot {
                 first_byte: histogram!(names::TIME_TO_FIRST_BYTE, "model" => model, "status" => status, "cache" => cache),
             }
         })
+    }
+
+    /// The counter `name` of this model alone.
+    fn model_counter(&self, name: &'static str) -> Counter {
+        self.by_model
+            .get(name, || counter!(name, "model" => self.label.clone()))
     }
 
     fn token_counter(
@@ -514,9 +523,10 @@ impl Tracker {
                 .record(first.duration_since(self.start).as_secs_f64());
         }
         if let Some(attempts) = self.attempts {
-            counter!(names::UPSTREAM_ATTEMPTS, "model" => model.clone()).increment(attempts.into());
+            slot.model_counter(names::UPSTREAM_ATTEMPTS)
+                .increment(attempts.into());
             if attempts > 1 {
-                counter!(names::RETRIES, "model" => model.clone())
+                slot.model_counter(names::RETRIES)
                     .increment(u64::from(attempts - 1));
             }
         }
@@ -524,7 +534,7 @@ impl Tracker {
             counter!(names::ERRORS, "model" => model.clone(), "class" => class.as_str())
                 .increment(1);
             if class == ErrorClass::Overload {
-                counter!(names::SHED, "model" => model.clone()).increment(1);
+                slot.model_counter(names::SHED).increment(1);
             }
         }
         let spend = Spend::of(self.cache, self.semantic.is_some());
