@@ -1,6 +1,7 @@
 //! [`Stack`]: the recommended composition of the layers, built in one place.
 
 use std::fmt;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use http::Request;
@@ -107,6 +108,12 @@ type Inner = IncludeUsage<Metrics<Quota<Cache<BelowCache>>>>;
 #[derive(Clone)]
 pub struct Stack {
     inner: Inner,
+    // Behind one `Arc`: a request clones the stack, and only `inner` is on its path.
+    parts: Arc<Parts>,
+}
+
+/// What a [`Stack`] keeps for probes and handles besides the layers.
+struct Parts {
     client: HolySheepClient,
     pool: PoolLimitHandle,
     #[cfg(feature = "router")]
@@ -124,12 +131,12 @@ impl Stack {
 
     /// The client at the bottom of the stack, for probes that must bypass the layers.
     pub fn client(&self) -> &HolySheepClient {
-        &self.client
+        &self.parts.client
     }
 
     /// The pool limit's counters (in flight, queued, shed).
     pub fn pool_limit(&self) -> &PoolLimitHandle {
-        &self.pool
+        &self.parts.pool
     }
 
     /// The router at the bottom, when the stack was built with one
@@ -138,7 +145,7 @@ impl Stack {
     #[cfg(feature = "router")]
     #[cfg_attr(docsrs, doc(cfg(feature = "router")))]
     pub fn router(&self) -> Option<&crate::router::Router> {
-        self.router.as_ref()
+        self.parts.router.as_ref()
     }
 
     /// The stack's quota layer: its [`handle`](QuotaLayer::handle) reloads the tenants and
@@ -147,14 +154,14 @@ impl Stack {
     #[cfg(feature = "quota")]
     #[cfg_attr(docsrs, doc(cfg(feature = "quota")))]
     pub fn quota(&self) -> &QuotaLayer {
-        &self.quota
+        &self.parts.quota
     }
 }
 
 impl fmt::Debug for Stack {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Stack")
-            .field("client", &self.client)
+            .field("client", &self.parts.client)
             .finish_non_exhaustive()
     }
 }
@@ -366,12 +373,14 @@ impl StackBuilder {
         let inner = self.usage.layer(metrics.layer(cached));
         Ok(Stack {
             inner,
-            client,
-            pool,
-            #[cfg(feature = "router")]
-            router: self.router,
-            #[cfg(feature = "quota")]
-            quota: quota_layer,
+            parts: Arc::new(Parts {
+                client,
+                pool,
+                #[cfg(feature = "router")]
+                router: self.router,
+                #[cfg(feature = "quota")]
+                quota: quota_layer,
+            }),
         })
     }
 }
