@@ -1,9 +1,9 @@
 //! Request ids, the request's server span, and the subscriber that exports spans over OTLP.
 //!
 //! Every request gets an id: the caller's `x-request-id` when it sent a sensible one, a new
-//! UUID otherwise (tower-http's `SetRequestIdLayer` with [`NewRequestId`]), returned in the answer's `x-request-id`
-//! (`PropagateRequestIdLayer`) and carried by the request's server span (tower-http's
-//! `TraceLayer`), so every log line of the request carries it. `MetricsLayer`'s GenAI span and
+//! UUID otherwise (tower-http's `SetRequestIdLayer` with [`NewRequestId`]), returned in the
+//! answer's `x-request-id` (`PropagateRequestIdLayer`) and carried by the request's server span
+//! (tower-http's `TraceLayer`), so every log line of the request carries it. `MetricsLayer`'s GenAI span and
 //! the upstream attempt spans are children of that span.
 
 use std::time::Duration;
